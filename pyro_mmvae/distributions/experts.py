@@ -1,0 +1,213 @@
+r"""Joint posteriors built from unimodal experts: PoE, MoE and MoPoE.
+
+Every function here takes expert parameters stacked along a leading *expert* dimension,
+``loc`` and ``scale`` of shape ``(E, *batch, D)``, and an optional presence mask of shape
+``(E, *batch)`` (True where expert e is available for that data point). Absent experts drop
+out of the aggregation exactly; a data point needs at least one present expert.
+
+* **PoE** (Wu & Goodman 2018): :math:`q(z|X_S) \propto p(z)\prod_{m\in S} q_m(z|x_m)`. For
+  Gaussian experts the product is Gaussian with precision :math:`T = \sum_m T_m (+1)` and mean
+  :math:`\mu = T^{-1}\sum_m T_m \mu_m` (the ``+1`` and the zero mean are the standard-normal
+  prior expert).
+* **MoE** (Shi et al. 2019): :math:`q(z|X_S) = \frac{1}{|S|}\sum_{m\in S} q_m(z|x_m)`.
+* **MoPoE** (Sutter et al. 2021): :math:`\frac{1}{|P(S)|}\sum_{T\subseteq S, T\neq\emptyset}
+  \mathrm{PoE}(T)`, i.e. an MoE whose components are the PoEs of all non-empty subsets.
+
+:class:`StratifiedMixture` is the distribution a guide samples from for the *stratified*
+mixture objectives (MMVAE, MMVAE+, MoPoE): batch element ``e`` along the expert dimension is
+drawn from component ``e`` alone, while ``log_prob`` scores with the full mixture density.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor
+from torch.distributions import constraints
+
+FAMILIES = ("normal", "laplace")
+MIN_SCALE = 1e-4
+MAX_SCALE = 1e4
+
+
+def component_distribution(family: str, loc: Tensor, scale: Tensor) -> TorchDistribution:
+    """A factorised Normal or Laplace over the last dimension (event shape ``(D,)``)."""
+    if family == "normal":
+        return dist.Normal(loc, scale).to_event(1)
+    if family == "laplace":
+        return dist.Laplace(loc, scale).to_event(1)
+    raise ValueError(f"unknown posterior family {family!r}; choose one of: {', '.join(FAMILIES)}")
+
+
+def _check_experts(loc: Tensor, scale: Tensor, mask: Tensor | None) -> Tensor:
+    if loc.shape != scale.shape:
+        raise ValueError(f"expert loc and scale shapes differ: {tuple(loc.shape)} vs "
+                         f"{tuple(scale.shape)}")
+    if loc.dim() < 2:
+        raise ValueError("expert parameters need shape (E, *batch, D)")
+    if mask is None:
+        return torch.ones(loc.shape[:-1], dtype=torch.bool, device=loc.device)
+    if mask.shape != loc.shape[:-1]:
+        raise ValueError(f"expert mask must have shape {tuple(loc.shape[:-1])}, "
+                         f"got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+def product_of_experts(
+    loc: Tensor,
+    scale: Tensor,
+    mask: Tensor | None = None,
+    prior_expert: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""Closed-form product of Gaussian experts along dim 0.
+
+    .. math:: T = [1] + \sum_{e} m_e\,\sigma_e^{-2},\qquad
+              \mu = T^{-1}\sum_e m_e\,\sigma_e^{-2}\mu_e,\qquad \sigma = T^{-1/2}
+
+    where :math:`m_e` is the presence mask and the bracketed 1 is the standard-normal prior
+    expert. Scales are clamped to ``[1e-4, 1e4]`` before inversion so that a near-deterministic
+    expert cannot produce an infinite precision. Without a prior expert, a data point with no
+    present expert has no product and raises.
+
+    Returns the ``loc`` and ``scale`` of the product, shape ``(*batch, D)``.
+    """
+    mask = _check_experts(loc, scale, mask)
+    precision = scale.clamp(MIN_SCALE, MAX_SCALE).pow(-2) * mask.unsqueeze(-1)
+    total = precision.sum(0)
+    weighted = (precision * loc).sum(0)
+    if prior_expert:
+        total = total + 1.0
+    elif not bool(mask.any(0).all()):
+        raise ValueError("PoE without a prior expert needs at least one present expert per row")
+    return weighted / total, total.rsqrt()
+
+
+def nonempty_subsets(num: int) -> list[tuple[int, ...]]:
+    """All non-empty subsets of ``range(num)``, by size then lexicographically."""
+    if num < 1:
+        raise ValueError("need at least one modality")
+    return [s for k in range(1, num + 1) for s in itertools.combinations(range(num), k)]
+
+
+def subset_matrix(num: int, device: torch.device | None = None) -> Tensor:
+    """Indicator matrix ``(2^num - 1, num)``: row j marks the members of subset j."""
+    subsets = nonempty_subsets(num)
+    out = torch.zeros(len(subsets), num, dtype=torch.bool, device=device)
+    for j, s in enumerate(subsets):
+        out[j, list(s)] = True
+    return out
+
+
+def mopoe_components(
+    loc: Tensor,
+    scale: Tensor,
+    mask: Tensor | None = None,
+    prior_expert: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The PoE of every non-empty subset of experts, vectorised over subsets.
+
+    Component j is :math:`\mathrm{PoE}(T_j)` for the j-th subset of :func:`nonempty_subsets`.
+    A component is available for a data point only when every member of its subset is
+    present, so the MoPoE of a row with present set S is the uniform mixture over the
+    :math:`2^{|S|}-1` subsets of S.
+
+    Returns ``(loc, scale, mask)`` of shape ``(J, *batch, D)``, ``(J, *batch, D)`` and
+    ``(J, *batch)`` with :math:`J = 2^E - 1`.
+    """
+    mask = _check_experts(loc, scale, mask)
+    members = subset_matrix(loc.size(0), loc.device).to(loc.dtype)  # (J, E)
+    precision = scale.clamp(MIN_SCALE, MAX_SCALE).pow(-2)
+    batch_dims = "abcdefgh"[: loc.dim() - 2]
+    spec = f"je,e{batch_dims}d->j{batch_dims}d"
+    total = torch.einsum(spec, members, precision)
+    weighted = torch.einsum(spec, members, precision * loc)
+    if prior_expert:
+        total = total + 1.0
+    missing = torch.einsum(f"je,e{batch_dims}->j{batch_dims}", members, (~mask).to(loc.dtype))
+    return weighted / total, total.rsqrt(), missing == 0
+
+
+class StratifiedMixture(TorchDistribution):
+    r"""Uniform mixture of experts, laid out for a stratified estimator.
+
+    Parameters have shape ``(E, *batch, D)`` and the distribution has batch shape
+    ``(E, *batch)``: ``rsample`` draws element ``e`` from expert ``e`` only (one draw per
+    stratum, reparameterised), while ``log_prob(z)`` at every element is the mixture density
+
+    .. math:: \log q(z) = \log \frac{1}{|S|} \sum_{e \in S} q_e(z)
+
+    over the present experts S of that data point, computed with log-sum-exp. Averaging an
+    integrand over the strata with :attr:`stratum_weights` (:math:`1/|S|` for present experts,
+    0 otherwise) gives the stratified Monte-Carlo estimate of an expectation under the mixture,
+    as the MMVAE objective requires (Shi et al. 2019, eq. 3).
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        mask: Tensor | None = None,
+        family: str = "normal",
+        validate_args: bool | None = None,
+    ) -> None:
+        self.mask = _check_experts(loc, scale, mask)
+        if not bool(self.mask.any(0).all()):
+            raise ValueError("every data point needs at least one present expert")
+        self.loc, self.scale, self.family = loc, scale, family
+        self.components = component_distribution(family, loc, scale)
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
+
+    @property
+    def num_experts(self) -> int:
+        return self.loc.size(0)
+
+    @property
+    def log_mixture_weights(self) -> Tensor:
+        """:math:`\\log(1/|S|)` for present experts and :math:`-\\infty` otherwise; ``(E, *batch)``."""
+        count = self.mask.sum(0, keepdim=True).to(self.loc.dtype)
+        logw = -count.log().expand_as(self.mask)
+        return logw.masked_fill(~self.mask, -math.inf)
+
+    @property
+    def stratum_weights(self) -> Tensor:
+        """Weight of each stratum in a stratified average: :math:`1/|S|` or 0; ``(E, *batch)``."""
+        return self.log_mixture_weights.exp()
+
+    def expand(self, batch_shape, _instance=None):
+        return TorchDistribution.expand(self, batch_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.components.rsample(sample_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        # value (*S, E, *batch, D) -> score it under every component e' on a new dim.
+        nbatch = self.loc.dim() - 2
+        scores = self.components.log_prob(value.unsqueeze(-nbatch - 2))  # (*S, E, E', *batch)
+        return torch.logsumexp(scores + self.log_mixture_weights, dim=-nbatch - 1)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mixture_mean(self) -> Tensor:
+        """The mean of the whole mixture, :math:`\\sum_e w_e \\mu_e`, shape ``(*batch, D)``."""
+        return (self.stratum_weights.unsqueeze(-1) * self.loc).sum(0)
+
+    def select_component(self, generator: torch.Generator | None = None) -> Tensor:
+        """Pick one present expert per data point uniformly at random; returns ``(*batch,)``."""
+        probs = self.stratum_weights.movedim(0, -1).reshape(-1, self.num_experts)
+        idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return idx.reshape(self.batch_shape[1:])

@@ -1,0 +1,214 @@
+r"""The shared machinery of the library's objectives, as a :class:`pyro.infer.ELBO` subclass.
+
+:class:`MultimodalELBO` runs the guide once inside a ``particles`` plate of size K (dim -3),
+replays the model against it, and turns the two traces into per-datapoint log-weights
+
+.. math:: \log w_{k,s,b} = \sum_{\text{model sites}} \log p(\cdot)
+          - \sum_{\text{guide latent sites}} \log q(\cdot)
+
+of shape ``(K, S, B)``: K particles, S strata of a stratified mixture guide (1 otherwise),
+B data points. Site scales (:math:`\beta`, :math:`\lambda_m`) and masks (missing modalities)
+are applied as Pyro records them. Subclasses reduce these log-weights to an objective with
+one of three estimators:
+
+* ``"elbo"``: :math:`\frac{1}{K}\sum_k \log w_k` (K = 1: the usual ELBO);
+* ``"iwae"``: :math:`\log \frac{1}{K}\sum_k w_k` (Burda et al. 2016), reparameterised gradient;
+* ``"dreg"``: the same value with the doubly reparameterised gradient (Tucker et al. 2019):
+  the guide's parameters are detached inside :math:`\log q` and the gradient reaching each
+  sample :math:`z_k` is multiplied by its normalised weight :math:`\tilde w_k`, so encoder
+  gradients are :math:`\sum_k \tilde w_k^2\, \partial_z \log w_k\, \partial_\phi z_k` and
+  decoder gradients the IWAE ones, :math:`\sum_k \tilde w_k\, \partial_\theta \log w_k`.
+
+All latent sites must be reparameterisable and live inside the data plate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import is_validation_enabled, site_is_subsample
+from pyro.distributions.util import detach, scale_and_mask
+from pyro.infer import ELBO
+from pyro.poutine.trace_struct import Trace
+from torch import Tensor
+
+ESTIMATORS = ("elbo", "iwae", "dreg")
+
+
+@dataclass
+class WeightedTraces:
+    """Log-weights ``(K, S, B)`` and the stratum weights ``(S, B)`` they are averaged with."""
+
+    log_weights: Tensor
+    stratum_weights: Tensor
+    guide_trace: Trace
+    model_trace: Trace
+
+
+def _unwrap(fn):
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def site_log_prob(site: dict, detach_params: bool = False) -> Tensor:
+    """``log_prob`` of a sample site with its scale and mask applied, as Pyro would score it.
+
+    With ``detach_params`` the distribution's parameters are detached (the value is not), which
+    is what the DReG surrogate needs for :math:`\\log q`.
+    """
+    fn = detach(site["fn"]) if detach_params else site["fn"]
+    log_p = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_p, site["scale"], site["mask"])
+
+
+def _scored_sites(trace: Trace) -> list[dict]:
+    return [s for s in trace.nodes.values()
+            if s["type"] == "sample" and not site_is_subsample(s)]
+
+
+def _latent_sites(trace: Trace) -> list[dict]:
+    return [s for s in _scored_sites(trace) if not s["is_observed"]]
+
+
+def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
+    """:math:`\\log \\frac{1}{K}\\sum_k e^{x_k}` along ``dim``, computed stably."""
+    return torch.logsumexp(x, dim=dim) - math.log(x.size(dim))
+
+
+class MultimodalELBO(ELBO):
+    """Base class: vectorised particles, per-datapoint log-weights, three estimators.
+
+    :param num_particles: K, the number of importance samples per data point.
+    :param estimator: ``"elbo"``, ``"iwae"`` or ``"dreg"`` (see the module docstring).
+    :param max_plate_nesting: plates besides the particle plate (2: strata and data).
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        estimator: str = "elbo",
+        max_plate_nesting: int = 2,
+    ) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of: "
+                             f"{', '.join(ESTIMATORS)}")
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.estimator = estimator
+
+    # ------------------------------------------------------------------- traces
+    def _in_particle_plate(self, fn):
+        plate = pyro.plate("particles", self.num_particles, dim=-(self.max_plate_nesting + 1))
+
+        def wrapped(*args, **kwargs):
+            with plate:
+                return fn(*args, **kwargs)
+
+        return wrapped
+
+    def get_traces(self, model, guide, args, kwargs) -> tuple[Trace, Trace]:
+        """One vectorised guide trace and the model trace replayed against it."""
+        guide_trace = poutine.trace(self._in_particle_plate(guide)).get_trace(*args, **kwargs)
+        replayed = poutine.replay(self._in_particle_plate(model), trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+        if is_validation_enabled():
+            self._check_traces(model_trace, guide_trace)
+        return model_trace, guide_trace
+
+    def _check_traces(self, model_trace: Trace, guide_trace: Trace) -> None:
+        for site in _latent_sites(guide_trace):
+            if not site["fn"].has_rsample:
+                raise NotImplementedError(f"latent site {site['name']!r} is not "
+                                          "reparameterisable; these objectives need rsample")
+        for trace in (model_trace, guide_trace):
+            for site in _scored_sites(trace):
+                frames = {f.name for f in site["cond_indep_stack"]}
+                if "data" not in frames:
+                    raise NotImplementedError(f"site {site['name']!r} is outside the 'data' "
+                                              "plate; per-datapoint objectives need every "
+                                              "site inside it")
+
+    def weigh(self, model_trace: Trace, guide_trace: Trace,
+              detach_guide: bool = False) -> WeightedTraces:
+        """Per-datapoint log-weights ``(K, S, B)`` and stratum weights ``(S, B)``."""
+        log_w = 0.0
+        for site in _scored_sites(model_trace):
+            log_w = log_w + site_log_prob(site)
+        strata = None
+        for site in _latent_sites(guide_trace):
+            log_w = log_w - site_log_prob(site, detach_params=detach_guide)
+            weights = getattr(_unwrap(site["fn"]), "stratum_weights", None)
+            if weights is not None:
+                strata = weights
+        if not isinstance(log_w, Tensor) or log_w.dim() != self.max_plate_nesting + 1:
+            raise ValueError("the model and guide must place their sites in the 'data' plate "
+                             f"(dim -1); got log-weights of shape {getattr(log_w, 'shape', ())}")
+        if strata is None:
+            strata = log_w.new_ones(log_w.shape[1:-1] + (1,))
+        return WeightedTraces(log_w, strata, guide_trace, model_trace)
+
+    # ------------------------------------------------------------------- estimators
+    def _reduce(self, log_w: Tensor) -> Tensor:
+        """Estimator over particles: ``(K, S, B) -> (S, B)``."""
+        if self.estimator == "elbo":
+            return log_w.mean(0)
+        return logmeanexp(log_w, dim=0)
+
+    def _dreg_surrogate(self, model_trace: Trace, guide_trace: Trace) -> Tensor:
+        """Per-stratum surrogate whose gradient is the DReG estimator, ``(S, B)``."""
+        detached = self.weigh(model_trace, guide_trace, detach_guide=True).log_weights
+        normalised = torch.softmax(detached.detach(), dim=0)
+        for site in _latent_sites(guide_trace):
+            value = site["value"]
+            if not value.requires_grad:
+                continue
+            extra = value.dim() - normalised.dim()
+            if value.shape[: normalised.dim()] != normalised.shape:
+                raise NotImplementedError(f"DReG needs site {site['name']!r} to have one value "
+                                          "per particle, stratum and data point")
+            factor = normalised.reshape(normalised.shape + (1,) * extra)
+            value.register_hook(lambda grad, f=factor: grad * f)
+        return (normalised * detached).sum(0)
+
+    def objective(self, model, guide, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        r"""``(value, surrogate)``: the objective summed over the batch, and a tensor with the
+        same value whose gradient is the chosen estimator's.
+
+        Stratified average: :math:`\sum_b \sum_s w_{s,b}\,\hat{L}_{s,b}`.
+        """
+        model_trace, guide_trace = self.get_traces(model, guide, args, kwargs)
+        weighted = self.weigh(model_trace, guide_trace)
+        per_stratum = self._reduce(weighted.log_weights)
+        value = (weighted.stratum_weights * per_stratum).sum()
+        if self.estimator != "dreg":
+            return value, value
+        surrogate = (weighted.stratum_weights.detach()
+                     * self._dreg_surrogate(model_trace, guide_trace)).sum()
+        return value, value.detach() + surrogate - surrogate.detach()
+
+    # ------------------------------------------------------------------- Pyro's ELBO API
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("use get_traces(): particles are vectorised in one trace")
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """The loss (negative objective, summed over the batch) with the estimator's gradient."""
+        _, surrogate = self.objective(model, guide, *args, **kwargs)
+        return -surrogate
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss value without gradients."""
+        with torch.no_grad():
+            value, _ = self.objective(model, guide, *args, **kwargs)
+        return -float(value)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Back-propagate the estimator's gradient and return the loss value."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward(retain_graph=self.retain_graph)
+        return float(loss.detach())

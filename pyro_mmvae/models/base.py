@@ -1,0 +1,226 @@
+r"""The base class of every multimodal VAE: a Pyro model and the pieces guides share.
+
+The generative model is the same for the whole zoo,
+
+.. math:: z \sim p(z), \qquad x_m \sim p_\theta(x_m \mid z) \quad (m = 1..M),
+
+written as a Pyro program with one data plate and one observe site ``x_<name>`` per
+modality; a modality that is absent for some rows is masked out with ``poutine.mask``.
+Subclasses differ in the guide (how :math:`q(z \mid X_S)` aggregates the unimodal experts) and
+in the objective (a :class:`pyro.infer.ELBO` subclass from :mod:`pyro_mmvae.infer`).
+
+Shapes: the guide may draw z with extra leading batch dimensions — vectorised particles
+(dim -3) and mixture strata (dim -2) — and decoders are run once on all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import is_validation_enabled
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor, nn
+
+from pyro_mmvae.distributions.experts import FAMILIES, component_distribution
+from pyro_mmvae.distributions.scales import get_scale_fn
+from pyro_mmvae.modality import Modality
+
+Data = Mapping[str, Tensor | None]
+Mask = Mapping[str, Tensor] | None
+
+DATA_DIM = -1
+STRATA_DIM = -2
+
+
+class MultimodalVAE(nn.Module):
+    r"""Shared latent :math:`z \in \mathbb{R}^D`, one :class:`Modality` per data source.
+
+    :param modalities: the modalities, in a fixed order.
+    :param latent_dim: D.
+    :param posterior: family of the unimodal experts and of the prior, ``"normal"`` or
+        ``"laplace"``.
+    :param scale_param: how an encoder's raw output becomes a scale (``"softplus"`` or
+        ``"softmax"``, see :mod:`pyro_mmvae.distributions.scales`).
+    :param beta: :math:`\beta`, the weight of the prior-ratio (KL) terms; applied with
+        ``poutine.scale`` on the latent site in both model and guide.
+    """
+
+    pyro_name = "mmvae"
+
+    def __init__(
+        self,
+        modalities: Sequence[Modality],
+        latent_dim: int,
+        posterior: str = "normal",
+        scale_param: str = "softplus",
+        beta: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not modalities:
+            raise ValueError("a multimodal VAE needs at least one modality")
+        names = [m.name for m in modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must be unique, got {names}")
+        if posterior not in FAMILIES:
+            raise ValueError(f"unknown posterior family {posterior!r}; choose one of: "
+                             f"{', '.join(FAMILIES)}")
+        if not beta > 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        self.mods = nn.ModuleDict({m.name: m for m in modalities})
+        self.latent_dim = int(latent_dim)
+        self.posterior_family = posterior
+        self.scale_param = scale_param
+        self.scale_fn = get_scale_fn(scale_param)
+        self.beta = float(beta)
+        self.register_buffer("_prior_loc", torch.zeros(self.latent_dim))
+        self.register_buffer("_prior_scale", torch.ones(self.latent_dim))
+
+    # ----------------------------------------------------------------- input handling
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.mods.keys())
+
+    @property
+    def modalities(self) -> dict[str, Modality]:
+        return dict(self.mods.items())
+
+    def prepare(self, data: Data, mask: Mask = None) -> tuple[dict[str, Tensor], Tensor]:
+        """Check a batch and return ``(data, present)``.
+
+        ``present`` is a bool tensor ``(M, B)``; absent entries of ``data`` are replaced by
+        zeros so that encoders stay finite (their strata and observations are masked out).
+        Shape checks always run; value checks (NaN, support) run while Pyro validation is on
+        (the trainer turns it off after the first batch).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError("data must be a dict mapping modality names to tensors")
+        unknown = set(data) - set(self.names)
+        if mask is not None:
+            unknown |= set(mask) - set(self.names)
+        if unknown:
+            raise ValueError(f"unknown modality name(s) {sorted(unknown)}; this model has "
+                             f"{list(self.names)}")
+        given = {k: v for k, v in data.items() if v is not None}
+        if not given:
+            raise ValueError("the batch has no modality at all")
+        sizes = {k: v.shape[0] if v.dim() else 0 for k, v in given.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"modalities have different batch sizes: {sizes}")
+        batch_size = next(iter(sizes.values()))
+        ref = next(iter(given.values()))
+        validate = is_validation_enabled()
+        filled, present = {}, []
+        for name, mod in self.mods.items():
+            x = given.get(name)
+            row_mask = None if mask is None else mask.get(name)
+            if x is None:
+                shape = (batch_size, *mod.event_shape)
+                filled[name] = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+                present.append(torch.zeros(batch_size, dtype=torch.bool, device=ref.device))
+                continue
+            if x.shape[1:] != mod.event_shape or x.dim() != len(mod.event_shape) + 1:
+                mod.check(x)  # raises with a clear message
+            if row_mask is None:
+                row_mask = torch.ones(batch_size, dtype=torch.bool, device=x.device)
+            elif row_mask.shape != (batch_size,):
+                raise ValueError(f"mask for {name!r} must have shape ({batch_size},), got "
+                                 f"{tuple(row_mask.shape)}")
+            row_mask = row_mask.bool()
+            x = torch.where(row_mask.view(-1, *[1] * len(mod.event_shape)), x, x.new_zeros(()))
+            if validate:
+                mod.check(x)
+            filled[name] = x
+            present.append(row_mask)
+        present_t = torch.stack(present)
+        if validate and not bool(present_t.any(0).all()):
+            raise ValueError("every row needs at least one present modality")
+        return filled, present_t
+
+    # ------------------------------------------------------------------ distributions
+    def prior(self) -> TorchDistribution:
+        """:math:`p(z)`: standard Normal or Laplace(0, 1), event shape ``(D,)``."""
+        return component_distribution(self.posterior_family, self._prior_loc, self._prior_scale)
+
+    def expert_params(self, data: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Run every unimodal encoder: ``loc`` and ``scale`` of shape ``(M, B, D)``."""
+        locs, scales = [], []
+        for name, mod in self.mods.items():
+            loc, raw_scale = mod.encode(data[name])[:2]
+            locs.append(loc)
+            scales.append(self.scale_fn(raw_scale))
+        return torch.stack(locs), torch.stack(scales)
+
+    # ------------------------------------------------------------------ Pyro programs
+    def strata(self, present: Tensor) -> contextlib.AbstractContextManager:
+        """Plates the latent site lives in besides the data plate (none by default)."""
+        return contextlib.nullcontext()
+
+    def model(self, data: Data, mask: Mask = None) -> None:
+        r"""Generative model: :math:`z \sim p(z)` and ``x_<name>`` observed in the data plate."""
+        pyro.module(self.pyro_name, self)
+        data, present = self.prepare(data, mask)
+        with self.strata(present), pyro.plate("data", present.size(1), dim=DATA_DIM):
+            with poutine.scale(scale=self.beta):
+                z = pyro.sample("z", self.prior())
+            self.observe(z, data, present)
+
+    def observe(self, z: Tensor, data: dict[str, Tensor], present: Tensor) -> None:
+        """One observe site per modality, weighted by :math:`\\lambda_m`, masked where absent."""
+        for i, (name, mod) in enumerate(self.mods.items()):
+            with poutine.mask(mask=present[i]), poutine.scale(scale=mod.weight):
+                pyro.sample(f"x_{name}", mod.distribution(z), obs=data[name])
+
+    def guide(self, data: Data, mask: Mask = None) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ generation
+    def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
+        """:math:`q(z \\mid X_S)` for the source modalities S, batch shape ``(B,)``."""
+        raise NotImplementedError
+
+    def posterior_location(self, data: Data, sources: Sequence[str]) -> Tensor:
+        """The point in latent space used for conditional generation (posterior mean)."""
+        return self.posterior(data, sources).mean
+
+    def _check_names(self, names: Sequence[str], what: str) -> list[str]:
+        names = list(names)
+        unknown = [n for n in names if n not in self.mods]
+        if unknown:
+            raise ValueError(f"unknown {what} modality name(s) {unknown}; this model has "
+                             f"{list(self.names)}")
+        if not names:
+            raise ValueError(f"need at least one {what} modality")
+        return names
+
+    def generate(
+        self,
+        data: Data,
+        sources: Sequence[str],
+        targets: Sequence[str] | None = None,
+    ) -> dict[str, Tensor]:
+        """Decoder means of ``targets`` (default: all) generated from :math:`q(z|X_{sources})`.
+
+        Uses the posterior mean (:meth:`posterior_location`). Call under ``torch.no_grad()``.
+        """
+        sources = self._check_names(sources, "source")
+        targets = self._check_names(self.names if targets is None else targets, "target")
+        missing = [s for s in sources if data.get(s) is None]
+        if missing:
+            raise ValueError(f"source modality {missing} not in the data")
+        z = self.posterior_location({s: data[s] for s in sources}, sources)
+        return {t: self.mods[t].mean(z) for t in targets}
+
+    def sample(self, num: int) -> dict[str, Tensor]:
+        """Unconditional generation: decoder means for :math:`z \\sim p(z)`."""
+        z = self.prior().sample((num,))
+        return {name: mod.mean(z) for name, mod in self.mods.items()}
+
+    def reconstruct(self, data: Data) -> dict[str, Tensor]:
+        """Decoder means generated from all modalities of ``data``."""
+        sources = [k for k, v in data.items() if v is not None]
+        return self.generate(data, sources)
+

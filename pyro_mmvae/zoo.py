@@ -1,0 +1,158 @@
+"""The model zoo: build any model of the library for a dataset, by name and preset.
+
+=========  =====================  ==================  ===========================
+name       joint posterior        objective           paper
+=========  =====================  ==================  ===========================
+mmvae      MoE, stratified        :class:`MixtureELBO`  Shi et al. 2019
+=========  =====================  ==================  ===========================
+
+``build_model(name, dataset, preset=None, **overrides)`` returns a :class:`ModelSpec`: the
+Pyro model/guide pair (``spec.vae.model``, ``spec.vae.guide``), its ELBO, and the training
+defaults. Settings resolve as: library defaults < preset < explicit overrides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pyro.infer import ELBO
+from torch import nn
+
+from pyro_mmvae.infer import MixtureELBO
+from pyro_mmvae.modality import Modality
+from pyro_mmvae.models import MMVAE, MultimodalVAE
+
+#: Defaults shared by every model; a preset or an override replaces any of them.
+DEFAULTS: dict[str, Any] = {
+    "latent_dim": 20,
+    "posterior": "normal",
+    "scale_param": "softplus",
+    "beta": 1.0,
+    "likelihood": "laplace",
+    "likelihood_scale": 0.75,
+    "nets": "mlp",
+    "hidden": (400, 400),
+    "num_particles": 1,
+    "estimator": "elbo",
+    "lr": 1e-3,
+    "amsgrad": True,
+    "batch_size": 128,
+    "epochs": 30,
+}
+
+TRAIN_KEYS = ("lr", "amsgrad", "batch_size", "epochs")
+
+#: Named recipes from the papers (see MODELS.md); ``model`` names the model they are for.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mmvae_polymnist": {
+        "model": "mmvae",
+        "nets": "resnet",
+        "latent_dim": 32,
+        "posterior": "laplace",
+        "scale_param": "softmax",
+        "likelihood": "laplace",
+        "likelihood_scale": 0.75,
+        "lr": 1e-3,
+        "amsgrad": True,
+        "batch_size": 128,
+        "epochs": 150,
+    },
+}
+
+
+@dataclass
+class ModelSpec:
+    """A built model: the Pyro model/guide pair, its objective and training defaults."""
+
+    name: str
+    vae: MultimodalVAE
+    elbo: ELBO
+    train_defaults: dict[str, Any]
+    preset: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_image(shape: torch.Size) -> bool:
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
+def build_networks(nets: str, event_shape: torch.Size, param_shape: torch.Size,
+                   latent_dim: int, hidden=(400, 400)) -> tuple[nn.Module, nn.Module]:
+    """An (encoder, decoder) pair: ``"mlp"`` for any shape, ``"resnet"`` for 3x28x28 images."""
+    from pyro_mmvae.nets import (
+        MLPDecoder,
+        MLPEncoder,
+        PolyMNISTResNetDecoder,
+        PolyMNISTResNetEncoder,
+    )
+
+    if nets == "mlp":
+        activation = "sigmoid" if _is_image(event_shape) and param_shape == event_shape else None
+        return (MLPEncoder(event_shape, latent_dim, hidden=hidden),
+                MLPDecoder(latent_dim, param_shape, hidden=hidden, output_activation=activation))
+    if nets == "resnet":
+        if tuple(event_shape) != (3, 28, 28) or param_shape != event_shape:
+            raise ValueError(f"the PolyMNIST ResNet needs 3x28x28 images with a per-pixel "
+                             f"likelihood, got event shape {tuple(event_shape)}")
+        return PolyMNISTResNetEncoder(latent_dim), PolyMNISTResNetDecoder(latent_dim)
+    raise ValueError(f"unknown network family {nets!r}; choose 'mlp' or 'resnet'")
+
+
+def build_modalities(dataset, settings: dict[str, Any]) -> list[Modality]:
+    """One :class:`Modality` per modality of ``dataset`` with the chosen networks/likelihood."""
+    from pyro_mmvae.likelihoods import get_likelihood
+
+    modalities = []
+    for name in dataset.modalities:
+        shape = torch.Size(dataset.event_shapes[name])
+        kind = settings["likelihood"]
+        likelihood = (get_likelihood(kind, scale=settings["likelihood_scale"])
+                      if kind in ("laplace", "normal") else get_likelihood(kind))
+        encoder, decoder = build_networks(settings["nets"], shape,
+                                          likelihood.param_shape(shape),
+                                          settings["latent_dim"], tuple(settings["hidden"]))
+        modalities.append(Modality(name, shape, likelihood, encoder, decoder))
+    return modalities
+
+
+def _build_mmvae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+    vae = MMVAE(build_modalities(dataset, s), s["latent_dim"], posterior=s["posterior"],
+                scale_param=s["scale_param"], beta=s["beta"])
+    return vae, MixtureELBO(num_particles=s["num_particles"], estimator=s["estimator"])
+
+
+BUILDERS: dict[str, Callable[[Any, dict[str, Any]], tuple[MultimodalVAE, ELBO]]] = {
+    "mmvae": _build_mmvae,
+}
+MODELS: tuple[str, ...] = tuple(BUILDERS)
+
+
+def resolve_settings(name: str, preset: str | None = None, **overrides) -> dict[str, Any]:
+    """Library defaults, then the preset, then the overrides (``None`` values are ignored)."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    settings = dict(DEFAULTS)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        recipe = dict(PRESETS[preset])
+        if recipe.pop("model") != name:
+            raise ValueError(f"preset {preset!r} is for model {PRESETS[preset]['model']!r}, "
+                             f"not {name!r}")
+        settings.update(recipe)
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(settings)}")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def build_model(name: str, dataset, preset: str | None = None, **overrides) -> ModelSpec:
+    """Build model ``name`` for ``dataset`` (anything with ``.modalities``/``.event_shapes``)."""
+    settings = resolve_settings(name, preset, **overrides)
+    vae, elbo = BUILDERS[name](dataset, settings)
+    train_defaults = {k: settings[k] for k in TRAIN_KEYS}
+    return ModelSpec(name, vae, elbo, train_defaults, preset, settings)
