@@ -65,7 +65,7 @@ class Modality(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Decoder parameters for latents of any leading shape: ``(*lead, D) -> (*lead, *param)``."""
+        """Decoder parameters for latents of any leading shape, ``(*lead, D) -> (*lead, *P)``."""
         lead = z.shape[:-1]
         out = self.decoder(z.reshape(-1, z.size(-1)))
         return out.reshape(*lead, *self.param_shape)

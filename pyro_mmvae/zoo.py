@@ -82,12 +82,8 @@ def _is_image(shape: torch.Size) -> bool:
 def build_networks(nets: str, event_shape: torch.Size, param_shape: torch.Size,
                    latent_dim: int, hidden=(400, 400)) -> tuple[nn.Module, nn.Module]:
     """An (encoder, decoder) pair: ``"mlp"`` for any shape, ``"resnet"`` for 3x28x28 images."""
-    from pyro_mmvae.nets import (
-        MLPDecoder,
-        MLPEncoder,
-        PolyMNISTResNetDecoder,
-        PolyMNISTResNetEncoder,
-    )
+    from pyro_mmvae.nets.mlp import MLPDecoder, MLPEncoder
+    from pyro_mmvae.nets.polymnist import PolyMNISTResNetDecoder, PolyMNISTResNetEncoder
 
     if nets == "mlp":
         activation = "sigmoid" if _is_image(event_shape) and param_shape == event_shape else None

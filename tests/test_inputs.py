@@ -169,3 +169,19 @@ def test_likelihood_means():
     assert torch.equal(LaplaceLikelihood().mean(params), params)
     assert torch.allclose(BernoulliLikelihood().mean(params), torch.sigmoid(params))
     assert CategoricalLikelihood(4).mean(params).shape == (2,)
+
+
+@pytest.mark.parametrize("family", ["laplace", "normal"])
+def test_fixed_scale_likelihoods_match_torch(family):
+    import pyro.distributions as dist
+
+    lik = get_likelihood(family, scale=0.75)
+    loc, x = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    ours = lik.distribution(loc, event_dim=1).log_prob(x)
+    ref_cls = dist.Laplace if family == "laplace" else dist.Normal
+    ref = ref_cls(loc, torch.full_like(loc, 0.75)).to_event(1).log_prob(x)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    torch.manual_seed(0)
+    draws = lik.distribution(torch.zeros(20000), event_dim=0).rsample()
+    spread = draws.abs().mean() if family == "laplace" else draws.std()
+    assert float(spread) == pytest.approx(0.75, rel=0.05)

@@ -40,7 +40,8 @@ def tiny_mmvae(seed=0):
 
 
 def log_normal(x, loc, scale):
-    return (-0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    z = (x - loc) / scale
+    return (-0.5 * z**2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def hand_log_weights(vae, data, present, eps, detach_q=False):
@@ -134,10 +135,10 @@ def test_dreg_gradients_match_reference():
     enc_grad = torch.autograd.grad(-stratified((w_tilde**2 * lw).sum(0), present), enc,
                                    retain_graph=True)
     dec_grad = torch.autograd.grad(-stratified((w_tilde * lw).sum(0), present), dec)
-    for (name, p), g in zip([(n, p) for n, p in ref.named_parameters() if "encoder" in n],
+    for (name, _p), g in zip([(n, p) for n, p in ref.named_parameters() if "encoder" in n],
                             enc_grad, strict=True):
         assert torch.allclose(grads[name], g, atol=1e-5), name
-    for (name, p), g in zip([(n, p) for n, p in ref.named_parameters() if "decoder" in n],
+    for (name, _p), g in zip([(n, p) for n, p in ref.named_parameters() if "decoder" in n],
                             dec_grad, strict=True):
         assert torch.allclose(grads[name], g, atol=1e-5), name
     # value of the DReG loss is the IWAE loss

@@ -171,7 +171,7 @@ class StratifiedMixture(TorchDistribution):
 
     @property
     def log_mixture_weights(self) -> Tensor:
-        """:math:`\\log(1/|S|)` for present experts and :math:`-\\infty` otherwise; ``(E, *batch)``."""
+        """:math:`\\log(1/|S|)` for present experts, :math:`-\\infty` otherwise; ``(E, *batch)``."""
         count = self.mask.sum(0, keepdim=True).to(self.loc.dtype)
         logw = -count.log().expand_as(self.mask)
         return logw.masked_fill(~self.mask, -math.inf)

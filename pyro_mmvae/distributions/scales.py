@@ -43,7 +43,8 @@ def get_scale_fn(name: str) -> Callable[[Tensor], Tensor]:
         return SCALE_PARAMETERISATIONS[name]
     except KeyError:
         known = ", ".join(sorted(SCALE_PARAMETERISATIONS))
-        raise ValueError(f"unknown scale parameterisation {name!r}; choose one of: {known}") from None
+        raise ValueError(f"unknown scale parameterisation {name!r}; choose one of: {known}"
+                         ) from None
 
 
 def unit_scale_raw(dim: int, name: str) -> Tensor:

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import is_validation_enabled, site_is_subsample
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import is_validation_enabled, site_is_subsample
 from torch import Tensor
 
 ESTIMATORS = ("elbo", "iwae", "dreg")

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import is_validation_enabled
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.poutine.util import is_validation_enabled
 from torch import Tensor, nn
 
 from pyro_mmvae.distributions.experts import FAMILIES, component_distribution
