@@ -115,8 +115,10 @@ def test_mopoe_components_match_subset_poes():
     c_loc, c_scale, c_mask = mopoe_components(loc, scale, mask)
     for j, subset in enumerate(nonempty_subsets(3)):
         m, s = product_of_experts(loc[list(subset)], scale[list(subset)], prior_expert=False)
-        assert torch.allclose(c_loc[j], m, atol=1e-6) and torch.allclose(c_scale[j], s, atol=1e-6)
         assert c_mask[j, 0] and c_mask[j, 1] == (1 not in subset)
+        ok = c_mask[j]
+        assert torch.allclose(c_loc[j][ok], m[ok], atol=1e-6)
+        assert torch.allclose(c_scale[j][ok], s[ok], atol=1e-6)
     # MoPoE of a row with present set S is the uniform mixture over the subsets of S.
     q = StratifiedMixture(c_loc, c_scale, c_mask)
     assert torch.allclose(q.stratum_weights[:, 1].sum(), torch.tensor(1.0))
@@ -129,3 +131,18 @@ def test_scale_parameterisations():
     assert (get_scale_fn("softplus")(raw) > 0).all()
     with pytest.raises(ValueError, match="unknown scale"):
         get_scale_fn("exp")
+
+
+def test_subset_products_use_present_members_only():
+    torch.manual_seed(4)
+    loc, scale = torch.randn(3, 2, 4), torch.rand(3, 2, 4) + 0.3
+    mask = torch.tensor([[True, True], [False, True], [True, True]])
+    members = torch.tensor([[True, True, True], [False, True, False]])
+    from pyro_mmvae.distributions import subset_products
+
+    c_loc, c_scale, count = subset_products(loc, scale, members, mask, prior_expert=True)
+    assert count.tolist() == [[2, 3], [0, 1]]
+    m, s = product_of_experts(loc[[0, 2], :1], scale[[0, 2], :1], prior_expert=True)
+    assert torch.allclose(c_loc[0, :1], m) and torch.allclose(c_scale[0, :1], s)
+    # no present member + prior expert: the prior itself
+    assert torch.allclose(c_loc[1, 0], torch.zeros(4)) and torch.allclose(c_scale[1, 0], torch.ones(4))

@@ -8,6 +8,7 @@ from pyro_mmvae.distributions.experts import (
     nonempty_subsets,
     product_of_experts,
     subset_matrix,
+    subset_products,
 )
 from pyro_mmvae.distributions.scales import SCALE_PARAMETERISATIONS, get_scale_fn
 
@@ -21,4 +22,5 @@ __all__ = [
     "nonempty_subsets",
     "product_of_experts",
     "subset_matrix",
+    "subset_products",
 ]

@@ -26,6 +26,7 @@ import math
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.poutine.util import is_validation_enabled
 from torch import Tensor
 from torch.distributions import constraints
 
@@ -102,33 +103,56 @@ def subset_matrix(num: int, device: torch.device | None = None) -> Tensor:
     return out
 
 
+def subset_products(
+    loc: Tensor,
+    scale: Tensor,
+    members: Tensor,
+    mask: Tensor | None = None,
+    prior_expert: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The PoE of the present members of every subset, vectorised over subsets.
+
+    ``members`` is a bool matrix ``(S, E)``: row s marks the experts of subset s. Component s
+    is :math:`\mathrm{PoE}(\{e : \text{members}_{s,e} \wedge \text{mask}_{e,b}\})`, computed
+    as in :func:`product_of_experts` with one einsum over all subsets.
+
+    Returns ``(loc, scale, count)``: ``(S, *batch, D)`` twice and the number of present members
+    ``(S, *batch)``. A component with no present member and no prior expert is returned as a
+    standard normal and must be masked out by the caller (``count == 0``).
+    """
+    mask = _check_experts(loc, scale, mask)
+    used = members.to(loc.dtype).unsqueeze(-1).unsqueeze(-1) if loc.dim() == 3 else None
+    if used is None:
+        raise ValueError("subset_products expects experts of shape (E, B, D)")
+    present = used.squeeze(-1) * mask.to(loc.dtype)  # (S, E, B)
+    precision = scale.clamp(MIN_SCALE, MAX_SCALE).pow(-2)
+    total = torch.einsum("seb,ebd->sbd", present, precision)
+    weighted = torch.einsum("seb,ebd->sbd", present, precision * loc)
+    count = present.sum(1)
+    total = total + (1.0 if prior_expert else (count == 0).to(loc.dtype).unsqueeze(-1))
+    return weighted / total, total.rsqrt(), count
+
+
 def mopoe_components(
     loc: Tensor,
     scale: Tensor,
     mask: Tensor | None = None,
     prior_expert: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    r"""The PoE of every non-empty subset of experts, vectorised over subsets.
+    r"""The PoE of every non-empty subset of experts (the components of MoPoE).
 
     Component j is :math:`\mathrm{PoE}(T_j)` for the j-th subset of :func:`nonempty_subsets`.
     A component is available for a data point only when every member of its subset is
     present, so the MoPoE of a row with present set S is the uniform mixture over the
     :math:`2^{|S|}-1` subsets of S.
 
-    Returns ``(loc, scale, mask)`` of shape ``(J, *batch, D)``, ``(J, *batch, D)`` and
-    ``(J, *batch)`` with :math:`J = 2^E - 1`.
+    Returns ``(loc, scale, mask)`` of shape ``(J, B, D)``, ``(J, B, D)`` and ``(J, B)`` with
+    :math:`J = 2^E - 1`.
     """
-    mask = _check_experts(loc, scale, mask)
-    members = subset_matrix(loc.size(0), loc.device).to(loc.dtype)  # (J, E)
-    precision = scale.clamp(MIN_SCALE, MAX_SCALE).pow(-2)
-    batch_dims = "abcdefgh"[: loc.dim() - 2]
-    spec = f"je,e{batch_dims}d->j{batch_dims}d"
-    total = torch.einsum(spec, members, precision)
-    weighted = torch.einsum(spec, members, precision * loc)
-    if prior_expert:
-        total = total + 1.0
-    missing = torch.einsum(f"je,e{batch_dims}->j{batch_dims}", members, (~mask).to(loc.dtype))
-    return weighted / total, total.rsqrt(), missing == 0
+    members = subset_matrix(loc.size(0), loc.device)
+    c_loc, c_scale, count = subset_products(loc, scale, members, mask, prior_expert)
+    size = members.sum(1, keepdim=True).to(count.dtype)
+    return c_loc, c_scale, count == size
 
 
 class StratifiedMixture(TorchDistribution):
@@ -144,6 +168,11 @@ class StratifiedMixture(TorchDistribution):
     integrand over the strata with :attr:`stratum_weights` (:math:`1/|S|` for present experts,
     0 otherwise) gives the stratified Monte-Carlo estimate of an expectation under the mixture,
     as the MMVAE objective requires (Shi et al. 2019, eq. 3).
+
+    With ``score="component"`` each element is scored by its own component instead,
+    :math:`\log q_e(z)`: the per-component KL terms of MoPoE (Sutter et al. 2021) and the
+    per-subset ELBOs of MVAE (Wu & Goodman 2018). ``weights`` overrides the stratum weights
+    (MVAE sums its subset ELBOs: weight 1 for every available stratum).
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
@@ -156,12 +185,19 @@ class StratifiedMixture(TorchDistribution):
         scale: Tensor,
         mask: Tensor | None = None,
         family: str = "normal",
+        score: str = "mixture",
+        weights: Tensor | None = None,
         validate_args: bool | None = None,
     ) -> None:
         self.mask = _check_experts(loc, scale, mask)
-        if not bool(self.mask.any(0).all()):
+        if score not in ("mixture", "component"):
+            raise ValueError(f"score must be 'mixture' or 'component', got {score!r}")
+        if weights is not None and weights.shape != self.mask.shape:
+            raise ValueError(f"stratum weights must have shape {tuple(self.mask.shape)}")
+        if is_validation_enabled() and not bool(self.mask.any(0).all()):
             raise ValueError("every data point needs at least one present expert")
-        self.loc, self.scale, self.family = loc, scale, family
+        self.loc, self.scale, self.family, self.score = loc, scale, family, score
+        self._weights = weights
         self.components = component_distribution(family, loc, scale)
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
 
@@ -179,6 +215,8 @@ class StratifiedMixture(TorchDistribution):
     @property
     def stratum_weights(self) -> Tensor:
         """Weight of each stratum in a stratified average: :math:`1/|S|` or 0; ``(E, *batch)``."""
+        if self._weights is not None:
+            return self._weights * self.mask
         return self.log_mixture_weights.exp()
 
     def expand(self, batch_shape, _instance=None):
@@ -193,6 +231,8 @@ class StratifiedMixture(TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         # value (*S, E, *batch, D) -> score it under every component e' on a new dim.
+        if self.score == "component":
+            return self.components.log_prob(value)
         nbatch = self.loc.dim() - 2
         scores = self.components.log_prob(value.unsqueeze(-nbatch - 2))  # (*S, E, E', *batch)
         return torch.logsumexp(scores + self.log_mixture_weights, dim=-nbatch - 1)
@@ -204,10 +244,10 @@ class StratifiedMixture(TorchDistribution):
     @property
     def mixture_mean(self) -> Tensor:
         """The mean of the whole mixture, :math:`\\sum_e w_e \\mu_e`, shape ``(*batch, D)``."""
-        return (self.stratum_weights.unsqueeze(-1) * self.loc).sum(0)
+        return (self.log_mixture_weights.exp().unsqueeze(-1) * self.loc).sum(0)
 
     def select_component(self, generator: torch.Generator | None = None) -> Tensor:
         """Pick one present expert per data point uniformly at random; returns ``(*batch,)``."""
-        probs = self.stratum_weights.movedim(0, -1).reshape(-1, self.num_experts)
+        probs = self.log_mixture_weights.exp().movedim(0, -1).reshape(-1, self.num_experts)
         idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return idx.reshape(self.batch_shape[1:])

@@ -1,0 +1,265 @@
+"""Command line: ``pyro-mmvae train`` and ``pyro-mmvae make-polymnist``.
+
+``pyro-mmvae`` with no arguments trains the default model (MMVAE) on the offline
+``polymnist-mini`` dataset into ``./runs/``. Heavy modules (torch, pyro, the model zoo) are
+imported inside the commands, so ``pyro-mmvae --help`` answers at once.
+
+Mistakes a user can fix (bad settings, missing files, a checkpoint that does not fit) print
+``error: <message>`` and exit with status 2; a training run that diverges (NaN loss) exits
+with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+from pyro_mmvae import __version__
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+class LazyChoices:
+    """Choices for argparse whose names are loaded on first use (keeps ``--help`` fast)."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load = load
+        self._names: tuple[str, ...] | None = None
+
+    def names(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._load())
+        return self._names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+def _model_names() -> tuple[str, ...]:
+    from pyro_mmvae.zoo import MODELS
+
+    return MODELS
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from pyro_mmvae.data import DATASETS
+
+    return DATASETS
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-mmvae`` parser with its ``train`` and ``make-polymnist`` commands."""
+    parser = argparse.ArgumentParser(
+        prog="pyro-mmvae",
+        description="Multimodal VAEs as Pyro programs: train models, generate PolyMNIST.",
+        epilog="Without arguments: `pyro-mmvae train` (MMVAE on polymnist-mini into ./runs/).",
+    )
+    parser.add_argument("--version", action="version", version=f"pyro_mmvae {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(commands)
+    _add_make_polymnist(commands)
+    return parser
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a model; writes metrics, checkpoint and summary into a run folder",
+        description="Train a multimodal VAE with SVI. Settings left out come from the model's "
+        "preset (or, with --resume, from the checkpoint).",
+    )
+    # An explicit metavar keeps argparse from listing the choices (importing the zoo) up front.
+    train.add_argument("--model", default="mmvae", choices=LazyChoices(_model_names),
+                       metavar="NAME", help="one of %(choices)s (default: %(default)s)")
+    train.add_argument("--dataset", default="polymnist-mini",
+                       choices=LazyChoices(_dataset_names), metavar="NAME",
+                       help="one of %(choices)s (default: %(default)s; bundled and offline)")
+    train.add_argument("--preset", help="named recipe of the model zoo (e.g. mmvae_polymnist)")
+    train.add_argument("--data-root", metavar="DIR",
+                       help="dataset folder (default: $PYRO_MMVAE_DATA_ROOT)")
+    train.add_argument("--epochs", type=_positive_int, metavar="N")
+    train.add_argument("--batch-size", type=_positive_int, metavar="B")
+    train.add_argument("--lr", type=_positive_float, metavar="LR", help="Adam learning rate")
+    train.add_argument("--num-particles", type=_positive_int, metavar="K",
+                       help="samples of z per data point")
+    train.add_argument("--estimator", choices=("elbo", "iwae", "dreg"),
+                       help="objective: ELBO, importance-weighted bound, or IWAE with DReG")
+    train.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--out", metavar="RUN_DIR",
+                       help="run folder (default: ./runs/{model}-{dataset}-{time})")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoint")
+    train.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                       help="skip coherence and the generation grid at the end")
+    train.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bars")
+    train.set_defaults(handler=_run_train)
+
+
+def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
+    make = commands.add_parser(
+        "make-polymnist",
+        help="generate PolyMNIST PNGs from MNIST IDX files",
+        description="Write PolyMNIST (Sutter et al., ICLR 2021) as "
+        "OUT/PolyMNIST/{train,test}/m{i}/{idx}.{label}.png.",
+    )
+    make.add_argument("--mnist-root", required=True, metavar="DIR",
+                      help="folder with the MNIST IDX files (.gz or raw)")
+    make.add_argument("--backgrounds", required=True, metavar="DIR|procedural",
+                      help="folder of background images (one per modality) or 'procedural'")
+    make.add_argument("--modalities", type=_positive_int, default=5, metavar="M",
+                      help="number of modalities (default: 5)")
+    make.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    make.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    make.add_argument("--limit", type=_positive_int, metavar="N",
+                      help="use only the first N MNIST images of each split")
+    make.add_argument("--splits", nargs="+", default=("train", "test"),
+                      choices=("train", "test"), help="splits to write (default: both)")
+    make.add_argument("--workers", type=_positive_int, default=2,
+                      help="worker processes (default: 2)")
+    make.add_argument("--overwrite", action="store_true",
+                      help="replace PNGs already in the output folder")
+    make.set_defaults(handler=_run_make_polymnist)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pyro_mmvae.train import TrainConfig, default_run_dir, train
+
+    out = args.out or str(default_run_dir(args.model, args.dataset))
+    config = TrainConfig(
+        model=args.model,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        preset=args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_particles=args.num_particles,
+        estimator=args.estimator,
+        device=args.device,
+        seed=args.seed,
+        out=out,
+        resume=args.resume,
+        evaluate=args.evaluate,
+    )
+    print(f"run folder: {out}", flush=True)
+    summary = train(config, progress=args.progress)
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(summary: dict, out: str) -> None:
+    rows = [
+        ("model", summary.get("model")),
+        ("dataset", summary.get("dataset")),
+        ("epochs", summary.get("epochs")),
+        ("train loss / point", _fmt(summary.get("final_loss"))),
+        ("test loss / point", _fmt(summary.get("final_test_loss"))),
+        ("coherence (1 -> rest)", _fmt(summary.get("conditional_coherence"))),
+        ("training seconds", _fmt(summary.get("seconds"), 1)),
+        ("device", summary.get("device")),
+        ("parameters", summary.get("parameters")),
+    ]
+    for label, value in rows:
+        if value is not None:
+            print(f"  {label:<22} {value}")
+    print(f"summary: {out}/summary.json")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _run_make_polymnist(args: argparse.Namespace) -> int:
+    from pyro_mmvae.data import make_polymnist
+
+    folder = make_polymnist(
+        args.mnist_root,
+        args.backgrounds,
+        args.modalities,
+        args.seed,
+        out=args.out,
+        splits=tuple(args.splits),
+        limit=args.limit,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    print(f"PolyMNIST written to {folder}")
+    print(f"train on it with: pyro-mmvae train --dataset polymnist --data-root {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _exit_code(error: BaseException) -> int | None:
+    """2 for mistakes the user can fix, 1 for a diverged run, None for bugs (re-raised)."""
+    if "pyro_mmvae.train" in sys.modules:
+        from pyro_mmvae.train import TrainingError
+
+        if isinstance(error, TrainingError):
+            return 1
+    if "pyro_mmvae.checkpoint" in sys.modules:
+        from pyro_mmvae.checkpoint import CheckpointError
+
+        if isinstance(error, CheckpointError):
+            return 2
+    return 2 if isinstance(error, USER_ERRORS) else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pyro-mmvae`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv or ["train"])
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch is in the checkpoint", file=sys.stderr)
+        return 130
+    except Exception as error:
+        code = _exit_code(error)
+        if code is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return code

@@ -1,0 +1,284 @@
+"""Tests of the SVI loop (pyro_mmvae.train) and checkpoint files (pyro_mmvae.checkpoint).
+
+They run on a tiny two-modality dataset and a tiny Pyro VAE defined here, so they do not depend
+on the model zoo; `train` is pointed at them by replacing its dataset/model loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from torch import nn
+from torch.distributions import constraints
+
+from pyro_mmvae import train as train_module
+from pyro_mmvae.checkpoint import (
+    CheckpointError,
+    check_checkpoint_matches,
+    load_checkpoint,
+    save_checkpoint,
+    save_json,
+)
+from pyro_mmvae.data.base import MultimodalTensorDataset
+from pyro_mmvae.train import TrainConfig, TrainingError, train
+
+torch.set_num_threads(1)
+
+LATENT = 2
+
+
+class TinyVAE(nn.Module):
+    """z ~ N(0, I); x_m ~ N(W_m z + b_m, sigma) with a learned pyro.param sigma (constrained)."""
+
+    def __init__(self, event_shapes: dict[str, torch.Size]) -> None:
+        super().__init__()
+        self.event_shapes = dict(event_shapes)
+        sizes = {m: int(torch.Size(s).numel()) for m, s in event_shapes.items()}
+        self.encoder = nn.Linear(sum(sizes.values()), 2 * LATENT)
+        self.decoders = nn.ModuleDict({m: nn.Linear(LATENT, n) for m, n in sizes.items()})
+
+    def model(self, data: dict[str, torch.Tensor], mask=None) -> None:
+        pyro.module("tiny", self)
+        sigma = pyro.param("tiny_sigma", torch.tensor(0.5), constraint=constraints.positive)
+        size = next(iter(data.values())).shape[0]
+        with pyro.plate("data", size):
+            z = pyro.sample("z", dist.Normal(torch.zeros(size, LATENT), 1.0).to_event(1))
+            for name, decoder in self.decoders.items():
+                x = data[name].reshape(size, -1)
+                pyro.sample(f"x_{name}", dist.Normal(decoder(z), sigma).to_event(1), obs=x)
+
+    def guide(self, data: dict[str, torch.Tensor], mask=None) -> None:
+        pyro.module("tiny", self)
+        size = next(iter(data.values())).shape[0]
+        x = torch.cat([data[m].reshape(size, -1) for m in self.decoders], dim=-1)
+        loc, raw_scale = self.encoder(x).chunk(2, dim=-1)
+        with pyro.plate("data", size):
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw_scale)).to_event(1))
+
+
+def tiny_dataset(split: str, size: int = 48) -> MultimodalTensorDataset:
+    """Two 1x3x3 image modalities generated from a 2-D latent (learnable structure)."""
+    generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+    z = torch.randn(size, LATENT, generator=generator)
+    weights = torch.randn(2, LATENT, 9, generator=torch.Generator().manual_seed(7))
+    data = {
+        f"m{k}": torch.sigmoid(z @ weights[k]).reshape(size, 1, 3, 3) for k in range(2)
+    }
+    labels = (z[:, 0] > 0).long()
+    return MultimodalTensorDataset(data, labels, name="tiny")
+
+
+def tiny_spec(name: str, dataset, preset=None, **overrides) -> SimpleNamespace:
+    if name != "tiny":
+        raise ValueError(f"unknown model {name!r}")
+    return SimpleNamespace(
+        vae=TinyVAE(dataset.event_shapes),
+        elbo=Trace_ELBO(num_particles=overrides.get("num_particles", 1)),
+        train_defaults={"lr": 0.02, "amsgrad": False, "batch_size": 16, "epochs": 3},
+    )
+
+
+@pytest.fixture(autouse=True)
+def tiny_world(monkeypatch):
+    monkeypatch.setattr(
+        train_module, "_load_dataset", lambda _name, _root, split: tiny_dataset(split)
+    )
+    monkeypatch.setattr(train_module, "_build_model", tiny_spec)
+
+
+def config(out, **kwargs) -> TrainConfig:
+    kwargs.setdefault("epochs", 3)
+    return TrainConfig(
+        model="tiny", dataset="tiny", device="cpu", out=str(out), evaluate=False, **kwargs
+    )
+
+
+def read_metrics(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def store_snapshot() -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def test_short_run_lowers_loss_and_writes_files(tmp_path):
+    run = tmp_path / "run"
+    summary = train(config(run, epochs=8), progress=False)
+    records = read_metrics(run)
+    assert [r["epoch"] for r in records] == list(range(1, 9))
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 1.0
+    assert all(math.isfinite(r["test_loss"]) for r in records)
+    assert set(records[0]) == {"epoch", "train_loss", "test_loss", "seconds", "time"}
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["epoch"] == 8 and state["model"] == "tiny"
+    written = json.loads((run / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert summary["final_loss"] == records[-1]["train_loss"]
+    assert summary["parameters"] == sum(p.numel() for p in TinyVAE(
+        tiny_dataset("train").event_shapes).parameters())
+    assert summary["device"] == "cpu" and summary["epochs"] == 8
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+
+
+def test_resume_gives_identical_parameters(tmp_path):
+    train(config(tmp_path / "straight", epochs=4), progress=False)
+    straight = store_snapshot()
+
+    train(config(tmp_path / "split", epochs=2), progress=False)
+    halfway = store_snapshot()
+    summary = train(config(tmp_path / "split", epochs=4, resume=True), progress=False)
+    resumed = store_snapshot()
+
+    assert set(straight) == set(resumed) and "tiny_sigma" in resumed
+    assert not all(torch.equal(halfway[k], resumed[k]) for k in resumed)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert [r["epoch"] for r in read_metrics(tmp_path / "split")] == [1, 2, 3, 4]
+    straight_losses = [r["train_loss"] for r in read_metrics(tmp_path / "straight")]
+    assert [r["train_loss"] for r in read_metrics(tmp_path / "split")] == straight_losses
+    assert summary["final_loss"] == straight_losses[-1]
+
+
+def test_batch_order_depends_only_on_seed_and_epoch():
+    first = torch.randperm(10, generator=train_module.epoch_generator(3, 1))
+    torch.manual_seed(123)
+    again = torch.randperm(10, generator=train_module.epoch_generator(3, 1))
+    other = torch.randperm(10, generator=train_module.epoch_generator(3, 2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    train(config(tmp_path, epochs=1), progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train(config(tmp_path, epochs=1), progress=False)
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    train(config(tmp_path, epochs=1), progress=False)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train(config(tmp_path, epochs=2, resume=True), progress=False)
+
+
+def test_missing_and_foreign_checkpoints_are_reported(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(config(tmp_path / "nothing", resume=True), progress=False)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a pyro_mmvae checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    save_checkpoint(tmp_path / "partial.pt", {"model": "tiny"})
+    with pytest.raises(CheckpointError, match="lacks dataset"):
+        load_checkpoint(tmp_path / "partial.pt")
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    train(config(tmp_path, epochs=1), progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    state["model"] = "mvae"
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match="model 'mvae'"):
+        train(config(tmp_path, epochs=2, resume=True), progress=False)
+    with pytest.raises(CheckpointError, match="dataset"):
+        check_checkpoint_matches(state, model="mvae", dataset="polymnist")
+
+
+def test_checkpoint_version_is_checked(tmp_path):
+    train(config(tmp_path, epochs=1), progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["format"] == "pyro_mmvae-checkpoint" and state["version"] == 1
+    state["version"] = 99
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    train(config(tmp_path, epochs=2), progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    real_step = pyro.infer.SVI.step
+    calls = {"n": 0}
+
+    def step_then_nan(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = real_step(self, *args, **kwargs)
+        return float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", step_then_nan)
+    with pytest.raises(TrainingError, match=r"nan at epoch 3, step 2.*checkpoint.pt \(epoch 2\)"):
+        train(config(tmp_path, epochs=4, resume=True), progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert len(read_metrics(tmp_path)) == 2
+
+
+def test_infinite_loss_before_any_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(pyro.infer.SVI, "step", lambda self, *a, **k: float("inf"))
+    with pytest.raises(TrainingError, match="epoch 1, step 1; no checkpoint"):
+        train(config(tmp_path), progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_only_the_first_step_is_validated(tmp_path, monkeypatch):
+    seen = []
+    real_step = pyro.infer.SVI.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(pyro.distributions.is_validation_enabled())
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", recording_step)
+    pyro.enable_validation(True)
+    train(config(tmp_path, epochs=1), progress=False)
+    assert seen == [True, False, False]
+    assert pyro.distributions.is_validation_enabled()  # the caller's setting is restored
+
+
+def test_hyperparameters_and_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="estimator"):
+        train(config(tmp_path, estimator="vimco"), progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        train(config(tmp_path, epochs=0), progress=False)
+    with pytest.raises(ValueError, match="unknown device"):
+        train_module.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            train_module.resolve_device("cuda")
+    assert train_module.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_resume_may_lower_the_learning_rate(tmp_path):
+    train(config(tmp_path, epochs=1), progress=False)
+    train(config(tmp_path, epochs=2, lr=1e-3, resume=True), progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    groups = [g for s in state["optim_state"].values() for g in s["param_groups"]]
+    assert groups and all(g["lr"] == 1e-3 for g in groups)
+    assert state["hyper"]["lr"] == 1e-3 and state["hyper"]["batch_size"] == 16
+    with pytest.raises(ValueError, match="already trained 2 epochs"):
+        train(config(tmp_path, epochs=1, resume=True), progress=False)
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"x": torch.arange(3)})
+    save_json(tmp_path / "s.json", {"a": 1})
+    assert sorted(os.listdir(tmp_path)) == ["c.pt", "s.json"]
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["x"], torch.arange(3))
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint(tmp_path / "c.pt", {"bad": Unpicklable()})
+    assert sorted(os.listdir(tmp_path)) == ["c.pt", "s.json"]
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["x"], torch.arange(3))
