@@ -145,4 +145,5 @@ def test_subset_products_use_present_members_only():
     m, s = product_of_experts(loc[[0, 2], :1], scale[[0, 2], :1], prior_expert=True)
     assert torch.allclose(c_loc[0, :1], m) and torch.allclose(c_scale[0, :1], s)
     # no present member + prior expert: the prior itself
-    assert torch.allclose(c_loc[1, 0], torch.zeros(4)) and torch.allclose(c_scale[1, 0], torch.ones(4))
+    assert torch.allclose(c_loc[1, 0], torch.zeros(4))
+    assert torch.allclose(c_scale[1, 0], torch.ones(4))
