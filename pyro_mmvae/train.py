@@ -409,6 +409,8 @@ class _Loop:
             device=self.device,
         )
         total, count = 0.0, 0
+        if hasattr(self.vae, "start_epoch"):
+            self.vae.start_epoch(epoch - 1)  # KL warm-up schedules count epochs from 0
         steps = math.ceil(len(self.train_ds) / batch_size)
         desc = f"epoch {epoch}/{self.hyper.epochs}"
         with tqdm(total=steps, desc=desc, disable=not self.progress, leave=False) as bar:

@@ -7,6 +7,7 @@ from pyro_mmvae.distributions.experts import (
     mopoe_components,
     nonempty_subsets,
     product_of_experts,
+    subset_availability,
     subset_matrix,
     subset_products,
 )
@@ -22,5 +23,6 @@ __all__ = [
     "nonempty_subsets",
     "product_of_experts",
     "subset_matrix",
+    "subset_availability",
     "subset_products",
 ]

@@ -150,9 +150,14 @@ def mopoe_components(
     :math:`J = 2^E - 1`.
     """
     members = subset_matrix(loc.size(0), loc.device)
-    c_loc, c_scale, count = subset_products(loc, scale, members, mask, prior_expert)
-    size = members.sum(1, keepdim=True).to(count.dtype)
-    return c_loc, c_scale, count == size
+    c_loc, c_scale, _ = subset_products(loc, scale, members, mask, prior_expert)
+    return c_loc, c_scale, subset_availability(members, _check_experts(loc, scale, mask))
+
+
+def subset_availability(members: Tensor, present: Tensor) -> Tensor:
+    """Bool ``(S, B)``: every member of subset s (``members`` ``(S, E)``) is present in row b."""
+    missing = members.to(torch.float32) @ (~present).to(torch.float32)
+    return missing == 0
 
 
 class StratifiedMixture(TorchDistribution):
@@ -251,3 +256,15 @@ class StratifiedMixture(TorchDistribution):
         probs = self.log_mixture_weights.exp().movedim(0, -1).reshape(-1, self.num_experts)
         idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return idx.reshape(self.batch_shape[1:])
+
+    def choose_component(self, generator: torch.Generator | None = None) -> TorchDistribution:
+        """One present component per data point, drawn with the mixture weights.
+
+        Returns that component as a distribution of batch shape ``(*batch,)``: its mean is
+        the point conditional generation decodes for a mixture posterior.
+        """
+        index = self.select_component(generator)
+        gather = index.unsqueeze(0).unsqueeze(-1).expand(1, *index.shape, self.loc.size(-1))
+        loc = self.loc.gather(0, gather).squeeze(0)
+        scale = self.scale.gather(0, gather).squeeze(0)
+        return component_distribution(self.family, loc, scale)

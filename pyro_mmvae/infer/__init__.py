@@ -1,6 +1,15 @@
 """Objectives as :class:`pyro.infer.ELBO` subclasses."""
 
 from pyro_mmvae.infer.base import ESTIMATORS, MultimodalELBO, logmeanexp, site_log_prob
-from pyro_mmvae.infer.mixture import MixtureELBO
+from pyro_mmvae.infer.mixture import MixtureELBO, MoPoEELBO
+from pyro_mmvae.infer.subsampled import SubsampledELBO
 
-__all__ = ["ESTIMATORS", "MixtureELBO", "MultimodalELBO", "logmeanexp", "site_log_prob"]
+__all__ = [
+    "ESTIMATORS",
+    "MixtureELBO",
+    "MoPoEELBO",
+    "MultimodalELBO",
+    "SubsampledELBO",
+    "logmeanexp",
+    "site_log_prob",
+]

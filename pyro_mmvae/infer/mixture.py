@@ -23,3 +23,10 @@ from pyro_mmvae.infer.base import MultimodalELBO
 
 class MixtureELBO(MultimodalELBO):
     """MMVAE's stratified objective: per-stratum estimator, averaged over present experts."""
+
+
+class MoPoEELBO(MultimodalELBO):
+    r"""MoPoE's objective (Sutter et al. 2021): the same stratified estimator, but the guide
+    scores each subset's sample by that subset's PoE, so the KL term is the average over
+    subsets of :math:`\mathrm{KL}(\mathrm{PoE}(T)\,\|\,p(z))` (see
+    :class:`~pyro_mmvae.models.MoPoE`)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import pyro
 import torch
@@ -36,6 +37,26 @@ DATA_DIM = -1
 STRATA_DIM = -2
 
 
+@dataclass
+class Strata:
+    """A stratification of the latent site: S strata per data point.
+
+    :param available: bool ``(S, B)``: stratum s exists for data point b.
+    :param members: optional bool ``(S, M)``: the modalities stratum s *reconstructs*
+        (MVAE's subset ELBOs); ``None`` reconstructs every present modality in every stratum
+        (MMVAE, MoPoE).
+    """
+
+    available: Tensor
+    members: Tensor | None = None
+
+    def reconstruct_mask(self, present: Tensor) -> Tensor:
+        """Bool ``(M, S, B)`` or ``(M, B)``: where each modality's observation is scored."""
+        if self.members is None:
+            return present
+        return self.members.t().unsqueeze(-1) & present.unsqueeze(1)
+
+
 class MultimodalVAE(nn.Module):
     r"""Shared latent :math:`z \in \mathbb{R}^D`, one :class:`Modality` per data source.
 
@@ -47,6 +68,8 @@ class MultimodalVAE(nn.Module):
         ``"softmax"``, see :mod:`pyro_mmvae.distributions.scales`).
     :param beta: :math:`\beta`, the weight of the prior-ratio (KL) terms; applied with
         ``poutine.scale`` on the latent site in both model and guide.
+    :param kl_warmup_epochs: anneal beta linearly from ``beta / n`` to ``beta`` over the first
+        n epochs (0: no warm-up).
     """
 
     pyro_name = "mmvae"
@@ -58,6 +81,7 @@ class MultimodalVAE(nn.Module):
         posterior: str = "normal",
         scale_param: str = "softplus",
         beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         if not modalities:
@@ -76,6 +100,8 @@ class MultimodalVAE(nn.Module):
         self.scale_param = scale_param
         self.scale_fn = get_scale_fn(scale_param)
         self.beta = float(beta)
+        self.current_beta = float(beta)
+        self.kl_warmup_epochs = int(kl_warmup_epochs)
         self.register_buffer("_prior_loc", torch.zeros(self.latent_dim))
         self.register_buffer("_prior_scale", torch.ones(self.latent_dim))
 
@@ -155,26 +181,53 @@ class MultimodalVAE(nn.Module):
         return torch.stack(locs), torch.stack(scales)
 
     # ------------------------------------------------------------------ Pyro programs
-    def strata(self, present: Tensor) -> contextlib.AbstractContextManager:
-        """Plates the latent site lives in besides the data plate (none by default)."""
-        return contextlib.nullcontext()
+    def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata | None:
+        """How the latent site is stratified (``None``: one z per data point)."""
+        return None
 
-    def model(self, data: Data, mask: Mask = None) -> None:
-        r"""Generative model: :math:`z \sim p(z)` and ``x_<name>`` observed in the data plate."""
+    @contextlib.contextmanager
+    def stratified(self, strata: Strata | None):
+        """The ``strata`` plate (dim -2) masked to the available strata, if any."""
+        if strata is None:
+            yield
+            return
+        size = strata.available.size(0)
+        with pyro.plate("strata", size, dim=STRATA_DIM), poutine.mask(mask=strata.available):
+            yield
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (0-based): linear KL warm-up of beta."""
+        if self.kl_warmup_epochs > 0:
+            self.current_beta = self.beta * min(1.0, (epoch + 1) / self.kl_warmup_epochs)
+        else:
+            self.current_beta = self.beta
+
+    def model(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
+        r"""Generative model: :math:`z \sim p(z)` and ``x_<name>`` observed in the data plate.
+
+        ``subsets`` (bool ``(k, M)``) are extra strata for objectives that sub-sample modality
+        subsets (MVAE); the model and the guide must receive the same ones.
+        """
         pyro.module(self.pyro_name, self)
         data, present = self.prepare(data, mask)
-        with self.strata(present), pyro.plate("data", present.size(1), dim=DATA_DIM):
-            with poutine.scale(scale=self.beta):
+        strata = self.layout(present, subsets)
+        with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
+            with poutine.scale(scale=self.current_beta):
                 z = pyro.sample("z", self.prior())
-            self.observe(z, data, present)
+            reconstruct = present if strata is None else strata.reconstruct_mask(present)
+            self.observe(z, data, reconstruct)
 
-    def observe(self, z: Tensor, data: dict[str, Tensor], present: Tensor) -> None:
-        """One observe site per modality, weighted by :math:`\\lambda_m`, masked where absent."""
+    def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor) -> None:
+        """One observe site per modality, weighted by :math:`\\lambda_m`.
+
+        ``reconstruct[m]`` (``(B,)`` or ``(S, B)``) masks the rows, or the strata and rows,
+        in which modality m is scored.
+        """
         for i, (name, mod) in enumerate(self.mods.items()):
-            with poutine.mask(mask=present[i]), poutine.scale(scale=mod.weight):
+            with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
                 pyro.sample(f"x_{name}", mod.distribution(z), obs=data[name])
 
-    def guide(self, data: Data, mask: Mask = None) -> None:
+    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ generation

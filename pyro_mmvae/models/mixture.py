@@ -11,26 +11,23 @@ Train it with :class:`~pyro_mmvae.infer.MixtureELBO`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import pyro
-import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 
-from pyro_mmvae.distributions.experts import StratifiedMixture, component_distribution
-from pyro_mmvae.models.base import DATA_DIM, STRATA_DIM, Data, Mask, MultimodalVAE
+from pyro_mmvae.distributions.experts import StratifiedMixture
+from pyro_mmvae.models.base import DATA_DIM, Data, Mask, MultimodalVAE, Strata
 
 
 class MMVAE(MultimodalVAE):
     """Mixture-of-experts joint posterior with one stratum per modality."""
 
-    @contextlib.contextmanager
-    def strata(self, present: Tensor):
-        with pyro.plate("strata", present.size(0), dim=STRATA_DIM), poutine.mask(mask=present):
-            yield
+    def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
+        """One stratum per expert, available where its modality is present."""
+        return Strata(available=present)
 
     def joint_posterior(self, data: Data, mask: Mask = None) -> StratifiedMixture:
         """The stratified mixture over the present experts, batch shape ``(M, B)``."""
@@ -38,14 +35,15 @@ class MMVAE(MultimodalVAE):
         loc, scale = self.expert_params(data)
         return StratifiedMixture(loc, scale, present, family=self.posterior_family)
 
-    def guide(self, data: Data, mask: Mask = None) -> None:
+    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
         r""":math:`z_m \sim q_m(z|x_m)` in stratum m, scored by :math:`q_\Phi(z|X)`."""
         pyro.module(self.pyro_name, self)
         data, present = self.prepare(data, mask)
         loc, scale = self.expert_params(data)
         qz = StratifiedMixture(loc, scale, present, family=self.posterior_family)
-        with self.strata(present), pyro.plate("data", present.size(1), dim=DATA_DIM):
-            with poutine.scale(scale=self.beta):
+        with self.stratified(self.layout(present)), pyro.plate("data", present.size(1),
+                                                                dim=DATA_DIM):
+            with poutine.scale(scale=self.current_beta):
                 pyro.sample("z", qz)
 
     def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
@@ -56,14 +54,4 @@ class MMVAE(MultimodalVAE):
         which is how MMVAE samples from :math:`q(z|X_S)`.
         """
         sources = self._check_names(sources, "source")
-        subset = {s: data[s] for s in sources}
-        qz = self.joint_posterior(subset)
-        if len(sources) == 1:
-            index = torch.full(qz.batch_shape[1:], self.names.index(sources[0]),
-                               device=qz.loc.device)
-        else:
-            index = qz.select_component()
-        gather = index.view(1, -1, 1).expand(1, index.numel(), self.latent_dim)
-        loc = qz.loc.gather(0, gather).squeeze(0)
-        scale = qz.scale.gather(0, gather).squeeze(0)
-        return component_distribution(self.posterior_family, loc, scale)
+        return self.joint_posterior({s: data[s] for s in sources}).choose_component()

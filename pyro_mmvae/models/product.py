@@ -1,0 +1,82 @@
+r"""MVAE: the product-of-experts multimodal VAE (Wu & Goodman 2018).
+
+.. math:: q(z \mid X_S) \propto p(z) \prod_{m \in S} q_m(z \mid x_m)
+
+(Gaussian experts, closed form, with the prior as an extra expert). The sub-sampled objective
+sums subset ELBOs,
+
+.. math:: \mathrm{ELBO}(X; q(z|X)) + \sum_m \mathrm{ELBO}(x_m; q(z|x_m))
+          + \sum_{j=1}^k \mathrm{ELBO}(X_{S_j}; q(z|X_{S_j})),
+
+each reconstructing only its own subset. Here every subset ELBO is one stratum of the
+latent site: stratum s draws z from the PoE of its present members and scores the
+observations of those members only; :class:`~pyro_mmvae.infer.SubsampledELBO` draws the k
+random subsets each step and passes them to model and guide as ``subsets``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor
+
+from pyro_mmvae.distributions.experts import (
+    StratifiedMixture,
+    component_distribution,
+    product_of_experts,
+    subset_products,
+)
+from pyro_mmvae.models.base import DATA_DIM, Data, Mask, MultimodalVAE, Strata
+
+
+class MVAE(MultimodalVAE):
+    """Product of Gaussian experts with a prior expert; strata = the subset ELBOs."""
+
+    def __init__(self, *args, prior_expert: bool = True, **kwargs) -> None:
+        kwargs.setdefault("posterior", "normal")
+        super().__init__(*args, **kwargs)
+        if self.posterior_family != "normal":
+            raise ValueError("a product of experts needs Normal experts (closed form)")
+        self.prior_expert = prior_expert
+
+    def subset_members(self, subsets: Tensor | None, device: torch.device) -> Tensor:
+        """Bool ``(S, M)``: the joint set, each single modality, then the extra subsets."""
+        num = len(self.names)
+        rows = [torch.ones(1, num, dtype=torch.bool, device=device),
+                torch.eye(num, dtype=torch.bool, device=device)]
+        if subsets is not None:
+            if subsets.dim() != 2 or subsets.size(1) != num:
+                raise ValueError(f"subsets must be a bool tensor (k, {num})")
+            rows.append(subsets.to(device=device, dtype=torch.bool))
+        return torch.cat(rows) if num > 1 else rows[0]
+
+    def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
+        members = self.subset_members(subsets, present.device)
+        available = (members.unsqueeze(-1) & present.unsqueeze(0)).any(1)
+        return Strata(available=available, members=members)
+
+    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
+        r"""Stratum s: :math:`z \sim \mathrm{PoE}(S_s \cap \text{present})`, scored by itself."""
+        pyro.module(self.pyro_name, self)
+        data, present = self.prepare(data, mask)
+        strata = self.layout(present, subsets)
+        loc, scale = self.expert_params(data)
+        c_loc, c_scale, _ = subset_products(loc, scale, strata.members, present,
+                                            prior_expert=self.prior_expert)
+        qz = StratifiedMixture(c_loc, c_scale, strata.available, score="component",
+                               weights=torch.ones_like(c_loc[..., 0]))
+        with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
+            with poutine.scale(scale=self.current_beta):
+                pyro.sample("z", qz)
+
+    def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
+        """The PoE of the source experts (and the prior expert)."""
+        sources = self._check_names(sources, "source")
+        subset, present = self.prepare({s: data[s] for s in sources})
+        loc, scale = self.expert_params(subset)
+        p_loc, p_scale = product_of_experts(loc, scale, present, prior_expert=self.prior_expert)
+        return component_distribution("normal", p_loc, p_scale)
