@@ -51,6 +51,12 @@ DEFAULTS: dict[str, Any] = {
 
 TRAIN_KEYS = ("lr", "amsgrad", "batch_size", "epochs")
 
+#: Per-dataset defaults, applied over DEFAULTS (a preset or override still wins). The offline
+#: mini dataset gets a recipe that trains to a useful model in minutes on a laptop CPU.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "polymnist-mini": {"hidden": (256, 256), "batch_size": 64, "epochs": 20},
+}
+
 #: Named recipes from the papers (see MODELS.md); ``model`` names the model they are for.
 PRESETS: dict[str, dict[str, Any]] = {
     "mopoe_polymnist": {
@@ -106,8 +112,10 @@ def build_networks(nets: str, event_shape: torch.Size, param_shape: torch.Size,
     from pyro_mmvae.nets.polymnist import PolyMNISTResNetDecoder, PolyMNISTResNetEncoder
 
     if nets == "mlp":
-        activation = "sigmoid" if _is_image(event_shape) and param_shape == event_shape else None
-        return (MLPEncoder(event_shape, latent_dim, hidden=hidden),
+        image = _is_image(event_shape)
+        activation = "sigmoid" if image and param_shape == event_shape else None
+        centre = {"input_offset": 0.5, "input_scale": 0.5} if image else {}
+        return (MLPEncoder(event_shape, latent_dim, hidden=hidden, **centre),
                 MLPDecoder(latent_dim, param_shape, hidden=hidden, output_activation=activation))
     if nets == "resnet":
         if tuple(event_shape) != (3, 28, 28) or param_shape != event_shape:
@@ -171,11 +179,16 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 MODELS: tuple[str, ...] = tuple(BUILDERS)
 
 
-def resolve_settings(name: str, preset: str | None = None, **overrides) -> dict[str, Any]:
-    """Library defaults, then the preset, then the overrides (``None`` values are ignored)."""
+def resolve_settings(name: str, preset: str | None = None, dataset_name: str | None = None,
+                     **overrides) -> dict[str, Any]:
+    """Library, dataset and model defaults, then the preset, then the overrides.
+
+    ``None`` values among the overrides are ignored.
+    """
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     settings = dict(DEFAULTS)
+    settings.update(DATASET_DEFAULTS.get(dataset_name, {}))
     settings.update(MODEL_DEFAULTS.get(name, {}))
     if preset is not None:
         if preset not in PRESETS:
@@ -194,7 +207,7 @@ def resolve_settings(name: str, preset: str | None = None, **overrides) -> dict[
 
 def build_model(name: str, dataset, preset: str | None = None, **overrides) -> ModelSpec:
     """Build model ``name`` for ``dataset`` (anything with ``.modalities``/``.event_shapes``)."""
-    settings = resolve_settings(name, preset, **overrides)
+    settings = resolve_settings(name, preset, getattr(dataset, "name", None), **overrides)
     vae, elbo = BUILDERS[name](dataset, settings)
     train_defaults = {k: settings[k] for k in TRAIN_KEYS}
     return ModelSpec(name, vae, elbo, train_defaults, preset, settings)

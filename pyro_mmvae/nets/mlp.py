@@ -61,9 +61,15 @@ def _mlp_trunk(
 class MLPEncoder(nn.Module):
     """x (B, *in_shape) -> (loc (B, D), raw_scale (B, D)).
 
-    The input is flattened, passed through ``Linear -> activation`` layers of widths
-    ``hidden`` and then two linear heads. ``raw_scale`` is unconstrained: the model maps
-    it to a positive scale (softplus or the MMVAE+ softmax parameterisation).
+    The input is standardised as ``(x - input_offset) / input_scale``, flattened, passed
+    through ``Linear -> activation`` layers of widths ``hidden`` and then two linear heads.
+    ``raw_scale`` is unconstrained: the model maps it to a positive scale (softplus or the
+    MMVAE+ softmax parameterisation).
+
+    Centre inputs that are not centred (images in [0, 1]: offset 0.5, scale 0.5): with a
+    constant-ish input the first layer's outputs barely differ between data points, the
+    latent noise swamps the signal and the VAE collapses onto its prior before it learns to
+    use z (observed on PolyMNIST-style images).
     """
 
     def __init__(
@@ -72,8 +78,13 @@ class MLPEncoder(nn.Module):
         latent_dim: int,
         hidden: Sequence[int] = (400, 400),
         activation: type[nn.Module] = nn.ReLU,
+        input_offset: float = 0.0,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not input_scale > 0:
+            raise ValueError(f"input_scale must be positive, got {input_scale}")
+        self.input_offset, self.input_scale = float(input_offset), float(input_scale)
         self.in_shape = _check_positive_dims(in_shape, "in_shape")
         (self.latent_dim,) = _check_positive_dims([latent_dim], "latent_dim")
         hidden = _check_positive_dims(hidden, "hidden widths")
@@ -84,7 +95,8 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_trailing_shape(x, self.in_shape, type(self).__name__)
-        h = self.trunk(x.reshape(x.shape[0], -1))
+        x = (x.reshape(x.shape[0], -1) - self.input_offset) / self.input_scale
+        h = self.trunk(x)
         return self.loc(h), self.raw_scale(h)
 
 
