@@ -268,3 +268,15 @@ class StratifiedMixture(TorchDistribution):
         loc = self.loc.gather(0, gather).squeeze(0)
         scale = self.scale.gather(0, gather).squeeze(0)
         return component_distribution(self.family, loc, scale)
+
+    def marginal(self) -> TorchDistribution:
+        """The mixture as one distribution per data point, batch shape ``(*batch,)``.
+
+        Sampling picks a present component with the mixture weights, then draws from it
+        (not reparameterised: use it as an importance proposal, not for gradients);
+        ``log_prob`` is the mixture density.
+        """
+        weights = self.log_mixture_weights.exp().movedim(0, -1)
+        components = component_distribution(self.family, self.loc.movedim(0, -2),
+                                             self.scale.movedim(0, -2))
+        return dist.MixtureSameFamily(dist.Categorical(probs=weights), components)

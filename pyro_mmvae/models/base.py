@@ -202,15 +202,18 @@ class MultimodalVAE(nn.Module):
         else:
             self.current_beta = self.beta
 
-    def model(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
+    def model(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
+              stratify: bool = True) -> None:
         r"""Generative model: :math:`z \sim p(z)` and ``x_<name>`` observed in the data plate.
 
         ``subsets`` (bool ``(k, M)``) are extra strata for objectives that sub-sample modality
-        subsets (MVAE); the model and the guide must receive the same ones.
+        subsets (MVAE); the model and the guide must receive the same ones. With
+        ``stratify=False`` there is no strata plate: one z per data point, as importance
+        sampling of :math:`\log p(X)` needs.
         """
         pyro.module(self.pyro_name, self)
         data, present = self.prepare(data, mask)
-        strata = self.layout(present, subsets)
+        strata = self.layout(present, subsets) if stratify else None
         with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
             with poutine.scale(scale=self.current_beta):
                 z = pyro.sample("z", self.prior())
@@ -227,7 +230,24 @@ class MultimodalVAE(nn.Module):
             with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
                 pyro.sample(f"x_{name}", mod.distribution(z), obs=data[name])
 
-    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
+    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
+              stratify: bool = True) -> None:
+        """Draw z from the model's inference network (see :meth:`latent_posterior`).
+
+        With ``stratify=False`` z is drawn once per data point from the full posterior of
+        the present modalities and scored by its density: a proper importance proposal.
+        """
+        pyro.module(self.pyro_name, self)
+        data, present = self.prepare(data, mask)
+        strata = self.layout(present, subsets) if stratify else None
+        qz = self.latent_posterior(data, present, strata, stratify)
+        with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
+            with poutine.scale(scale=self.current_beta):
+                pyro.sample("z", qz)
+
+    def latent_posterior(self, data: dict[str, Tensor], present: Tensor,
+                         strata: Strata | None, stratify: bool) -> TorchDistribution:
+        """The distribution z is drawn from: batch ``(S, B)`` with strata, else ``(B,)``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ generation

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
-from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 
 from pyro_mmvae.distributions.experts import StratifiedMixture
-from pyro_mmvae.models.base import DATA_DIM, Data, Mask, MultimodalVAE, Strata
+from pyro_mmvae.models.base import Data, Mask, MultimodalVAE, Strata
 
 
 class MMVAE(MultimodalVAE):
@@ -35,16 +33,12 @@ class MMVAE(MultimodalVAE):
         loc, scale = self.expert_params(data)
         return StratifiedMixture(loc, scale, present, family=self.posterior_family)
 
-    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
-        r""":math:`z_m \sim q_m(z|x_m)` in stratum m, scored by :math:`q_\Phi(z|X)`."""
-        pyro.module(self.pyro_name, self)
-        data, present = self.prepare(data, mask)
+    def latent_posterior(self, data, present, strata, stratify):
+        r"""Stratum m: :math:`z \sim q_m(z|x_m)`, scored by :math:`q_\Phi(z|X)`; unstratified:
+        the mixture itself."""
         loc, scale = self.expert_params(data)
         qz = StratifiedMixture(loc, scale, present, family=self.posterior_family)
-        with self.stratified(self.layout(present)), pyro.plate("data", present.size(1),
-                                                                dim=DATA_DIM):
-            with poutine.scale(scale=self.current_beta):
-                pyro.sample("z", qz)
+        return qz if strata is not None else qz.marginal()
 
     def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
         """For one source, its expert; for several, a randomly chosen present expert per row.

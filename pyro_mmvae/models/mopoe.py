@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
-from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 
@@ -30,7 +28,7 @@ from pyro_mmvae.distributions.experts import (
     subset_availability,
     subset_matrix,
 )
-from pyro_mmvae.models.base import DATA_DIM, Data, Mask, MultimodalVAE, Strata
+from pyro_mmvae.models.base import Data, Mask, MultimodalVAE, Strata
 
 SAMPLING = ("stratified", "single")
 
@@ -62,15 +60,15 @@ class MoPoE(MultimodalVAE):
         members = subset_matrix(present.size(0), present.device)
         return Strata(available=subset_availability(members, present))
 
-    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
-        pyro.module(self.pyro_name, self)
-        qz = self.joint_posterior(data, mask)
-        strata = None if self.sampling == "single" else Strata(available=qz.mask)
-        # (the same availability as layout(); computed once from the mixture here)
-        site = qz if strata is not None else qz.choose_component()
-        with self.stratified(strata), pyro.plate("data", qz.mask.size(1), dim=DATA_DIM):
-            with poutine.scale(scale=self.current_beta):
-                pyro.sample("z", site)
+    def latent_posterior(self, data, present, strata, stratify):
+        """Stratum j: the PoE of subset j; ``"single"``: one available subset PoE per data
+        point; unstratified (importance sampling): the mixture over subset PoEs."""
+        loc, scale = self.expert_params(data)
+        c_loc, c_scale, available = mopoe_components(loc, scale, present, self.prior_expert)
+        qz = StratifiedMixture(c_loc, c_scale, available, score="component")
+        if strata is not None:
+            return qz
+        return qz.choose_component() if stratify else qz.marginal()
 
     def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
         """One subset PoE of the sources per row, drawn uniformly (its mean is decoded)."""

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 
@@ -30,7 +28,7 @@ from pyro_mmvae.distributions.experts import (
     product_of_experts,
     subset_products,
 )
-from pyro_mmvae.models.base import DATA_DIM, Data, Mask, MultimodalVAE, Strata
+from pyro_mmvae.models.base import Data, MultimodalVAE, Strata
 
 
 class MVAE(MultimodalVAE):
@@ -59,19 +57,17 @@ class MVAE(MultimodalVAE):
         available = (members.unsqueeze(-1) & present.unsqueeze(0)).any(1)
         return Strata(available=available, members=members)
 
-    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None) -> None:
-        r"""Stratum s: :math:`z \sim \mathrm{PoE}(S_s \cap \text{present})`, scored by itself."""
-        pyro.module(self.pyro_name, self)
-        data, present = self.prepare(data, mask)
-        strata = self.layout(present, subsets)
+    def latent_posterior(self, data, present, strata, stratify):
+        r"""Stratum s: :math:`z \sim \mathrm{PoE}(S_s \cap \text{present})`, scored by itself;
+        unstratified: the PoE of every present modality."""
         loc, scale = self.expert_params(data)
+        if strata is None:
+            p_loc, p_scale = product_of_experts(loc, scale, present, self.prior_expert)
+            return component_distribution("normal", p_loc, p_scale)
         c_loc, c_scale, _ = subset_products(loc, scale, strata.members, present,
                                             prior_expert=self.prior_expert)
-        qz = StratifiedMixture(c_loc, c_scale, strata.available, score="component",
-                               weights=torch.ones_like(c_loc[..., 0]))
-        with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
-            with poutine.scale(scale=self.current_beta):
-                pyro.sample("z", qz)
+        return StratifiedMixture(c_loc, c_scale, strata.available, score="component",
+                                 weights=torch.ones_like(c_loc[..., 0]))
 
     def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
         """The PoE of the source experts (and the prior expert)."""
