@@ -54,7 +54,8 @@ TRAIN_KEYS = ("lr", "amsgrad", "batch_size", "epochs")
 #: Per-dataset defaults, applied over DEFAULTS (a preset or override still wins). The offline
 #: mini dataset gets a recipe that trains to a useful model in minutes on a laptop CPU.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "polymnist-mini": {"hidden": (256, 256), "batch_size": 64, "epochs": 20},
+    "polymnist-mini": {"hidden": (256, 256), "batch_size": 64, "epochs": 12,
+                       "kl_warmup_epochs": 5},
 }
 
 #: Named recipes from the papers (see MODELS.md); ``model`` names the model they are for.
