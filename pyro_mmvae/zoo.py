@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "kl_warmup_epochs": 0,
     "prior_expert": False,
     "num_subsets": 1,
-    "subset_sampling": "stratified",
+    "subset_sampling": "single",
     "likelihood": "laplace",
     "likelihood_scale": 0.75,
     "nets": "mlp",

@@ -8,8 +8,9 @@ with the objective :math:`E_{q(z|X)}[\log p(X|z)] - \beta \frac{1}{2^M-1}\sum_T
 mixture. Two estimators of the mixture expectation, selectable with ``sampling``:
 
 * ``"stratified"``: one stratum per subset (31 for M = 5), all decoded in one batched call;
-* ``"single"``: one subset per data point drawn uniformly from the available ones (cheaper,
-  noisier; the same objective in expectation).
+* ``"single"`` (default): one subset per data point drawn uniformly from the available ones,
+  as the official implementation assigns each data point of a batch to one subset; the same
+  objective in expectation at the cost of one decoding per modality.
 
 A subset is available for a data point when all its members are present, so with missing
 modalities the mixture runs over the subsets of the present ones.
@@ -36,7 +37,7 @@ SAMPLING = ("stratified", "single")
 class MoPoE(MultimodalVAE):
     """Mixture over all non-empty subsets of the PoE of that subset's experts."""
 
-    def __init__(self, *args, sampling: str = "stratified", prior_expert: bool = False,
+    def __init__(self, *args, sampling: str = "single", prior_expert: bool = False,
                  **kwargs) -> None:
         kwargs.setdefault("posterior", "normal")
         super().__init__(*args, **kwargs)
