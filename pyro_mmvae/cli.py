@@ -1,4 +1,4 @@
-"""Command line: ``pyro-mmvae train`` and ``pyro-mmvae make-polymnist``.
+"""Command line: ``pyro-mmvae train``, ``pyro-mmvae evaluate`` and ``pyro-mmvae make-polymnist``.
 
 ``pyro-mmvae`` with no arguments trains the default model (MMVAE) on the offline
 ``polymnist-mini`` dataset into ``./runs/``. Heavy modules (torch, pyro, the model zoo) are
@@ -78,15 +78,17 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pyro-mmvae`` parser with its ``train`` and ``make-polymnist`` commands."""
+    """The ``pyro-mmvae`` parser: ``train``, ``evaluate`` and ``make-polymnist`` commands."""
     parser = argparse.ArgumentParser(
         prog="pyro-mmvae",
-        description="Multimodal VAEs as Pyro programs: train models, generate PolyMNIST.",
+        description="Multimodal VAEs as Pyro programs: train and evaluate models, generate "
+        "PolyMNIST.",
         epilog="Without arguments: `pyro-mmvae train` (MMVAE on polymnist-mini into ./runs/).",
     )
     parser.add_argument("--version", action="version", version=f"pyro_mmvae {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(commands)
+    _add_evaluate(commands)
     _add_make_polymnist(commands)
     return parser
 
@@ -125,6 +127,68 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", dest="progress", action="store_false",
                        help="no progress bars")
     train.set_defaults(handler=_run_train)
+
+
+METRIC_NAMES = ("coherence", "quality", "likelihood", "probe")  # pyro_mmvae.metrics.METRICS
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in names if m not in METRIC_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric(s) {', '.join(unknown) or repr(text)}; choose from "
+            f"{','.join(METRIC_NAMES)}"
+        )
+    return names
+
+
+def _count_or_all(text: str) -> int | None:
+    return None if text.strip().lower() == "all" else _positive_int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a trained run: coherence, quality, likelihoods, probes; writes eval.json",
+        description="Evaluate the model of a `pyro-mmvae train` run folder and write "
+        "RUN_DIR/eval.json and PNG figures (generation grids, coherence by number of "
+        "inputs, Pareto k-hat histogram).",
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="run folder with checkpoint.pt")
+    evaluate.add_argument("--metrics", type=_metric_list, default=METRIC_NAMES,
+                          metavar="LIST", help="comma-separated subset of "
+                          f"{','.join(METRIC_NAMES)} (default: all)")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=1000, metavar="K",
+                          help="importance samples per data point (default: %(default)s)")
+    evaluate.add_argument("--max-points", type=_count_or_all, default=1000, metavar="N|all",
+                          help="test points for the likelihoods (default: %(default)s)")
+    evaluate.add_argument("--chunk-size", type=_positive_int, metavar="C",
+                          help="importance samples per chunk (default: 4096 latents a chunk)")
+    evaluate.add_argument("--likelihood-subsets", type=_non_negative_int, default=1,
+                          metavar="N", help="source subsets per size for log p(X_S) and the "
+                          "conditional log p(X_rest | X_S) (default: %(default)s; 0: joint only)")
+    evaluate.add_argument("--quality-points", type=_count_or_all, default=10000,
+                          metavar="N|all", help="test images per Fréchet distance "
+                          "(default: %(default)s)")
+    evaluate.add_argument("--coherence-points", type=_count_or_all, default=None,
+                          metavar="N|all", help="test points for conditional coherence "
+                          "(default: all)")
+    evaluate.add_argument("--fid-weights", metavar="FILE",
+                          help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth) "
+                          "to add Inception FID; needs pip install 'pyro_mmvae[fid]'")
+    evaluate.add_argument("--data-root", metavar="DIR",
+                          help="dataset folder (default: the run's, or $PYRO_MMVAE_DATA_ROOT)")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    evaluate.set_defaults(handler=_run_evaluate)
 
 
 def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
@@ -202,6 +266,54 @@ def _print_summary(summary: dict, out: str) -> None:
 
 def _fmt(value: float | None, digits: int = 3) -> str | None:
     return None if value is None else f"{value:.{digits}f}"
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pyro_mmvae.metrics.evaluate import EVAL_NAME, evaluate_run
+
+    results = evaluate_run(
+        args.run_dir,
+        metrics=args.metrics,
+        num_samples=args.num_samples,
+        device=args.device,
+        data_root=args.data_root,
+        max_points=args.max_points,
+        chunk_size=args.chunk_size,
+        likelihood_subsets=args.likelihood_subsets,
+        quality_points=args.quality_points,
+        coherence_points=args.coherence_points,
+        fid_weights=args.fid_weights,
+        seed=args.seed,
+    )
+    _print_evaluation(results)
+    print(f"evaluation: {args.run_dir}/{EVAL_NAME}")
+    return 0
+
+
+def _print_evaluation(results: dict) -> None:
+    coherence = results.get("coherence") or {}
+    quality = (results.get("quality") or {}).get("classifier_frechet_distance") or {}
+    likelihood = results.get("likelihood") or {}
+    joint = likelihood.get("joint") or {}
+    by_size = coherence.get("by_subset_size") or {}
+    probe = (results.get("probe") or {}).get("by_subset_size") or {}
+    rows = [
+        ("model", results.get("model")),
+        ("coherence by |S|", " ".join(f"{k}:{v:.3f}" for k, v in by_size.items()) or None),
+        ("unconditional coherence", _fmt(coherence.get("unconditional_coherence"))),
+        ("classifier accuracy", _fmt(coherence.get("mean_classifier_accuracy"))),
+        ("classifier Fréchet dist.", _fmt(quality.get("mean_unconditional"), 2)),
+        ("log p(X) / point", _fmt(joint.get("mean"), 2)),
+        ("k-hat > 0.7 (fraction)",
+         _fmt((joint.get("pareto_k") or {}).get("fraction_above_0.7"))),
+        ("ESS / K", _fmt((joint.get("ess") or {}).get("mean_fraction"))),
+        ("likelihood", likelihood.get("skipped") and f"skipped: {likelihood['skipped']}"),
+        ("probe by |S|", " ".join(f"{k}:{v:.3f}" for k, v in probe.items()) or None),
+        ("seconds", _fmt(results.get("total_seconds"), 1)),
+    ]
+    for label, value in rows:
+        if value is not None:
+            print(f"  {label:<25} {value}")
 
 
 def _run_make_polymnist(args: argparse.Namespace) -> int:

@@ -108,7 +108,7 @@ def test_differentiable_loss_equals_loss_and_is_sum_over_batch():
     a = elbo.loss(vae.model, vae.guide, data, mask)
     pyro.set_rng_seed(0)
     b = elbo.differentiable_loss(vae.model, vae.guide, data, mask)
-    assert a == pytest.approx(float(b), rel=1e-6)
+    assert a == pytest.approx(b.item(), rel=1e-6)
 
 
 def test_dreg_gradients_match_reference():

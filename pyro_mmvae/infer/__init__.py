@@ -2,10 +2,12 @@
 
 from pyro_mmvae.infer.base import ESTIMATORS, MultimodalELBO, logmeanexp, site_log_prob
 from pyro_mmvae.infer.mixture import MixtureELBO, MoPoEELBO
+from pyro_mmvae.infer.mmvae_plus import MMVAEPlusELBO
 from pyro_mmvae.infer.subsampled import SubsampledELBO
 
 __all__ = [
     "ESTIMATORS",
+    "MMVAEPlusELBO",
     "MixtureELBO",
     "MoPoEELBO",
     "MultimodalELBO",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pyro_mmvae.nets.classifier import DigitClassifier
+from pyro_mmvae.nets.mlp import check_trailing_shape
 
 CACHE_ENV = "PYRO_MMVAE_CACHE"
 FILE_FORMAT = "pyro_mmvae.ModalityClassifiers"
@@ -95,6 +96,22 @@ class ModalityClassifiers:
         try:
             x = x.to(self.device, torch.float32).clamp(0.0, 1.0)
             chunks = [net(part) for part in x.split(PREDICT_CHUNK)] if len(x) else [net(x)]
+            return torch.cat(chunks)
+        finally:
+            net.train(was_training)
+
+    @torch.no_grad()
+    def features(self, name: str, x: Tensor) -> Tensor:
+        """Penultimate-layer features (B, F) of images ``x`` (the flattened conv map the
+        linear head reads; F = 1024 for 28x28 inputs), clamped to [0, 1] first, eval mode."""
+        net = self._net(name)
+        was_training = net.training
+        net.eval()
+        try:
+            check_trailing_shape(x, net.in_shape, f"classifier of {name!r}")
+            x = x.to(self.device, torch.float32).clamp(0.0, 1.0)
+            chunks = [net.features(part) for part in x.split(PREDICT_CHUNK)] if len(x) else [
+                net.features(x)]
             return torch.cat(chunks)
         finally:
             net.train(was_training)

@@ -1,4 +1,6 @@
-"""Image grids of cross-modal and unconditional generations (torchvision ``save_image``).
+"""Figures of the evaluation: image grids (torchvision) and plots (matplotlib, Agg canvas).
+
+Image grids of cross-modal and unconditional generations use torchvision's ``save_image``.
 
 Every tile is clamped to [0, 1]; grids use torchvision's default 2-pixel padding, so a grid
 of R rows and C columns of HxW images is (R * (H + 2) + 2) x (C * (W + 2) + 2) pixels.
@@ -79,3 +81,112 @@ def save_unconditional_grid(vae: Any, path: str | Path, num_samples: int = 8) ->
     names = tuple(getattr(vae, "names", None) or samples.keys())
     rows = [_as_rgb_images(samples[m][:num_samples], m) for m in names]
     return _save_rows(rows, path, columns=num_samples)
+
+
+# ---------------------------------------------------------------------- figures (matplotlib)
+def _new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure drawn with the Agg canvas (no pyplot, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_figure(figure: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def save_coherence_plot(
+    coherence: Mapping[str, Any],
+    path: str | Path,
+    unconditional: float | None = None,
+    probe: Mapping[Any, float] | None = None,
+    num_classes: int | None = 10,
+) -> Path:
+    """Line plot: conditional coherence against the number of inputs |S|.
+
+    ``coherence`` is the result of :func:`conditional_coherence`: its ``by_subset_size``
+    gives the line and ``by_subset`` the individual (S, t) pairs (grey dots). Dashed lines:
+    the mean accuracy of the classifiers on real test images (the ceiling a perfect
+    generator reaches), chance 1/``num_classes``, and the unconditional coherence if given.
+    ``probe`` (``{|S|: accuracy}``) adds the linear-probe accuracy of E[z|X_S].
+    """
+    by_size = {int(k): float(v) for k, v in coherence["by_subset_size"].items()}
+    if not by_size:
+        raise ValueError("coherence has no by_subset_size figures to plot")
+    figure = _new_figure(5.5, 4.0)
+    ax = figure.add_subplot()
+    for key, targets in coherence.get("by_subset", {}).items():
+        size = len(key.split("+"))
+        ax.scatter([size] * len(targets), list(targets.values()), s=12, color="0.7", zorder=1)
+    sizes = sorted(by_size)
+    ax.plot(sizes, [by_size[k] for k in sizes], "o-", color="C0", label="conditional coherence",
+            zorder=3)
+    if probe:
+        probe_sizes = sorted(int(k) for k in probe)
+        values = {int(k): float(v) for k, v in probe.items()}
+        ax.plot(probe_sizes, [values[k] for k in probe_sizes], "s-", color="C2",
+                label="linear probe of E[z|X_S]", zorder=3)
+    accuracy = coherence.get("classifier_accuracy") or {}
+    if accuracy:
+        ceiling = sum(accuracy.values()) / len(accuracy)
+        ax.axhline(ceiling, ls="--", color="C1", label=f"classifier accuracy ({ceiling:.2f})")
+    if unconditional is not None:
+        ax.axhline(unconditional, ls=":", color="C3",
+                   label=f"unconditional coherence ({unconditional:.2f})")
+    if num_classes:
+        ax.axhline(1 / num_classes, ls="-.", color="0.5", label="chance")
+    ax.set_xlabel("number of input modalities |S|")
+    ax.set_ylabel("accuracy")
+    ax.set_xticks(sorted(set(sizes) | {int(k) for k in (probe or {})}))
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Coherence by number of inputs")
+    return _save_figure(figure, path)
+
+
+def save_pareto_k_histogram(
+    diagnostics: Mapping[str, tuple[Tensor, Tensor, int]],
+    path: str | Path,
+) -> Path:
+    r"""Histograms of the PSIS Pareto :math:`\hat k` and of ESS / K per data point.
+
+    ``diagnostics`` maps an estimate's name (e.g. ``"log p(X)"``) to ``(k_hat, ess, K)``
+    with per-datapoint tensors. Vertical lines at :math:`\hat k` = 0.5 (good below) and 0.7
+    (unreliable above).
+    """
+    if not diagnostics:
+        raise ValueError("no importance-sampling diagnostics to plot")
+    figure = _new_figure(9.0, 3.6)
+    ax_k, ax_ess = figure.subplots(1, 2)
+    finite = {label: k.detach().double().cpu()[torch.isfinite(k.detach().cpu())]
+              for label, (k, _, _) in diagnostics.items()}
+    pooled = torch.cat(list(finite.values()))
+    low = min(float(pooled.min()), 0.0) if pooled.numel() else 0.0
+    high = max(float(pooled.max()), 1.0) if pooled.numel() else 1.0
+    k_bins = torch.linspace(low, high, 41).tolist()
+    ess_bins = torch.linspace(0, 1, 41).tolist()
+    for label, (_, ess, num) in diagnostics.items():
+        k = finite[label]
+        if k.numel():
+            above = float((k > 0.7).double().mean())
+            ax_k.hist(k.numpy(), bins=k_bins, alpha=0.6, label=f"{label} ({above:.0%} > 0.7)")
+        ax_ess.hist((ess.detach().double().cpu() / num).clamp(0, 1).numpy(), bins=ess_bins,
+                    alpha=0.6, label=f"{label} (K = {num})")
+    for value, style in ((0.5, ":"), (0.7, "--")):
+        ax_k.axvline(value, color="k", ls=style)
+    ax_k.set_xlabel(r"Pareto $\hat{k}$ (PSIS) per data point")
+    ax_k.set_ylabel("data points")
+    ax_k.legend(fontsize=8)
+    ax_k.set_title(r"$\hat{k}$ < 0.5 good, > 0.7 unreliable")
+    ax_ess.set_xlabel("effective sample size / K")
+    ax_ess.set_xlim(0, 1)
+    ax_ess.legend(fontsize=8)
+    ax_ess.set_title("Importance-sampling efficiency")
+    return _save_figure(figure, path)

@@ -2,7 +2,8 @@
 
 from pyro_mmvae.models.base import MultimodalVAE, Strata
 from pyro_mmvae.models.mixture import MMVAE
+from pyro_mmvae.models.mmvae_plus import MMVAEPlus
 from pyro_mmvae.models.mopoe import MoPoE
 from pyro_mmvae.models.product import MVAE
 
-__all__ = ["MMVAE", "MVAE", "MoPoE", "MultimodalVAE", "Strata"]
+__all__ = ["MMVAE", "MMVAEPlus", "MVAE", "MoPoE", "MultimodalVAE", "Strata"]
