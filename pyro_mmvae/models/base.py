@@ -218,17 +218,40 @@ class MultimodalVAE(nn.Module):
             with poutine.scale(scale=self.current_beta):
                 z = pyro.sample("z", self.prior())
             reconstruct = present if strata is None else strata.reconstruct_mask(present)
-            self.observe(z, data, reconstruct)
+            members = None if strata is None else strata.members
+            self.observe(z, data, reconstruct, members)
 
-    def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor) -> None:
+    def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
+                members: Tensor | None = None) -> None:
         """One observe site per modality, weighted by :math:`\\lambda_m`.
 
         ``reconstruct[m]`` (``(B,)`` or ``(S, B)``) masks the rows, or the strata and rows,
-        in which modality m is scored.
+        in which modality m is scored. With ``members`` (bool ``(S, M)``), modality m's
+        decoder runs only on the strata that reconstruct it (MVAE's unimodal ELBOs would
+        otherwise decode every modality in every stratum).
         """
         for i, (name, mod) in enumerate(self.mods.items()):
+            params = self._decode_strata(mod, z, None if members is None else members[:, i])
+            fn = mod.likelihood.distribution(params, len(mod.event_shape))
             with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
-                pyro.sample(f"x_{name}", mod.distribution(z), obs=data[name])
+                pyro.sample(f"x_{name}", fn, obs=data[name])
+
+    @staticmethod
+    def _decode_strata(mod: Modality, z: Tensor, rows: Tensor | None) -> Tensor:
+        """Decoder parameters for z ``(..., S, B, D)``, computed only on the strata in ``rows``.
+
+        The other strata get zeros: they are masked out of the likelihood anyway.
+        """
+        if rows is None or z.dim() < 3:
+            return mod.decode(z)
+        rows = rows.cpu()
+        if bool(rows.all()):
+            return mod.decode(z)
+        dim = z.dim() - 3
+        index = rows.nonzero().squeeze(1).to(z.device)
+        params = mod.decode(z.index_select(dim, index))
+        full = params.new_zeros(z.shape[:-1] + params.shape[z.dim() - 1:])
+        return full.index_copy(dim, index, params)
 
     def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
               stratify: bool = True) -> None:

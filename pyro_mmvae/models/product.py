@@ -44,13 +44,12 @@ class MVAE(MultimodalVAE):
     def subset_members(self, subsets: Tensor | None, device: torch.device) -> Tensor:
         """Bool ``(S, M)``: the joint set, each single modality, then the extra subsets."""
         num = len(self.names)
-        rows = [torch.ones(1, num, dtype=torch.bool, device=device),
-                torch.eye(num, dtype=torch.bool, device=device)]
+        rows = [torch.ones(1, num, dtype=torch.bool), torch.eye(num, dtype=torch.bool)]
         if subsets is not None:
             if subsets.dim() != 2 or subsets.size(1) != num:
                 raise ValueError(f"subsets must be a bool tensor (k, {num})")
-            rows.append(subsets.to(device=device, dtype=torch.bool))
-        return torch.cat(rows) if num > 1 else rows[0]
+            rows.append(subsets.to(dtype=torch.bool, device="cpu"))
+        return (torch.cat(rows) if num > 1 else rows[0]).to(device)
 
     def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
         members = self.subset_members(subsets, present.device)
