@@ -122,6 +122,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        help="run folder (default: ./runs/{model}-{dataset}-{time})")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its checkpoint")
+    train.add_argument("--stage", dest="stages", action="append", metavar="EPOCHS:PATTERNS",
+                       help="training stage (repeatable, in order): EPOCHS (an int, a fraction "
+                       "of the run, or 'rest') with the parameters matching the comma-separated "
+                       "name PATTERNS frozen, e.g. --stage 0.5:mods.*.encoder --stage "
+                       "rest:joint_encoder,mods.*.decoder (TELBO's default)")
     train.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                        help="skip coherence and the generation grid at the end")
     train.add_argument("--no-progress", dest="progress", action="store_false",
@@ -214,6 +219,11 @@ def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
                       help="worker processes (default: 2)")
     make.add_argument("--overwrite", action="store_true",
                       help="replace PNGs already in the output folder")
+    make.add_argument("--translated", action="store_true",
+                      help="Translated PolyMNIST: digits scaled by --digit-scale and placed at "
+                      "random positions before compositing")
+    make.add_argument("--digit-scale", type=_positive_float, default=0.75, metavar="S",
+                      help="digit scale of --translated (default: 0.75)")
     make.set_defaults(handler=_run_make_polymnist)
 
 
@@ -239,6 +249,7 @@ def _run_train(args: argparse.Namespace) -> int:
         out=out,
         resume=args.resume,
         evaluate=args.evaluate,
+        stages=args.stages,
     )
     print(f"run folder: {out}", flush=True)
     summary = train(config, progress=args.progress)
@@ -329,6 +340,8 @@ def _run_make_polymnist(args: argparse.Namespace) -> int:
         limit=args.limit,
         workers=args.workers,
         overwrite=args.overwrite,
+        translate=args.translated,
+        digit_scale=args.digit_scale,
     )
     print(f"PolyMNIST written to {folder}")
     print(f"train on it with: pyro-mmvae train --dataset polymnist --data-root {args.out}")

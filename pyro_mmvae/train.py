@@ -12,6 +12,12 @@ Losses are the negative ELBO (or the objective chosen by ``estimator``) divided 
 number of data points, in nats. Resuming with ``resume=True`` restores parameters,
 optimizer moments and every RNG, so ``N`` epochs in one go and ``k`` epochs plus a resumed
 ``N - k`` give identical parameters on the CPU.
+
+Training stages (:mod:`pyro_mmvae.stages`) freeze groups of parameters for some epochs, e.g.
+TELBO's two stages. Set them with ``TrainConfig(stages=["0.5:mods.*.encoder",
+"rest:joint_encoder,mods.*.decoder"])`` (CLI: ``--stage``, repeatable) or let the model's
+default (``spec.train_defaults["stages"]``) apply; a frozen parameter gets no gradient and no
+Adam step, and ``--resume`` continues the schedule.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import math
 import os
 import random
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,16 @@ from pyro_mmvae.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     save_json,
+)
+from pyro_mmvae.stages import (
+    Stage,
+    as_stages,
+    check_patterns,
+    freeze,
+    frozen_patterns,
+    resolve_stages,
+    stages_to_json,
+    unfreeze,
 )
 
 ESTIMATORS = ("elbo", "iwae", "dreg")
@@ -95,6 +113,7 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     evaluate: bool = True
+    stages: Sequence[Any] | None = None
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
@@ -106,6 +125,7 @@ class TrainConfig:
             raise ValueError(
                 f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}"
             )
+        as_stages(self.stages)  # raises on a malformed schedule
 
 
 def _check_positive(name: str, value: Any, kind: type) -> None:
@@ -127,6 +147,7 @@ class _Hyper:
     amsgrad: bool
     batch_size: int
     epochs: int
+    stages: tuple[Stage, ...] = ()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -276,13 +297,16 @@ def _resolve_hyper(
     missing = [k for k in ("lr", "amsgrad", "batch_size", "epochs") if k not in base]
     if missing:
         raise ValueError(f"model spec train_defaults lacks {', '.join(missing)}")
+    epochs = int(config.epochs if config.epochs is not None else base["epochs"])
+    stages = as_stages(config.stages if config.stages is not None else base.get("stages"))
     return _Hyper(
         preset=preset,
         overrides=overrides,
         lr=float(config.lr if config.lr is not None else base["lr"]),
         amsgrad=bool(base["amsgrad"]),
         batch_size=int(config.batch_size if config.batch_size is not None else base["batch_size"]),
-        epochs=int(config.epochs if config.epochs is not None else base["epochs"]),
+        epochs=epochs,
+        stages=resolve_stages(stages, epochs),
     )
 
 
@@ -411,6 +435,7 @@ class _Loop:
         total, count = 0.0, 0
         if hasattr(self.vae, "start_epoch"):
             self.vae.start_epoch(epoch - 1)  # KL warm-up schedules count epochs from 0
+        self.apply_stage(epoch)
         steps = math.ceil(len(self.train_ds) / batch_size)
         desc = f"epoch {epoch}/{self.hyper.epochs}"
         with tqdm(total=steps, desc=desc, disable=not self.progress, leave=False) as bar:
@@ -426,13 +451,20 @@ class _Loop:
     def step(self, data: dict[str, torch.Tensor]) -> float:
         """``svi.step`` with Pyro validation on for the first step of the run only."""
         if not self.validate_next_step:
-            return float(self.svi.step(data))
+            return self._svi_step(data)
         pyro.enable_validation(True)
         try:
-            return float(self.svi.step(data))
+            return self._svi_step(data)
         finally:
             pyro.enable_validation(False)
             self.validate_next_step = False
+
+    def _svi_step(self, data: dict[str, torch.Tensor]) -> float:
+        if not self.hyper.stages:
+            return float(self.svi.step(data))
+        with warnings.catch_warnings():  # pyro.module notes each frozen parameter it skips
+            warnings.filterwarnings("ignore", message=".*requires_grad=False")
+            return float(self.svi.step(data))
 
     def test_loss(self, epoch: int) -> float:
         """Mean loss per data point on (at most MAX_TEST_POINTS of) the test set, no grad."""
@@ -464,6 +496,17 @@ class _Loop:
             hint = "no checkpoint was written yet; start again with a lower --lr"
         raise TrainingError(f"loss became {loss} at epoch {epoch}, {where}; {hint}")
 
+    def optim_state(self) -> dict[str, Any]:
+        """Adam states by parameter name, including those restored from a checkpoint but not
+        used since (parameters frozen by the current training stage)."""
+        pending = getattr(self.optim, "_state_waiting_to_be_consumed", {})
+        return {**pending, **self.optim.get_state()}
+
+    def apply_stage(self, epoch: int) -> None:
+        """Freeze the parameters of the stage ``epoch`` belongs to (unfreeze the others)."""
+        if self.hyper.stages:
+            freeze(self.vae, frozen_patterns(self.hyper.stages, epoch, self.hyper.epochs))
+
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         """Everything that ``--resume`` needs to continue exactly after ``epoch``."""
         return {
@@ -476,12 +519,13 @@ class _Loop:
                 "amsgrad": self.hyper.amsgrad,
                 "batch_size": self.hyper.batch_size,
                 "epochs": self.hyper.epochs,
+                "stages": stages_to_json(self.hyper.stages),
             },
             "config": dataclasses.asdict(self.config),
             "epoch": epoch,
             "vae_state": self.vae.state_dict(),
             "extra_params": _extra_params(self.vae),
-            "optim_state": self.optim.get_state(),
+            "optim_state": self.optim_state(),
             "rng_state": get_rng_state(),
             "history": [dict(record) for record in self.history],
         }
@@ -554,11 +598,14 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     run_dir = Path(config.out) if config.out else default_run_dir(config.model, config.dataset)
     resumed = _load_resume_state(config, run_dir / CHECKPOINT_NAME)
     was_validating = pyro.distributions.is_validation_enabled()
+    loop = None
     try:
         loop = _setup(config, resumed, device, run_dir, progress)
         loop.run()
     finally:
         pyro.enable_validation(was_validating)
+        if loop is not None:
+            unfreeze(loop.vae)
     return _finish(loop)
 
 
@@ -583,6 +630,7 @@ def _setup(
             f"{hyper.epochs} asked for; pass --epochs {resumed['epoch']} or more"
         )
     vae = spec.vae.to(device)
+    check_patterns(vae, hyper.stages)
     vae.train()
     optim = pyro.optim.Adam({"lr": hyper.lr, "amsgrad": hyper.amsgrad})
     svi = SVI(vae.model, vae.guide, optim, loss=spec.elbo)
@@ -625,6 +673,7 @@ def _finish(loop: _Loop) -> dict[str, Any]:
         "epochs": loop.hyper.epochs,
         "batch_size": loop.hyper.batch_size,
         "lr": loop.hyper.lr,
+        "stages": stages_to_json(loop.hyper.stages) or None,
         "final_loss": last.get("train_loss"),
         "final_test_loss": last.get("test_loss"),
         "seconds": sum(record["seconds"] for record in loop.history),

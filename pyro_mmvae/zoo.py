@@ -10,6 +10,12 @@ mmvae_plus MoE over z; private w_m,      ``MMVAEPlusELBO``       Palumbo et al. 
            learned auxiliary priors r_m
 mmvae_     as mmvae_plus, cross-modal    ``MMVAEPlusELBO``       Palumbo et al. 2023
 private    w_d from q_d(w_d|x_d)                                 (baseline)
+jmvae      joint encoder (PoE of q_m     ``JMVAEELBO``           Suzuki et al. 2016
+           for subsets)
+telbo      joint encoder, two stages     ``TELBOELBO``           Vedantam et al. 2018
+mvtcae     PoE                           ``MVTCAEELBO``          Hwang et al. 2021
+crmvae     PoE + reconstructions from    ``CRMVAEELBO``          seed 000 (MultiVae's
+           each q_m                                              name)
 =========  ============================  ======================  ====================
 
 ``build_model(name, dataset, preset=None, **overrides)`` returns a :class:`ModelSpec`: the
@@ -27,9 +33,18 @@ import torch
 from pyro.infer import ELBO
 from torch import nn
 
-from pyro_mmvae.infer import MixtureELBO, MMVAEPlusELBO, MoPoEELBO, SubsampledELBO
+from pyro_mmvae.infer import (
+    CRMVAEELBO,
+    JMVAEELBO,
+    MVTCAEELBO,
+    TELBOELBO,
+    MixtureELBO,
+    MMVAEPlusELBO,
+    MoPoEELBO,
+    SubsampledELBO,
+)
 from pyro_mmvae.modality import Modality
-from pyro_mmvae.models import MMVAE, MVAE, MMVAEPlus, MoPoE, MultimodalVAE
+from pyro_mmvae.models import MMVAE, MVAE, CoordinationVAE, MMVAEPlus, MoPoE, MultimodalVAE
 
 #: Defaults shared by every model; a preset or an override replaces any of them.
 DEFAULTS: dict[str, Any] = {
@@ -111,6 +126,67 @@ PRESETS: dict[str, dict[str, Any]] = {
         "amsgrad": True,
         "batch_size": 128,
         "epochs": 250,
+    },
+    "jmvae_polymnist": {
+        # JMVAE-KL (MODELS.md: alpha ~ 0.1) with the PolyMNIST settings of MultiVae's model
+        # comparison (latent 512, Laplace likelihood scale 0.75, lr 1e-3, batch 256, warm-up
+        # of the KL terms over 200 epochs, 800 epochs); ResNet networks.
+        "model": "jmvae",
+        "nets": "resnet",
+        "latent_dim": 512,
+        "alpha": 0.1,
+        "beta": 1.0,
+        "kl_warmup_epochs": 200,
+        "likelihood": "laplace",
+        "likelihood_scale": 0.75,
+        "lr": 1e-3,
+        "amsgrad": False,
+        "batch_size": 256,
+        "epochs": 800,
+    },
+    "telbo_polymnist": {
+        # TELBO under the same PolyMNIST settings; two stages of half the epochs each.
+        "model": "telbo",
+        "nets": "resnet",
+        "latent_dim": 512,
+        "beta": 1.0,
+        "likelihood": "laplace",
+        "likelihood_scale": 0.75,
+        "lr": 1e-3,
+        "amsgrad": False,
+        "batch_size": 256,
+        "epochs": 800,
+    },
+    "mvtcae_polymnist": {
+        # Hwang et al. 2021 PolyMNIST (MultiVae's reproduction script): alpha 5/6, beta 2.5,
+        # latent 512, Laplace likelihood scale 0.75, lr 1e-3, batch 256, 300 epochs.
+        "model": "mvtcae",
+        "nets": "resnet",
+        "latent_dim": 512,
+        "alpha": 5 / 6,
+        "beta": 2.5,
+        "likelihood": "laplace",
+        "likelihood_scale": 0.75,
+        "lr": 1e-3,
+        "amsgrad": False,
+        "batch_size": 256,
+        "epochs": 300,
+    },
+    "crmvae_translated_polymnist": {
+        # MODELS.md objective 8, Translated-PolyMNIST recipe: latent 512, Laplace likelihood
+        # scale 0.75, beta 0.1 (applied to the un-halved objective; MultiVae's halved
+        # reconstruction sum at beta' corresponds to beta = 2 beta'), Adam lr 5e-4, batch
+        # 256, 500 epochs.
+        "model": "crmvae",
+        "nets": "resnet",
+        "latent_dim": 512,
+        "beta": 0.1,
+        "likelihood": "laplace",
+        "likelihood_scale": 0.75,
+        "lr": 5e-4,
+        "amsgrad": False,
+        "batch_size": 256,
+        "epochs": 500,
     },
     "mmvae_private_polymnist": {
         # The private-latent MMVAE baseline under the same recipe as mmvae_plus_polymnist.
@@ -230,12 +306,71 @@ def _build_mmvae_plus(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
     return vae, MMVAEPlusELBO(num_particles=s["num_particles"], estimator=s["estimator"])
 
 
+def build_joint_encoder(dataset, s: dict[str, Any]) -> nn.Module:
+    """The default joint encoder (:class:`~pyro_mmvae.nets.JointEncoder`): for each modality a
+    fresh encoder of the unimodal architecture with ``joint_features`` outputs per head, then
+    one hidden layer of width ``hidden[-1]``."""
+    from pyro_mmvae.nets.joint import JointEncoder
+
+    encoders = {}
+    for name in dataset.modalities:
+        shape = torch.Size(dataset.event_shapes[name])
+        encoders[name] = build_networks(s["nets"], shape, shape, s["joint_features"],
+                                        tuple(s["hidden"]))[0]
+    return JointEncoder.from_encoders(encoders, s["joint_features"], s["latent_dim"],
+                                      hidden=(tuple(s["hidden"])[-1],))
+
+
+def _coordination_vae(dataset, s: dict[str, Any], joint: str) -> CoordinationVAE:
+    return CoordinationVAE(
+        build_modalities(dataset, s), s["latent_dim"], joint=joint,
+        joint_encoder=build_joint_encoder(dataset, s) if joint == "encoder" else None,
+        unimodal_targets=s["unimodal_targets"], decoder_stop_gradient=s["decoder_stop_gradient"],
+        prior_expert=s["prior_expert"], **_common(s))
+
+
+def _build_jmvae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+    elbo = JMVAEELBO(alpha=s["alpha"], num_particles=s["num_particles"],
+                     estimator=s["estimator"])
+    return _coordination_vae(dataset, s, "encoder"), elbo
+
+
+def _build_telbo(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+    elbo = TELBOELBO(num_particles=s["num_particles"], estimator=s["estimator"])
+    return _coordination_vae(dataset, s, "encoder"), elbo
+
+
+def _build_mvtcae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+    elbo = MVTCAEELBO(alpha=s["alpha"], num_particles=s["num_particles"],
+                      estimator=s["estimator"])
+    return _coordination_vae(dataset, s, "poe"), elbo
+
+
+def _build_crmvae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+    elbo = CRMVAEELBO(num_particles=s["num_particles"], estimator=s["estimator"])
+    return _coordination_vae(dataset, s, "poe"), elbo
+
+
+#: TELBO's two training stages (Vedantam et al. 2018): first the joint encoder and the
+#: decoders (unimodal encoders frozen), then the unimodal encoders (the rest frozen). Its
+#: unimodal reconstructions never train the decoders (``decoder_stop_gradient``), so the first
+#: stage optimises the joint ELBO alone. See :mod:`pyro_mmvae.stages`.
+TELBO_STAGES = ((0.5, ("mods.*.encoder",)), (None, ("joint_encoder", "mods.*.decoder")))
+
+#: Settings of the coordination family (JMVAE-KL, TELBO, MVTCAE, CRMVAE).
+_COORDINATION = {"prior_expert": False, "unimodal_targets": "none",
+                 "decoder_stop_gradient": False}
+
 BUILDERS: dict[str, Callable[[Any, dict[str, Any]], tuple[MultimodalVAE, ELBO]]] = {
     "mmvae": _build_mmvae,
     "mvae": _build_mvae,
     "mopoe": _build_mopoe,
     "mmvae_plus": _build_mmvae_plus,
     "mmvae_private": _build_mmvae_plus,
+    "jmvae": _build_jmvae,
+    "telbo": _build_telbo,
+    "mvtcae": _build_mvtcae,
+    "crmvae": _build_crmvae,
 }
 #: Settings that only some models read; a preset or override may set them for any model.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -243,6 +378,11 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mopoe": {"prior_expert": False},
     "mmvae_plus": {"private_dim": 20, "aux_prior": "learned"},
     "mmvae_private": {"private_dim": 20, "aux_prior": "posterior"},
+    "jmvae": {**_COORDINATION, "alpha": 0.1, "joint_features": 64},
+    "telbo": {**_COORDINATION, "joint_features": 64, "unimodal_targets": "own",
+              "decoder_stop_gradient": True, "stages": TELBO_STAGES},
+    "mvtcae": {**_COORDINATION, "alpha": 5 / 6},
+    "crmvae": {**_COORDINATION, "unimodal_targets": "own"},
 }
 MODELS: tuple[str, ...] = tuple(BUILDERS)
 
@@ -278,4 +418,6 @@ def build_model(name: str, dataset, preset: str | None = None, **overrides) -> M
     settings = resolve_settings(name, preset, getattr(dataset, "name", None), **overrides)
     vae, elbo = BUILDERS[name](dataset, settings)
     train_defaults = {k: settings[k] for k in TRAIN_KEYS}
+    if settings.get("stages"):  # training stages (TELBO), see pyro_mmvae.stages
+        train_defaults["stages"] = settings["stages"]
     return ModelSpec(name, vae, elbo, train_defaults, preset, settings)

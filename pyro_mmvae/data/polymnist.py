@@ -5,6 +5,10 @@ binarised at > 128 and the background's colours inverted under it (``c -> 1 - c`
 split, modality and digit class the MNIST images are shuffled independently, so files with the
 same index in different modalities share only the label.
 Layout: ``PolyMNIST/{split}/m{i}/{idx}.{label}.png``.
+
+Translated PolyMNIST (the harder variant used for CRMVAE, seed 000): before compositing, each
+28x28 MNIST image is scaled by 0.75 (to 21x21) and pasted at a uniformly random position of a
+black 28x28 canvas (``make_polymnist(..., translate=True)``; CLI ``--translated``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ SPLITS = ("train", "test")
 _SPLIT_CODES = {"train": 0, "test": 1}
 CROP = 28
 DIGIT_THRESHOLD = 128
+DIGIT_SCALE = 0.75  # Translated PolyMNIST: digit images are shrunk to 21x21
+_RESIZE_CHUNK = 10000
 CACHE_FORMAT = 1
 _CHUNK = 2000  # images per pool task
 _POOL_MIN = 4000  # fewer images than this are handled in-process
@@ -80,6 +86,45 @@ def composite(
     rows = crops.reshape(len(crops), CROP, CROP * channels)  # a view: crops is contiguous
     np.bitwise_xor(rows, flip, out=rows)
     return crops
+
+
+def shrink_digits(digits: np.ndarray, scale: float = DIGIT_SCALE) -> np.ndarray:
+    """Digit images (N, 28, 28) uint8 resized to (N, s, s), ``s = round(28 * scale)``.
+
+    Bilinear interpolation with anti-aliasing (``torch.nn.functional.interpolate``), rounded
+    back to uint8; deterministic on the CPU.
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"digit_scale must lie in (0, 1], got {scale}.")
+    size = max(1, round(CROP * scale))
+    out = np.empty((len(digits), size, size), dtype=np.uint8)
+    for start in range(0, len(digits), _RESIZE_CHUNK):
+        chunk = torch.from_numpy(digits[start : start + _RESIZE_CHUNK]).float().unsqueeze(1)
+        small = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        out[start : start + len(chunk)] = small.squeeze(1).round().clamp(0, 255).byte().numpy()
+    return out
+
+
+def place_digits(small: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Paste digits (N, s, s) into black 28x28 canvases with top-left corners (ys, xs)."""
+    num, size = len(small), small.shape[1]
+    if (ys < 0).any() or (xs < 0).any() or (ys > CROP - size).any() or (xs > CROP - size).any():
+        raise ValueError(f"digit positions must lie in [0, {CROP - size}].")
+    canvas = np.zeros((num, CROP, CROP), dtype=np.uint8)
+    rows = (ys[:, None] + np.arange(size))[:, :, None]
+    cols = (xs[:, None] + np.arange(size))[:, None, :]
+    canvas[np.arange(num)[:, None, None], rows, cols] = small
+    return canvas
+
+
+def random_digit_positions(
+    rng: np.random.Generator, num: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners (y, x) of ``num`` s x s digits, uniform on {0..28-s}^2."""
+    ys = rng.integers(0, CROP - size + 1, size=num)
+    xs = rng.integers(0, CROP - size + 1, size=num)
+    return ys, xs
 
 
 def _png_name(index: int, label: int) -> str:
@@ -163,6 +208,8 @@ def make_polymnist(
     limit: int | None = None,
     workers: int = 2,
     overwrite: bool = False,
+    translate: bool = False,
+    digit_scale: float = DIGIT_SCALE,
 ) -> Path:
     """Generate PolyMNIST PNGs under ``out/PolyMNIST/{split}/m{i}/{idx}.{label}.png``.
 
@@ -173,6 +220,11 @@ def make_polymnist(
     ``numpy.random.default_rng(SeedSequence([seed, split, m]))``, so one seed gives byte-identical
     files. ``limit`` keeps the first ``limit`` MNIST images of each split. Returns the PolyMNIST
     folder.
+
+    ``translate=True`` writes Translated PolyMNIST: every digit image is first shrunk to
+    ``round(28 * digit_scale)`` pixels (:func:`shrink_digits`) and pasted at a uniformly random
+    position of a black 28x28 canvas (:func:`place_digits`), drawn from the same generator
+    after the crop corners (so the permutations and crops are those of the plain dataset).
     """
     if num_modalities < 1:
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}.")
@@ -183,12 +235,15 @@ def make_polymnist(
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)}.")
+    if translate and not 0 < digit_scale <= 1:
+        raise ValueError(f"digit_scale must lie in (0, 1], got {digit_scale}.")
     images = _resolve_backgrounds(backgrounds, num_modalities, seed)
     root = Path(out).expanduser() / "PolyMNIST"
     for split in splits:
         digits, labels = (t.numpy() for t in load_mnist(mnist_root, split))
         if limit is not None:
             digits, labels = digits[:limit], labels[:limit]
+        small = shrink_digits(digits, digit_scale) if translate else None
         split_dir = root / split
         folders = _prepare_split(split_dir, num_modalities, overwrite)
         with _worker_pool(workers, len(labels) * num_modalities) as pool:
@@ -196,7 +251,12 @@ def make_polymnist(
                 rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODES[split], m]))
                 perm = within_class_permutation(labels, rng)
                 ys, xs = random_crop_corners(rng, len(labels), *images[m].shape[:2])
-                pictures = composite(digits[perm], images[m], ys, xs)
+                if small is None:
+                    shown = digits[perm]
+                else:
+                    shown = place_digits(small[perm], *random_digit_positions(
+                        rng, len(labels), small.shape[1]))
+                pictures = composite(shown, images[m], ys, xs)
                 tasks = [
                     (
                         str(folder),
@@ -216,6 +276,8 @@ def make_polymnist(
             if backgrounds == "procedural"
             else [p.name for p in background_files(backgrounds)[:num_modalities]],
         }
+        if translate:
+            info["translated"] = {"digit_scale": digit_scale}
         (split_dir / "generator.json").write_text(json.dumps(info, indent=1) + "\n")
     return root
 

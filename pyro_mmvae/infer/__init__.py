@@ -1,12 +1,28 @@
 """Objectives as :class:`pyro.infer.ELBO` subclasses."""
 
 from pyro_mmvae.infer.base import ESTIMATORS, MultimodalELBO, logmeanexp, site_log_prob
+from pyro_mmvae.infer.coordination import (
+    CRMVAEELBO,
+    JMVAEELBO,
+    MVTCAEELBO,
+    TELBOELBO,
+    CoordinationELBO,
+    CoordinationTerms,
+    gaussian_kl,
+)
 from pyro_mmvae.infer.mixture import MixtureELBO, MoPoEELBO
 from pyro_mmvae.infer.mmvae_plus import MMVAEPlusELBO
 from pyro_mmvae.infer.subsampled import SubsampledELBO
 
 __all__ = [
+    "CRMVAEELBO",
+    "CoordinationELBO",
+    "CoordinationTerms",
     "ESTIMATORS",
+    "JMVAEELBO",
+    "MVTCAEELBO",
+    "TELBOELBO",
+    "gaussian_kl",
     "MMVAEPlusELBO",
     "MixtureELBO",
     "MoPoEELBO",

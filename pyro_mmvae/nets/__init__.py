@@ -1,6 +1,7 @@
 """Neural networks: encoders x -> (loc, raw_scale), decoders z -> likelihood parameters."""
 
 from pyro_mmvae.nets.classifier import DigitClassifier
+from pyro_mmvae.nets.joint import EncoderFeatures, JointEncoder
 from pyro_mmvae.nets.mlp import MLPDecoder, MLPEncoder
 from pyro_mmvae.nets.polymnist import (
     PolyMNISTResNetDecoder,
@@ -10,6 +11,8 @@ from pyro_mmvae.nets.polymnist import (
 
 __all__ = [
     "DigitClassifier",
+    "EncoderFeatures",
+    "JointEncoder",
     "MLPDecoder",
     "MLPEncoder",
     "PolyMNISTResNetDecoder",

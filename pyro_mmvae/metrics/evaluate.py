@@ -1,0 +1,518 @@
+r"""The evaluation suite: coherence, generative quality, likelihoods, latent probes, figures.
+
+:func:`evaluate_model` runs the chosen metrics on any multimodal VAE of the library (or an
+object with the same methods: ``names``, ``generate``, ``sample``, ``model``/``guide``):
+
+* ``"coherence"``: conditional coherence for every source-subset size 1..M−1, with the
+  single-source matrix and leave-one-out figures, and unconditional coherence with its
+  class histogram and sample diversity (:mod:`pyro_mmvae.metrics.coherence`); the
+  classifiers' own test accuracy is reported beside each figure.
+* ``"quality"``: classifier Fréchet distance per modality, for prior samples and for
+  leave-one-out conditional generations, against test images, with the train-vs-test
+  distance of real images as a floor (:mod:`pyro_mmvae.metrics.frechet`); Inception FID
+  when ``fid_weights`` names the FID Inception weights file.
+* ``"likelihood"``: importance-sampled :math:`\log p(X)`, :math:`\log p(X_S)` and
+  :math:`\log p(X_{\bar S} \mid X_S)` per data point with PSIS :math:`\hat k` and ESS
+  (:mod:`pyro_mmvae.metrics.likelihood`).
+* ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by |S|
+  (:mod:`pyro_mmvae.metrics.probe`).
+
+:func:`evaluate_run` rebuilds a trained run from ``RUN_DIR/checkpoint.pt`` and writes
+``RUN_DIR/eval.json`` (atomically) and the figures ``eval_conditional_grid.png``,
+``eval_unconditional_grid.png``, ``eval_coherence.png`` and ``eval_pareto_k.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from torch import Tensor
+
+from pyro_mmvae.metrics.coherence import (
+    conditional_coherence,
+    evaluation_mode,
+    unconditional_coherence,
+)
+from pyro_mmvae.metrics.frechet import (
+    feature_statistics,
+    frechet_distance,
+    have_pytorch_fid,
+    inception_features,
+    load_fid_inception,
+)
+from pyro_mmvae.metrics.likelihood import (
+    dataset_log_likelihood,
+    likelihood_subsets,
+    likelihood_summary,
+    supports_unstratified,
+)
+from pyro_mmvae.metrics.probe import latent_probe
+
+METRICS: tuple[str, ...] = ("coherence", "quality", "likelihood", "probe")
+EVAL_NAME = "eval.json"
+FIGURES = {
+    "conditional_grid": "eval_conditional_grid.png",
+    "unconditional_grid": "eval_unconditional_grid.png",
+    "coherence": "eval_coherence.png",
+    "pareto_k": "eval_pareto_k.png",
+}
+GRID_EXAMPLES = 8
+
+__all__ = ["EVAL_NAME", "FIGURES", "METRICS", "EvalSettings", "evaluate_model", "evaluate_run",
+           "parse_metrics"]
+
+
+@dataclass
+class EvalSettings:
+    """How much work each metric does; ``None`` means "all of it".
+
+    :param num_samples: K, importance samples per data point for the likelihoods.
+    :param max_points: test points for the likelihoods (the first ones).
+    :param chunk_size: particles decoded at once (default: 4096 latents per chunk).
+    :param likelihood_batch_size: data points per likelihood batch.
+    :param likelihood_subsets: source subsets S per size 1..M−1 for which log p(X_S) and
+        log p(X_rest | X_S) are estimated (0: the joint only).
+    :param coherence_points: test points for conditional coherence.
+    :param coherence_subsets: source subsets per size for conditional coherence.
+    :param quality_points: test images (and as many generated ones) per Fréchet distance.
+    :param unconditional_samples: prior samples for unconditional coherence (default: as
+        many as ``quality_points``, at most the test set's size).
+    :param probe_subsets: source subsets per size for the latent probe.
+    :param probe_train_points: training points the probe is fitted on.
+    :param probe_test_points: test points the probe is scored on.
+    :param fid_weights: path of the FID Inception weights file (enables Inception FID).
+    :param batch_size: batch size of coherence, generation and feature extraction.
+    :param seed: seed of every random choice (restored afterwards).
+    """
+
+    num_samples: int = 1000
+    max_points: int | None = 1000
+    chunk_size: int | None = None
+    likelihood_batch_size: int = 64
+    likelihood_subsets: int = 1
+    coherence_points: int | None = None
+    coherence_subsets: int | None = None
+    quality_points: int | None = 10000
+    unconditional_samples: int | None = None
+    probe_subsets: int = 5
+    probe_train_points: int = 5000
+    probe_test_points: int = 5000
+    fid_weights: str | None = None
+    batch_size: int = 256
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting out of range."""
+        for name in ("num_samples", "likelihood_batch_size", "probe_subsets",
+                     "probe_train_points", "probe_test_points", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_points", "chunk_size", "coherence_points", "coherence_subsets",
+                     "quality_points", "unconditional_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or None for all), got {value}")
+        if self.likelihood_subsets < 0:
+            raise ValueError(f"likelihood_subsets must be >= 0, got {self.likelihood_subsets}")
+
+
+def parse_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"coherence,likelihood"`` or a list -> validated tuple (None: every metric)."""
+    if metrics is None:
+        return METRICS
+    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else \
+        [str(m).strip() for m in metrics]
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown or names}; choose from "
+                         f"{', '.join(METRICS)} (comma-separated)")
+    return tuple(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch, NumPy and Python's RNG in the block; restore the caller's states after."""
+    import random
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        pyro.set_rng_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _head(dataset: Any, size: int | None) -> Any:
+    if size is None or len(dataset) <= size:
+        return dataset
+    return dataset.subset(torch.arange(size))
+
+
+def _jsonable(value: Any) -> Any:
+    """Tensors/arrays -> lists, NaN/inf -> None, dict keys -> str, recursively."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        return _jsonable(value.tolist())
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _mean(values: Mapping[str, float]) -> float | None:
+    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _timed(results: dict[str, Any], name: str, start: float) -> None:
+    results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 2)
+
+
+# ---------------------------------------------------------------------- metrics
+def _coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
+               device: torch.device) -> dict[str, Any]:
+    data = _head(test_ds, settings.coherence_points)
+    conditional = conditional_coherence(
+        vae, data, classifiers, subset_sizes=None, batch_size=settings.batch_size,
+        device=device, max_subsets_per_size=settings.coherence_subsets)
+    num = settings.unconditional_samples or min(len(test_ds), settings.quality_points
+                                                or len(test_ds))
+    unconditional = unconditional_coherence(vae, classifiers, num_samples=num,
+                                            batch_size=settings.batch_size)
+    accuracy = dict(classifiers.test_accuracy)
+    unconditional["classifier_accuracy"] = accuracy
+    return {
+        "conditional": conditional,
+        "by_subset_size": conditional["by_subset_size"],
+        "unconditional": unconditional,
+        "unconditional_coherence": unconditional["coherence"],
+        "classifier_accuracy": accuracy,
+        "mean_classifier_accuracy": _mean(accuracy),
+        "classifier_info": dict(classifiers.info),
+    }
+
+
+def _generated_batches(vae: Any, test_ds: Any, names: Sequence[str], target: str,
+                       batch_size: int, device: torch.device) -> Tensor:
+    """Leave-one-out generations of ``target`` from all the other modalities."""
+    sources = [n for n in names if n != target]
+    out = []
+    for batch, _ in test_ds.batches(batch_size, device=device):
+        generated = vae.generate({s: batch[s] for s in sources}, sources=sources,
+                                 targets=[target])
+        out.append(generated[target].float().clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def _prior_samples(vae: Any, num: int, batch_size: int) -> dict[str, Tensor]:
+    parts: dict[str, list[Tensor]] = {}
+    for start in range(0, num, batch_size):
+        for name, x in vae.sample(min(batch_size, num - start)).items():
+            parts.setdefault(name, []).append(x.float().clamp(0, 1).cpu())
+    return {name: torch.cat(xs) for name, xs in parts.items()}
+
+
+def _real_images(dataset: Any, batch_size: int) -> dict[str, Tensor]:
+    parts: dict[str, list[Tensor]] = {}
+    for batch, _ in dataset.batches(batch_size):
+        for name, x in batch.items():
+            parts.setdefault(name, []).append(x.float())
+    return {name: torch.cat(xs) for name, xs in parts.items()}
+
+
+def _quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
+             device: torch.device) -> dict[str, Any]:
+    """Classifier Fréchet distances (and Inception FID) of generations vs test images."""
+    names = [n for n in vae.names if n in classifiers.names]
+    if not names:
+        raise ValueError("no modality of the model has a classifier; quality needs images")
+    test_part = _head(test_ds, settings.quality_points)
+    n = len(test_part)
+    real = _real_images(test_part, settings.batch_size)
+    train_real = _real_images(_head(train_ds, n), settings.batch_size)
+    with evaluation_mode(vae):
+        prior = _prior_samples(vae, n, settings.batch_size)
+        conditional = {t: _generated_batches(vae, test_part, vae.names, t, settings.batch_size,
+                                             device) for t in names} \
+            if len(vae.names) > 1 else {}
+    sets = {"unconditional": prior, "conditional_leave_one_out": conditional,
+            "train_vs_test": train_real}
+    reference = {m: feature_statistics(classifiers.features(m, real[m]).cpu()) for m in names}
+    distances: dict[str, dict[str, float]] = {}
+    for label, images in sets.items():
+        distances[label] = {m: frechet_distance(
+            *reference[m], *feature_statistics(classifiers.features(m, images[m]).cpu()))
+            for m in names if m in images}
+    result: dict[str, Any] = {
+        "classifier_frechet_distance": {
+            **distances,
+            "mean_unconditional": _mean(distances["unconditional"]),
+            "mean_conditional_leave_one_out": _mean(distances["conditional_leave_one_out"]),
+            "mean_train_vs_test": _mean(distances["train_vs_test"]),
+            "feature_space": "penultimate layer of the library's DigitClassifier for each "
+                             f"modality ({reference[names[0]][0].numel()}-d); not FID",
+            "reference": "test images",
+            "conditional": "decoder means of x_t from the posterior mean of q(z | all other "
+                           "modalities)",
+            "num_points": n,
+        },
+    }
+    result["inception_fid"] = _inception(real, sets, names, settings, device)
+    return result
+
+
+def _inception(real: Mapping[str, Tensor], sets: Mapping[str, Mapping[str, Tensor]],
+               names: Sequence[str], settings: EvalSettings, device: torch.device
+               ) -> dict[str, Any]:
+    if settings.fid_weights is None:
+        return {"skipped": "no FID Inception weights given (--fid-weights PATH to "
+                           "pt_inception-2015-12-05-6726825d.pth)"}
+    if not have_pytorch_fid():
+        return {"skipped": "pytorch-fid is not installed (pip install 'pyro_mmvae[fid]')"}
+    net = load_fid_inception(settings.fid_weights, device)
+    reference = {m: feature_statistics(inception_features(net, real[m])) for m in names}
+    fid: dict[str, Any] = {}
+    for label in ("unconditional", "conditional_leave_one_out"):
+        fid[label] = {m: frechet_distance(
+            *reference[m], *feature_statistics(inception_features(net, sets[label][m])))
+            for m in names if m in sets[label]}
+        fid[f"mean_{label}"] = _mean(fid[label])
+    fid["weights"] = str(settings.fid_weights)
+    fid["num_points"] = len(next(iter(real.values())))
+    return fid
+
+
+def _likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.device
+                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    reason = supports_unstratified(vae)
+    if reason is not None:
+        return {"skipped": reason}, None
+    subsets = likelihood_subsets(vae.names, settings.likelihood_subsets, settings.seed)
+    try:
+        raw = dataset_log_likelihood(
+            vae, test_ds, subsets, num_samples=settings.num_samples,
+            batch_size=settings.likelihood_batch_size, chunk_size=settings.chunk_size,
+            max_points=settings.max_points, device=device)
+    except NotImplementedError as err:
+        return {"skipped": f"{type(vae).__name__} cannot be importance-sampled: {err}"}, None
+    return likelihood_summary(raw), raw
+
+
+def _probe(vae: Any, train_ds: Any, test_ds: Any, settings: EvalSettings,
+           device: torch.device) -> dict[str, Any]:
+    return latent_probe(vae, train_ds, test_ds, max_subsets_per_size=settings.probe_subsets,
+                        max_train_points=settings.probe_train_points,
+                        max_test_points=settings.probe_test_points,
+                        batch_size=settings.batch_size, device=device, seed=settings.seed)
+
+
+# ---------------------------------------------------------------------- figures
+def _figures(vae: Any, test_ds: Any, results: dict[str, Any], raw_likelihood: Any,
+             out_dir: Path, classifiers: Any, device: torch.device) -> dict[str, Any]:
+    from pyro_mmvae.metrics.plots import (
+        save_coherence_plot,
+        save_cross_generation_grid,
+        save_pareto_k_histogram,
+        save_unconditional_grid,
+    )
+
+    figures: dict[str, Any] = {}
+
+    def attempt(key: str, draw: Any) -> None:
+        try:
+            figures[key] = str(draw(out_dir / FIGURES[key]))
+        except ValueError as err:  # e.g. modalities that are not images
+            figures[key] = {"skipped": str(err)}
+
+    batch, _ = next(iter(test_ds.batches(GRID_EXAMPLES, device=device)))
+    attempt("conditional_grid",
+            lambda p: save_cross_generation_grid(vae, batch, p, num_examples=GRID_EXAMPLES))
+    attempt("unconditional_grid",
+            lambda p: save_unconditional_grid(vae, p, num_samples=GRID_EXAMPLES))
+    coherence = results.get("coherence")
+    if coherence:
+        probe = (results.get("probe") or {}).get("by_subset_size")
+        attempt("coherence", lambda p: save_coherence_plot(
+            coherence["conditional"], p, unconditional=coherence["unconditional_coherence"],
+            probe=probe, num_classes=classifiers.num_classes if classifiers else None))
+    if raw_likelihood is not None:
+        joint = raw_likelihood["joint"]
+        diagnostics = {"log p(X)": (joint.pareto_k, joint.ess, joint.num_samples)}
+        for key, estimate in raw_likelihood["subsets"].items():
+            diagnostics[f"log p({key})"] = (estimate.pareto_k, estimate.ess,
+                                            estimate.num_samples)
+        if joint.num_samples >= 25:
+            attempt("pareto_k", lambda p: save_pareto_k_histogram(diagnostics, p))
+    return figures
+
+
+# ---------------------------------------------------------------------- entry points
+def evaluate_model(
+    vae: Any,
+    train_ds: Any,
+    test_ds: Any,
+    metrics: str | Sequence[str] | None = None,
+    settings: EvalSettings | None = None,
+    device: torch.device | str = "cpu",
+    classifiers: Any | None = None,
+    out_dir: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run ``metrics`` (default: all of :data:`METRICS`) on a trained multimodal VAE.
+
+    ``settings`` (or keyword ``overrides`` of its fields) bound the work of each metric.
+    ``classifiers`` default to the library's cached per-modality classifiers for these
+    datasets (:func:`~pyro_mmvae.metrics.get_classifiers`; trained on first use). With
+    ``out_dir`` the figures are written there. Returns a JSON-ready dict: one entry per
+    metric, ``settings``, ``seconds`` per metric and ``figures``. A metric the model cannot
+    support (e.g. likelihoods of a guide without ``stratify=False``) is reported as
+    ``{"skipped": reason}``.
+    """
+    settings = dataclasses.replace(settings or EvalSettings(), **overrides)
+    settings.check()
+    chosen = parse_metrics(metrics)
+    device = torch.device(device)
+    if len(test_ds) == 0:
+        raise ValueError("the test dataset is empty; nothing to evaluate")
+    needs_classifiers = {"coherence", "quality"} & set(chosen)
+    if classifiers is None and needs_classifiers:
+        from pyro_mmvae.metrics.classifiers import get_classifiers
+
+        classifiers = get_classifiers(train_ds, test_ds, device=device)
+    results: dict[str, Any] = {"metrics": list(chosen), "settings": dataclasses.asdict(settings)}
+    if classifiers is not None:
+        results["classifiers"] = {"test_accuracy": dict(classifiers.test_accuracy),
+                                  "info": dict(classifiers.info)}
+    raw_likelihood = None
+    with _seeded(settings.seed):
+        for name in chosen:
+            start = time.perf_counter()
+            if name == "coherence":
+                results[name] = _coherence(vae, test_ds, classifiers, settings, device)
+            elif name == "quality":
+                results[name] = _quality(vae, train_ds, test_ds, classifiers, settings, device)
+            elif name == "likelihood":
+                results[name], raw_likelihood = _likelihood(vae, test_ds, settings, device)
+            elif name == "probe":
+                results[name] = _probe(vae, train_ds, test_ds, settings, device)
+            _timed(results, name, start)
+        if out_dir is not None:
+            start = time.perf_counter()
+            results["figures"] = _figures(vae, test_ds, results, raw_likelihood,
+                                          Path(out_dir), classifiers, device)
+            _timed(results, "figures", start)
+    return _jsonable(results)
+
+
+def _load_run(run_dir: Path, device: torch.device, data_root: str | None
+              ) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Rebuild the trained model of a run folder and load its datasets."""
+    from pyro_mmvae import train as train_module
+    from pyro_mmvae.checkpoint import CheckpointError, load_checkpoint
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}; pass the --out folder of a "
+                                "`pyro-mmvae train` run")
+    state = load_checkpoint(run_dir / train_module.CHECKPOINT_NAME)
+    config = state.get("config") or {}
+    root = data_root or config.get("data_root") or os.environ.get(train_module.DATA_ROOT_ENV)
+    train_ds = train_module._load_dataset(state["dataset"], root or None, "train")
+    test_ds = train_module._load_dataset(state["dataset"], root or None, "test")
+    spec = train_module._build_model(state["model"], train_ds, state.get("preset"),
+                                     **dict(state.get("overrides") or {}))
+    vae = spec.vae.to(device)
+    pyro.clear_param_store()
+    extras = state.get("extra_params") or {}
+    if extras:
+        batch = next(iter(train_ds.batches(2, device=device)))[0]
+        train_module._restore_extra_params(vae, extras, batch)
+    try:
+        vae.load_state_dict(state["vae_state"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(
+            f"the checkpoint's parameters do not fit model {state['model']!r} as this version "
+            f"builds it with preset {state.get('preset')!r} and overrides "
+            f"{dict(state.get('overrides') or {})} ({detail[:300]})") from exc
+    vae.eval()
+    return vae, train_ds, test_ds, state
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
+           f"{torch.get_num_threads()} torch threads"
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    metrics: str | Sequence[str] | None = None,
+    num_samples: int = 1000,
+    device: str = "auto",
+    data_root: str | None = None,
+    settings: EvalSettings | None = None,
+    write: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Evaluate the model trained in ``run_dir`` and write ``run_dir/eval.json`` + figures.
+
+    The model is rebuilt as the trainer built it (model name, preset and overrides stored
+    in ``checkpoint.pt``) and its parameters loaded; the datasets come from the checkpoint's
+    dataset name and data root (``data_root`` or ``$PYRO_MMVAE_DATA_ROOT`` override it).
+    ``num_samples`` is K for the likelihoods; other bounds are fields of
+    :class:`EvalSettings`, given as ``settings`` or keyword ``overrides``.
+    """
+    from pyro_mmvae import __version__
+    from pyro_mmvae.checkpoint import save_json
+    from pyro_mmvae.train import resolve_device
+
+    run_dir = Path(run_dir)
+    chosen = parse_metrics(metrics)
+    settings = dataclasses.replace(settings or EvalSettings(), num_samples=num_samples,
+                                   **overrides)
+    settings.check()
+    torch_device = resolve_device(device)
+    start = time.perf_counter()
+    vae, train_ds, test_ds, state = _load_run(run_dir, torch_device, data_root)
+    results = evaluate_model(vae, train_ds, test_ds, chosen, settings, torch_device,
+                             out_dir=run_dir if write else None)
+    header = {
+        "run_dir": str(run_dir),
+        "model": state["model"],
+        "dataset": state["dataset"],
+        "preset": state.get("preset"),
+        "epoch": state.get("epoch"),
+        "test_points": len(test_ds),
+        "device": str(torch_device),
+        "machine": _machine(torch_device),
+        "library_version": __version__,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "total_seconds": round(time.perf_counter() - start, 2),
+    }
+    results = {**header, **results}
+    if write:
+        save_json(run_dir / EVAL_NAME, results)
+    return results

@@ -1,0 +1,284 @@
+r"""Coordination-based multimodal VAEs: JMVAE-KL, TELBO, MVTCAE and CRMVAE (seed 000).
+
+These models bring each unimodal posterior :math:`q_m(z|x_m)` close to a joint posterior
+:math:`q(z|X)` instead of sub-sampling modality subsets. They share one Pyro program and
+differ in the joint posterior and in the objective
+(:mod:`pyro_mmvae.infer.coordination`):
+
+==========  =====================================  =============================
+model       joint posterior :math:`q(z|X)`          unimodal samples in training
+==========  =====================================  =============================
+JMVAE-KL    joint encoder :math:`q_\phi(z|X)`        none (KL terms only)
+TELBO       joint encoder :math:`q_\phi(z|X)`        :math:`x_m` from :math:`q_m`
+MVTCAE      PoE of the unimodal experts             none (KL terms only)
+CRMVAE      PoE of the unimodal experts             :math:`x_m` (or all) from :math:`q_m`
+==========  =====================================  =============================
+
+**Pyro layout.** The generative model is the library's, :math:`z \sim p(z)`,
+:math:`x_m \sim p_\theta(x_m|z)`, with the latent site ``z`` inside a ``strata`` plate
+(dim -2) and the ``data`` plate (dim -1):
+
+* stratum 0 draws :math:`z \sim q(z|X_{\text{present}})` and scores every present modality;
+* with ``unimodal_targets="own"`` strata 1..M draw :math:`z \sim q_m(z|x_m)` (available
+  where m is present) and score :math:`x_m` only; with ``"all"`` they score every present
+  modality (cross reconstruction); with ``"none"`` there is only stratum 0.
+
+The guide's distribution (:class:`CoordinatedPosterior`) also carries the unimodal experts
+and the presence mask, from which the objective computes its analytic KL terms. With
+``decoder_stop_gradient=True`` the decoders of strata 1..M run with detached parameters, so
+the unimodal reconstruction terms train the unimodal encoders but not the decoders.
+
+**Joint posterior.** ``joint="poe"``: :math:`q(z|X_S) \propto [p(z)] \prod_{m \in S} q_m`
+(prior expert optional, off by default as in MVTCAE/CRMVAE implementations).
+``joint="encoder"``: a network on all modalities (:class:`~pyro_mmvae.nets.JointEncoder`)
+for rows where every modality is present; rows with missing modalities, and conditional
+generation from a strict subset S, use the PoE of the present unimodal experts (for one
+source: :math:`q_m` itself), as JMVAE does for subsets.
+
+With ``stratify=False`` (importance sampling) the guide draws one z per data point from the
+joint posterior of the present modalities and scores it by its density.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor, nn
+from torch.distributions import constraints
+from torch.func import functional_call
+
+from pyro_mmvae.distributions.experts import component_distribution, product_of_experts
+from pyro_mmvae.modality import Modality
+from pyro_mmvae.models.base import Data, MultimodalVAE, Strata
+
+JOINT_POSTERIORS = ("poe", "encoder")
+UNIMODAL_TARGETS = ("none", "own", "all")
+
+
+class CoordinatedPosterior(TorchDistribution):
+    r"""Normal distributions over z, one per stratum, that remember the experts they came from.
+
+    ``loc``/``scale`` have shape ``(S, B, D)`` (stratified: stratum 0 the joint posterior,
+    strata 1..M the unimodal experts when ``unimodal=True``) or ``(B, D)`` (unstratified: the
+    joint posterior only). ``rsample``/``log_prob`` are those of
+    :math:`\mathcal{N}(\text{loc}, \text{scale})` with event shape ``(D,)``; each stratum is
+    scored by its own density.
+
+    :param joint_loc: :math:`\mu` of :math:`q(z|X)`, ``(B, D)``.
+    :param joint_scale: :math:`\sigma` of :math:`q(z|X)`, ``(B, D)``.
+    :param expert_loc: :math:`\mu_m` of every :math:`q_m(z|x_m)`, ``(M, B, D)``.
+    :param expert_scale: :math:`\sigma_m`, ``(M, B, D)``.
+    :param present: bool ``(M, B)``, True where modality m is observed.
+    :param stratified: lay out strata (stratum dim first) or one distribution per row.
+    :param unimodal: add strata 1..M drawn from the experts (only with ``stratified``).
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(
+        self,
+        joint_loc: Tensor,
+        joint_scale: Tensor,
+        expert_loc: Tensor,
+        expert_scale: Tensor,
+        present: Tensor,
+        stratified: bool = True,
+        unimodal: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        if expert_loc.shape[1:] != joint_loc.shape or present.shape != expert_loc.shape[:2]:
+            raise ValueError(f"inconsistent shapes: joint {tuple(joint_loc.shape)}, experts "
+                             f"{tuple(expert_loc.shape)}, present {tuple(present.shape)}")
+        if unimodal and not stratified:
+            raise ValueError("unimodal strata need the stratified layout")
+        self.joint_loc, self.joint_scale = joint_loc, joint_scale
+        self.expert_loc, self.expert_scale = expert_loc, expert_scale
+        self.present = present.bool()
+        self.stratified, self.unimodal = stratified, unimodal
+        if not stratified:
+            loc, scale = joint_loc, joint_scale
+        elif unimodal:
+            loc = torch.cat([joint_loc.unsqueeze(0), expert_loc])
+            scale = torch.cat([joint_scale.unsqueeze(0), expert_scale])
+        else:
+            loc, scale = joint_loc.unsqueeze(0), joint_scale.unsqueeze(0)
+        self.loc, self.scale = loc, scale
+        self.components = component_distribution("normal", loc, scale)
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
+
+    @property
+    def num_modalities(self) -> int:
+        return self.expert_loc.size(0)
+
+    def expand(self, batch_shape, _instance=None):
+        return TorchDistribution.expand(self, batch_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.components.rsample(sample_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.components.log_prob(value)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        return self.scale.pow(2)
+
+
+class CoordinationVAE(MultimodalVAE):
+    r"""Shared latent z; joint posterior by PoE or a joint encoder; optional unimodal strata.
+
+    :param modalities: the modalities (their encoders are the unimodal experts
+        :math:`q_m(z|x_m)`).
+    :param latent_dim: D.
+    :param joint: ``"poe"`` or ``"encoder"`` (then ``joint_encoder`` is required).
+    :param joint_encoder: a network ``dict[name, Tensor] -> (loc, raw_scale)`` on all
+        modalities, e.g. :class:`~pyro_mmvae.nets.JointEncoder`; its parameters are named
+        ``joint_encoder.*`` (useful for training stages that freeze it).
+    :param unimodal_targets: ``"none"``, ``"own"`` (stratum m reconstructs :math:`x_m`) or
+        ``"all"`` (stratum m reconstructs every present modality).
+    :param decoder_stop_gradient: decode strata 1..M with detached decoder parameters.
+    :param prior_expert: include :math:`p(z)` as an expert of every PoE.
+    :param kwargs: ``beta``, ``kl_warmup_epochs``, ``scale_param`` of
+        :class:`~pyro_mmvae.models.MultimodalVAE` (the posterior family is Normal: the PoE
+        and the analytic KL terms need it).
+    """
+
+    pyro_name = "coordination"
+
+    def __init__(
+        self,
+        modalities: Sequence[Modality],
+        latent_dim: int,
+        joint: str = "poe",
+        joint_encoder: nn.Module | None = None,
+        unimodal_targets: str = "none",
+        decoder_stop_gradient: bool = False,
+        prior_expert: bool = False,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("posterior", "normal")
+        super().__init__(modalities, latent_dim, **kwargs)
+        if self.posterior_family != "normal":
+            raise ValueError("coordination models need Normal posteriors (closed-form PoE and "
+                             f"KL terms); got posterior={self.posterior_family!r}")
+        if joint not in JOINT_POSTERIORS:
+            raise ValueError(f"unknown joint posterior {joint!r}; choose one of: "
+                             f"{', '.join(JOINT_POSTERIORS)}")
+        if (joint == "encoder") != (joint_encoder is not None):
+            raise ValueError("joint='encoder' needs a joint_encoder network, and a "
+                             "joint_encoder needs joint='encoder'")
+        if unimodal_targets not in UNIMODAL_TARGETS:
+            raise ValueError(f"unknown unimodal_targets {unimodal_targets!r}; choose one of: "
+                             f"{', '.join(UNIMODAL_TARGETS)}")
+        if decoder_stop_gradient and unimodal_targets == "none":
+            raise ValueError("decoder_stop_gradient acts on unimodal reconstructions; it needs "
+                             "unimodal_targets='own' or 'all'")
+        self.joint = joint
+        self.joint_encoder = joint_encoder
+        self.unimodal_targets = unimodal_targets
+        self.decoder_stop_gradient = bool(decoder_stop_gradient)
+        self.prior_expert = bool(prior_expert)
+
+    # ------------------------------------------------------------------ posteriors
+    def joint_params(self, data: dict[str, Tensor], present: Tensor,
+                     experts: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        r"""``loc``, ``scale`` ``(B, D)`` of :math:`q(z|X_{\text{present}})`.
+
+        PoE: :math:`T = [1] + \sum_{m \text{ present}} \sigma_m^{-2}`,
+        :math:`\mu = T^{-1}\sum_m \sigma_m^{-2}\mu_m`. Joint encoder: its output on rows with
+        every modality present, the PoE of the present experts on the other rows.
+        """
+        loc, scale = self.expert_params(data) if experts is None else experts
+        complete = present.all(0)
+        use_encoder = self.joint_encoder is not None
+        if use_encoder and bool(complete.all()):
+            return self._encode_joint(data)
+        p_loc, p_scale = product_of_experts(loc, scale, present, self.prior_expert)
+        if not use_encoder or not bool(complete.any()):
+            return p_loc, p_scale
+        j_loc, j_scale = self._encode_joint(data)
+        rows = complete.unsqueeze(-1)
+        return torch.where(rows, j_loc, p_loc), torch.where(rows, j_scale, p_scale)
+
+    def _encode_joint(self, data: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        loc, raw_scale = self.joint_encoder(data)
+        return loc, self.scale_fn(raw_scale)
+
+    def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
+        """Stratum 0 reconstructs every modality; strata 1..M (optional) their targets."""
+        if subsets is not None:
+            raise ValueError("coordination models take no modality subsets")
+        num, batch = present.shape
+        ones = torch.ones(1, num, dtype=torch.bool, device=present.device)
+        if self.unimodal_targets == "none":
+            return Strata(available=ones.new_ones(1, batch), members=ones)
+        own = torch.eye(num, dtype=torch.bool, device=present.device)
+        members = own if self.unimodal_targets == "own" else ones.expand(num, num)
+        available = torch.cat([ones.new_ones(1, batch), present])
+        return Strata(available=available, members=torch.cat([ones, members]))
+
+    def latent_posterior(self, data, present, strata, stratify):
+        """A :class:`CoordinatedPosterior`: the joint posterior (and the experts as strata)."""
+        experts = self.expert_params(data)
+        j_loc, j_scale = self.joint_params(data, present, experts)
+        unimodal = strata is not None and strata.available.size(0) > 1
+        return CoordinatedPosterior(j_loc, j_scale, *experts, present,
+                                    stratified=strata is not None, unimodal=unimodal)
+
+    def guide(self, data: Data, mask=None, subsets: Tensor | None = None,
+              stratify: bool = True) -> None:
+        r"""The base guide; the latent site also records ``infer["kl_warmup"]``
+        :math:`= \beta_t / \beta` (the warm-up factor, for weights other than β)."""
+        factor = self.current_beta / self.beta
+        configured = poutine.infer_config(
+            super().guide, lambda site: {"kl_warmup": factor} if site["name"] == "z" else {})
+        configured(data, mask, subsets, stratify)
+
+    def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
+        """:math:`q(z|X_S)`: the joint posterior of the sources (see :meth:`joint_params`)."""
+        sources = self._check_names(sources, "source")
+        subset, present = self.prepare({s: data[s] for s in sources})
+        loc, scale = self.joint_params(subset, present)
+        return component_distribution("normal", loc, scale)
+
+    # ------------------------------------------------------------------ observations
+    def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
+                members: Tensor | None = None) -> None:
+        """Observe sites as in the base class; with ``decoder_stop_gradient`` strata 1..M
+        decode with detached decoder parameters."""
+        if not (self.decoder_stop_gradient and members is not None and members.size(0) > 1):
+            super().observe(z, data, reconstruct, members)
+            return
+        for i, (name, mod) in enumerate(self.mods.items()):
+            params = self._decode_detached_strata(mod, z, members[:, i])
+            fn = mod.likelihood.distribution(params, len(mod.event_shape))
+            with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
+                pyro.sample(f"x_{name}", fn, obs=data[name])
+
+    def _decode_detached_strata(self, mod: Modality, z: Tensor, rows: Tensor) -> Tensor:
+        """Decoder output for z ``(..., S, B, D)``: stratum 0 as usual, strata 1.. (those in
+        ``rows``) through the decoder with detached parameters, zeros elsewhere."""
+        dim = z.dim() - 3
+        joint = self._decode_strata(mod, z.narrow(dim, 0, 1), rows[:1])
+        rest = z.narrow(dim, 1, z.size(dim) - 1)
+        index = rows[1:].cpu().nonzero().squeeze(1).to(z.device)
+        chosen = rest.index_select(dim, index)
+        detached = {k: v.detach() for k, v in mod.decoder.named_parameters()}
+        flat = functional_call(mod.decoder, detached, (chosen.reshape(-1, chosen.size(-1)),))
+        params = flat.reshape(*chosen.shape[:-1], *mod.param_shape)
+        full = params.new_zeros(rest.shape[:-1] + params.shape[chosen.dim() - 1:])
+        return torch.cat([joint, full.index_copy(dim, index, params)], dim=dim)

@@ -1,0 +1,179 @@
+"""`pyro-mmvae evaluate` on a briefly trained run of every model of the zoo, and the Python API.
+
+Runs use three modalities of polymnist-mini (300 training / 80 test tuples) and small MLPs,
+trained for one epoch through the real trainer; the evaluation then rebuilds the model from
+the checkpoint exactly as the trainer built it (same monkeypatched builder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyro_mmvae.train as train_module
+from pyro_mmvae import cli
+from pyro_mmvae.data import MultimodalTensorDataset, load_dataset
+from pyro_mmvae.metrics import EvalSettings, evaluate_model
+from pyro_mmvae.metrics.evaluate import FIGURES, parse_metrics
+from pyro_mmvae.train import TrainConfig, train
+from pyro_mmvae.zoo import MODELS, build_model
+
+torch.set_num_threads(1)
+
+NAMES = ("m0", "m1", "m2")
+SIZES = {"train": 300, "test": 80}
+
+
+def tiny_mini(split: str) -> MultimodalTensorDataset:
+    full = load_dataset("polymnist-mini", split=split)
+    n = SIZES[split]
+    return MultimodalTensorDataset({k: full.data[k][:n] for k in NAMES}, full.labels[:n],
+                                   name="polymnist-mini-tiny")
+
+
+def tiny_model(name, dataset, preset, **overrides):
+    return build_model(name, dataset, preset, hidden=(64,), latent_dim=6, **overrides)
+
+
+@pytest.fixture
+def patched(monkeypatch):
+    monkeypatch.setattr(train_module, "_load_dataset", lambda name, root, split: tiny_mini(split))
+    monkeypatch.setattr(train_module, "_build_model", tiny_model)
+
+
+def trained_run(model: str, folder: Path) -> Path:
+    out = folder / f"run-{model}"
+    train(TrainConfig(model=model, epochs=1, batch_size=64, out=str(out), evaluate=False,
+                      device="cpu"), progress=False)
+    return out
+
+
+def in_unit_interval(value) -> bool:
+    return value is not None and 0.0 <= value <= 1.0
+
+
+def keys_everywhere(obj) -> set[str]:
+    if isinstance(obj, dict):
+        return set(obj) | {k for v in obj.values() for k in keys_everywhere(v)}
+    if isinstance(obj, list):
+        return {k for v in obj for k in keys_everywhere(v)}
+    return set()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_evaluate_command_on_a_trained_run(model, patched, tmp_path, capsys):
+    run = trained_run(model, tmp_path)
+    argv = ["evaluate", str(run), "--num-samples", "30", "--max-points", "16",
+            "--quality-points", "60", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "eval.json" in out and "coherence by |S|" in out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["model"] == model and result["epoch"] == 1
+    assert result["settings"]["num_samples"] == 30 and result["settings"]["max_points"] == 16
+
+    coherence = result["coherence"]
+    assert set(coherence["by_subset_size"]) == {"1", "2"}
+    assert all(in_unit_interval(v) for v in coherence["by_subset_size"].values())
+    assert in_unit_interval(coherence["unconditional_coherence"])
+    assert set(coherence["conditional"]["single_source_matrix"]) == set(NAMES)
+    for figure in (coherence, coherence["conditional"], coherence["unconditional"]):
+        assert set(figure["classifier_accuracy"]) == set(NAMES)
+        assert all(in_unit_interval(a) for a in figure["classifier_accuracy"].values())
+
+    quality = result["quality"]["classifier_frechet_distance"]
+    for kind in ("unconditional", "conditional_leave_one_out", "train_vs_test"):
+        assert set(quality[kind]) == set(NAMES)
+        assert all(math.isfinite(d) and d >= 0 for d in quality[kind].values())
+    assert quality["num_points"] == 60
+    assert quality["mean_train_vs_test"] < quality["mean_unconditional"]  # 1 epoch: far off
+    assert "skipped" in result["quality"]["inception_fid"]
+    assert not [k for k in keys_everywhere(result) if "fid" in k.lower() and k != "fid_weights"
+                and k != "inception_fid"], "the classifier distance must never be called FID"
+
+    likelihood = result["likelihood"]
+    if "skipped" in likelihood:  # a guide without stratify=False: reported, not crashed
+        assert isinstance(likelihood["skipped"], str) and likelihood["skipped"]
+    else:
+        joint = likelihood["joint"]
+        assert joint["num_datapoints"] == 16 and joint["num_samples"] == 30
+        assert math.isfinite(joint["mean"]) and joint["std_error"] > 0
+        assert joint["pareto_k"]["median"] is not None
+        assert 0 <= joint["pareto_k"]["fraction_above_0.7"] <= 1
+        assert 1.0 <= joint["ess"]["mean"] <= 30.0
+        assert set(likelihood["subsets"]) and set(likelihood["conditional"])
+        for key, summary in likelihood["conditional"].items():
+            sources = key.split("|")[1]
+            expected = joint["mean"] - likelihood["subsets"][sources]["mean"]
+            assert summary["mean"] == pytest.approx(expected, rel=1e-9)
+
+    probe = result["probe"]
+    assert set(probe["by_subset_size"]) == {"1", "2", "3"}
+    assert all(in_unit_interval(v) for v in probe["by_subset_size"].values())
+
+    for key, name in FIGURES.items():
+        if key == "pareto_k" and "skipped" in likelihood:
+            continue
+        path = run / name
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG", key
+        assert result["figures"][key] == str(path)
+
+
+def test_evaluate_model_runs_only_the_chosen_metrics(patched):
+    train_ds, test_ds = tiny_mini("train"), tiny_mini("test")
+    vae = tiny_model("mvae", train_ds, None).vae
+    result = evaluate_model(vae, train_ds, test_ds, metrics="likelihood",
+                            settings=EvalSettings(num_samples=5, max_points=4,
+                                                  likelihood_subsets=0))
+    assert result["metrics"] == ["likelihood"]
+    assert "coherence" not in result and "classifiers" not in result
+    assert result["likelihood"]["joint"]["num_datapoints"] == 4
+    assert result["likelihood"]["subsets"] == {} and result["likelihood"]["conditional"] == {}
+    assert result["likelihood"]["joint"]["pareto_k"]["median"] is None  # K < 25: no fit
+
+
+def test_models_without_unstratified_guides_are_skipped_with_a_reason(patched):
+    train_ds, test_ds = tiny_mini("train"), tiny_mini("test")
+    inner = tiny_model("mmvae", train_ds, None).vae
+
+    class StratifiedOnly:
+        """A user's model whose programs take no ``stratify`` argument."""
+
+        names = inner.names
+
+        def model(self, data, mask=None):
+            return inner.model(data, mask)
+
+        def guide(self, data, mask=None):
+            return inner.guide(data, mask)
+
+    result = evaluate_model(StratifiedOnly(), train_ds, test_ds, metrics=["likelihood"],
+                            num_samples=5)
+    assert "stratify" in result["likelihood"]["skipped"]
+
+
+def test_metric_names_are_checked(tmp_path, capsys):
+    assert parse_metrics("probe, coherence") == ("probe", "coherence")
+    assert parse_metrics(None) == ("coherence", "quality", "likelihood", "probe")
+    with pytest.raises(ValueError, match="unknown metric"):
+        parse_metrics("coherence,fid")
+    assert cli.main(["evaluate", str(tmp_path), "--metrics", "coherence,fid"]) == 2
+    assert "unknown metric" in capsys.readouterr().err
+
+
+def test_evaluating_a_folder_without_a_run_exits_2(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
+    assert "no run folder" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path), "--device", "cpu"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_settings_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="num_samples"):
+        EvalSettings(num_samples=0).check()
+    with pytest.raises(ValueError, match="max_points"):
+        EvalSettings(max_points=0).check()
