@@ -177,9 +177,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                           help="test points for the likelihoods (default: %(default)s)")
     evaluate.add_argument("--chunk-size", type=_positive_int, metavar="C",
                           help="importance samples per chunk (default: 4096 latents a chunk)")
-    evaluate.add_argument("--likelihood-subsets", type=_non_negative_int, default=1,
-                          metavar="N", help="source subsets per size for log p(X_S) and the "
-                          "conditional log p(X_rest | X_S) (default: %(default)s; 0: joint only)")
+    evaluate.add_argument("--likelihood-subsets", type=_non_negative_int, default=0,
+                          metavar="N", help="also estimate log p(X_S) and the conditional "
+                          "log p(X_rest | X_S) for N source subsets S of each size 1..M-1 "
+                          "(default: %(default)s, the joint log p(X) only)")
     evaluate.add_argument("--quality-points", type=_count_or_all, default=10000,
                           metavar="N|all", help="test images per Fréchet distance "
                           "(default: %(default)s)")

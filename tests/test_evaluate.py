@@ -19,6 +19,7 @@ from pyro_mmvae import cli
 from pyro_mmvae.data import MultimodalTensorDataset, load_dataset
 from pyro_mmvae.metrics import EvalSettings, evaluate_model
 from pyro_mmvae.metrics.evaluate import FIGURES, parse_metrics
+from pyro_mmvae.metrics.frechet import have_pytorch_fid
 from pyro_mmvae.train import TrainConfig, train
 from pyro_mmvae.zoo import MODELS, build_model
 
@@ -68,7 +69,7 @@ def keys_everywhere(obj) -> set[str]:
 def test_evaluate_command_on_a_trained_run(model, patched, tmp_path, capsys):
     run = trained_run(model, tmp_path)
     argv = ["evaluate", str(run), "--num-samples", "30", "--max-points", "16",
-            "--quality-points", "60", "--device", "cpu"]
+            "--quality-points", "60", "--likelihood-subsets", "1", "--device", "cpu"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "eval.json" in out and "coherence by |S|" in out
@@ -177,3 +178,22 @@ def test_settings_out_of_range_are_refused():
         EvalSettings(num_samples=0).check()
     with pytest.raises(ValueError, match="max_points"):
         EvalSettings(max_points=0).check()
+
+
+@pytest.mark.skipif(not have_pytorch_fid(), reason="pytorch-fid is not installed")
+def test_inception_fid_is_reported_beside_the_classifier_distance(patched, tmp_path):
+    from test_frechet import random_fid_inception_state
+
+    torch.manual_seed(0)
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(random_fid_inception_state(), weights)
+    train_ds, test_ds = tiny_mini("train"), tiny_mini("test")
+    vae = tiny_model("mvae", train_ds, None).vae
+    result = evaluate_model(vae, train_ds, test_ds, metrics="quality", quality_points=2,
+                            fid_weights=str(weights))
+    fid = result["quality"]["inception_fid"]
+    assert set(fid["unconditional"]) == set(NAMES)
+    assert set(fid["conditional_leave_one_out"]) == set(NAMES)
+    assert fid["num_points"] == 2 and fid["weights"] == str(weights)
+    assert all(v >= 0 for v in fid["unconditional"].values())
+    assert set(result["quality"]["classifier_frechet_distance"]["train_vs_test"]) == set(NAMES)

@@ -47,8 +47,7 @@ from pyro_mmvae.metrics.coherence import (
     unconditional_coherence,
 )
 from pyro_mmvae.metrics.frechet import (
-    feature_statistics,
-    frechet_distance,
+    frechet_distances,
     have_pytorch_fid,
     inception_features,
     load_fid_inception,
@@ -70,6 +69,7 @@ FIGURES = {
     "pareto_k": "eval_pareto_k.png",
 }
 GRID_EXAMPLES = 8
+REFERENCE = "test"  # the image set every Fréchet distance is measured against
 
 __all__ = ["EVAL_NAME", "FIGURES", "METRICS", "EvalSettings", "evaluate_model", "evaluate_run",
            "parse_metrics"]
@@ -102,14 +102,14 @@ class EvalSettings:
     max_points: int | None = 1000
     chunk_size: int | None = None
     likelihood_batch_size: int = 64
-    likelihood_subsets: int = 1
+    likelihood_subsets: int = 0
     coherence_points: int | None = None
     coherence_subsets: int | None = None
     quality_points: int | None = 10000
     unconditional_samples: int | None = None
-    probe_subsets: int = 5
-    probe_train_points: int = 5000
-    probe_test_points: int = 5000
+    probe_subsets: int = 3
+    probe_train_points: int = 3000
+    probe_test_points: int = 2000
     fid_weights: str | None = None
     batch_size: int = 256
     seed: int = 0
@@ -214,94 +214,99 @@ def _coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
     }
 
 
-def _generated_batches(vae: Any, test_ds: Any, names: Sequence[str], target: str,
-                       batch_size: int, device: torch.device) -> Tensor:
-    """Leave-one-out generations of ``target`` from all the other modalities."""
-    sources = [n for n in names if n != target]
-    out = []
-    for batch, _ in test_ds.batches(batch_size, device=device):
-        generated = vae.generate({s: batch[s] for s in sources}, sources=sources,
-                                 targets=[target])
-        out.append(generated[target].float().clamp(0, 1).cpu())
-    return torch.cat(out)
-
-
-def _prior_samples(vae: Any, num: int, batch_size: int) -> dict[str, Tensor]:
-    parts: dict[str, list[Tensor]] = {}
-    for start in range(0, num, batch_size):
-        for name, x in vae.sample(min(batch_size, num - start)).items():
-            parts.setdefault(name, []).append(x.float().clamp(0, 1).cpu())
-    return {name: torch.cat(xs) for name, xs in parts.items()}
-
-
-def _real_images(dataset: Any, batch_size: int) -> dict[str, Tensor]:
-    parts: dict[str, list[Tensor]] = {}
-    for batch, _ in dataset.batches(batch_size):
-        for name, x in batch.items():
-            parts.setdefault(name, []).append(x.float())
-    return {name: torch.cat(xs) for name, xs in parts.items()}
+def _quality_batches(vae: Any, train_ds: Any, test_part: Any, names: Sequence[str],
+                     batch_size: int, device: torch.device
+                     ) -> Iterator[tuple[str, dict[str, Tensor]]]:
+    """``(set, {modality: images})`` batches: test images (the reference), leave-one-out
+    generations of every modality from all the others, training images, prior samples."""
+    n = len(test_part)
+    for batch, _ in test_part.batches(batch_size, device=device):
+        yield REFERENCE, {m: batch[m] for m in names}
+        if len(vae.names) > 1:
+            generated = {}
+            for target in names:
+                sources = [s for s in vae.names if s != target]
+                generated[target] = vae.generate({s: batch[s] for s in sources},
+                                                 sources=sources, targets=[target])[target]
+            yield "conditional_leave_one_out", generated
+    for batch, _ in _head(train_ds, n).batches(batch_size, device=device):
+        yield "train_vs_test", {m: batch[m] for m in names}
+    for start in range(0, n, batch_size):
+        samples = vae.sample(min(batch_size, n - start))
+        yield "unconditional", {m: samples[m] for m in names}
 
 
 def _quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
              device: torch.device) -> dict[str, Any]:
-    """Classifier Fréchet distances (and Inception FID) of generations vs test images."""
+    """Classifier Fréchet distances (and Inception FID) of generations vs test images.
+
+    Images are turned into features batch by batch (memory ~ features, not images).
+    """
     names = [n for n in vae.names if n in classifiers.names]
     if not names:
         raise ValueError("no modality of the model has a classifier; quality needs images")
     test_part = _head(test_ds, settings.quality_points)
-    n = len(test_part)
-    real = _real_images(test_part, settings.batch_size)
-    train_real = _real_images(_head(train_ds, n), settings.batch_size)
+    extractors: dict[str, Any] = {
+        "classifier": lambda m, x: classifiers.features(m, x).float().cpu()}
+    inception = _inception_network(settings, device)
+    if not isinstance(inception, str):
+        extractors["inception"] = lambda m, x: inception_features(inception, x).float()
+    features: dict[str, dict[str, dict[str, list[Tensor]]]] = {k: {} for k in extractors}
     with evaluation_mode(vae):
-        prior = _prior_samples(vae, n, settings.batch_size)
-        conditional = {t: _generated_batches(vae, test_part, vae.names, t, settings.batch_size,
-                                             device) for t in names} \
-            if len(vae.names) > 1 else {}
-    sets = {"unconditional": prior, "conditional_leave_one_out": conditional,
-            "train_vs_test": train_real}
-    reference = {m: feature_statistics(classifiers.features(m, real[m]).cpu()) for m in names}
-    distances: dict[str, dict[str, float]] = {}
-    for label, images in sets.items():
-        distances[label] = {m: frechet_distance(
-            *reference[m], *feature_statistics(classifiers.features(m, images[m]).cpu()))
-            for m in names if m in images}
+        for label, images in _quality_batches(vae, train_ds, test_part, names,
+                                              settings.batch_size, device):
+            for key, extract in extractors.items():
+                for m, x in images.items():
+                    part = extract(m, x.float().clamp(0, 1))
+                    features[key].setdefault(label, {}).setdefault(m, []).append(part)
+    distances = {key: _distances(sets, names) for key, sets in features.items()}
+    dim = features["classifier"][REFERENCE][names[0]][0].size(1)
+    classifier = distances["classifier"]
     result: dict[str, Any] = {
         "classifier_frechet_distance": {
-            **distances,
-            "mean_unconditional": _mean(distances["unconditional"]),
-            "mean_conditional_leave_one_out": _mean(distances["conditional_leave_one_out"]),
-            "mean_train_vs_test": _mean(distances["train_vs_test"]),
+            **classifier,
+            **{f"mean_{label}": _mean(values) for label, values in classifier.items()},
             "feature_space": "penultimate layer of the library's DigitClassifier for each "
-                             f"modality ({reference[names[0]][0].numel()}-d); not FID",
+                             f"modality ({dim}-d); not FID",
             "reference": "test images",
             "conditional": "decoder means of x_t from the posterior mean of q(z | all other "
                            "modalities)",
-            "num_points": n,
+            "num_points": len(test_part),
         },
     }
-    result["inception_fid"] = _inception(real, sets, names, settings, device)
+    if isinstance(inception, str):
+        result["inception_fid"] = {"skipped": inception}
+    else:
+        fid = distances["inception"]
+        result["inception_fid"] = {
+            **{k: v for k, v in fid.items() if k != "train_vs_test"},
+            **{f"mean_{label}": _mean(values) for label, values in fid.items()
+               if label != "train_vs_test"},
+            "weights": str(settings.fid_weights), "num_points": len(test_part)}
     return result
 
 
-def _inception(real: Mapping[str, Tensor], sets: Mapping[str, Mapping[str, Tensor]],
-               names: Sequence[str], settings: EvalSettings, device: torch.device
-               ) -> dict[str, Any]:
+def _distances(sets: Mapping[str, Mapping[str, list[Tensor]]], names: Sequence[str]
+               ) -> dict[str, dict[str, float]]:
+    """Fréchet distance of every set's features to the reference (test) features."""
+    out: dict[str, dict[str, float]] = {label: {} for label in sets if label != REFERENCE}
+    for m in names:
+        candidates = {label: torch.cat(parts[m]) for label, parts in sets.items()
+                      if label != REFERENCE and m in parts}
+        for label, value in frechet_distances(torch.cat(sets[REFERENCE][m]),
+                                              candidates).items():
+            out[label][m] = value
+    return out
+
+
+def _inception_network(settings: EvalSettings, device: torch.device) -> Any:
+    """The FID Inception network, or the reason why Inception FID is skipped (a str)."""
     if settings.fid_weights is None:
-        return {"skipped": "no FID Inception weights given (--fid-weights PATH to "
-                           "pt_inception-2015-12-05-6726825d.pth)"}
+        return ("no FID Inception weights given (--fid-weights PATH to "
+                "pt_inception-2015-12-05-6726825d.pth)")
     if not have_pytorch_fid():
-        return {"skipped": "pytorch-fid is not installed (pip install 'pyro_mmvae[fid]')"}
-    net = load_fid_inception(settings.fid_weights, device)
-    reference = {m: feature_statistics(inception_features(net, real[m])) for m in names}
-    fid: dict[str, Any] = {}
-    for label in ("unconditional", "conditional_leave_one_out"):
-        fid[label] = {m: frechet_distance(
-            *reference[m], *feature_statistics(inception_features(net, sets[label][m])))
-            for m in names if m in sets[label]}
-        fid[f"mean_{label}"] = _mean(fid[label])
-    fid["weights"] = str(settings.fid_weights)
-    fid["num_points"] = len(next(iter(real.values())))
-    return fid
+        return "pytorch-fid is not installed (pip install 'pyro_mmvae[fid]')"
+    return load_fid_inception(settings.fid_weights, device)
 
 
 def _likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.device

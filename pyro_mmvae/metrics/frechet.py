@@ -26,7 +26,7 @@ Two feature spaces:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "frechet_distance_from_features",
+    "frechet_distances",
     "have_pytorch_fid",
     "inception_features",
     "inception_fid",
@@ -151,6 +152,24 @@ def frechet_distance_from_features(features1: Tensor, features2: Tensor) -> floa
     cross = torch.linalg.svdvals(a1 @ a2.t()).sum()
     value = (mu1 - mu2).pow(2).sum() + a1.pow(2).sum() + a2.pow(2).sum() - 2 * cross
     return max(float(value), 0.0)
+
+
+def frechet_distances(reference: Tensor, candidates: Mapping[str, Tensor]) -> dict[str, float]:
+    """Fréchet distance of each candidate feature set (N_i, F) to one ``reference`` (N, F).
+
+    Picks the cheaper exact route per pair (see :func:`frechet_distance_from_features`) and
+    computes the reference's mean and covariance at most once.
+    """
+    reference_stats: tuple[Tensor, Tensor] | None = None
+    out = {}
+    for key, features in candidates.items():
+        if max(reference.size(0), features.size(0)) <= reference.size(1):
+            out[key] = frechet_distance_from_features(reference, features)
+            continue
+        if reference_stats is None:
+            reference_stats = feature_statistics(reference)
+        out[key] = frechet_distance(*reference_stats, *feature_statistics(features))
+    return out
 
 
 def _centred(features: Tensor) -> tuple[Tensor, Tensor]:

@@ -61,12 +61,16 @@ __all__ = [
     "ImportanceEstimate",
     "conditional_log_likelihood",
     "dataset_log_likelihood",
+    "default_chunk_size",
     "effective_sample_size",
     "importance_log_weights",
+    "likelihood_subsets",
+    "likelihood_summary",
     "log_marginal",
     "pareto_k",
     "supports_unstratified",
     "vae_log_likelihood",
+    "weight_summary",
 ]
 
 

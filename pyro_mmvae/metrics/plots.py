@@ -8,6 +8,7 @@ of R rows and C columns of HxW images is (R * (H + 2) + 2) x (C * (W + 2) + 2) p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -171,22 +172,24 @@ def save_pareto_k_histogram(
     low = min(float(pooled.min()), 0.0) if pooled.numel() else 0.0
     high = max(float(pooled.max()), 1.0) if pooled.numel() else 1.0
     k_bins = torch.linspace(low, high, 41).tolist()
-    ess_bins = torch.linspace(0, 1, 41).tolist()
+    largest = max(num for _, _, num in diagnostics.values())
+    ess_bins = torch.logspace(-math.log10(largest), 0, 41).tolist()
     for label, (_, ess, num) in diagnostics.items():
         k = finite[label]
         if k.numel():
             above = float((k > 0.7).double().mean())
             ax_k.hist(k.numpy(), bins=k_bins, alpha=0.6, label=f"{label} ({above:.0%} > 0.7)")
-        ax_ess.hist((ess.detach().double().cpu() / num).clamp(0, 1).numpy(), bins=ess_bins,
-                    alpha=0.6, label=f"{label} (K = {num})")
+        fraction = (ess.detach().double().cpu() / num).clamp(1 / largest, 1)
+        ax_ess.hist(fraction.numpy(), bins=ess_bins, alpha=0.6, label=f"{label} (K = {num})")
     for value, style in ((0.5, ":"), (0.7, "--")):
         ax_k.axvline(value, color="k", ls=style)
     ax_k.set_xlabel(r"Pareto $\hat{k}$ (PSIS) per data point")
     ax_k.set_ylabel("data points")
     ax_k.legend(fontsize=8)
     ax_k.set_title(r"$\hat{k}$ < 0.5 good, > 0.7 unreliable")
-    ax_ess.set_xlabel("effective sample size / K")
-    ax_ess.set_xlim(0, 1)
+    ax_ess.set_xscale("log")
+    ax_ess.set_xlabel("effective sample size / K (log scale; 1/K: one sample counts)")
+    ax_ess.set_xlim(1 / largest, 1)
     ax_ess.legend(fontsize=8)
     ax_ess.set_title("Importance-sampling efficiency")
     return _save_figure(figure, path)
