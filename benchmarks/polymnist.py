@@ -22,7 +22,7 @@ the first ``--max-test`` test tuples:
   entropy and a diversity figure beside it (a collapsed generator scores ~1 otherwise).
 
 Writes ``--out`` (JSON: settings, loss curves, coherence) and ``<out>.md``, and rewrites
-``summary.md`` in the same folder from every JSON there.
+``polymnist-summary.md`` in the same folder from every benchmark JSON there.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from pyro_mmvae.metrics import conditional_coherence, get_classifiers, unconditi
 from pyro_mmvae.train import CHECKPOINT_NAME, TrainConfig, train
 from pyro_mmvae.zoo import MODELS, build_model, resolve_settings
 
+SUMMARY_NAME = "polymnist-summary.md"
 MAKE_HINT = ("generate it with: pyro-mmvae make-polymnist --mnist-root ../shared/data/mnist "
              "--backgrounds ../shared/data/polymnist_backgrounds --out {root}")
 
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown([result]))
-    (out.parent / "summary.md").write_text(folder_summary(out.parent))
+    (out.parent / SUMMARY_NAME).write_text(folder_summary(out.parent))
     print(markdown([result]))
     return 0
 
@@ -293,12 +294,13 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
 
 
 def folder_summary(folder: Path) -> str:
-    """``summary.md``: the table of every benchmark JSON in ``folder``, by model name."""
+    """The table of every benchmark JSON in ``folder`` (files with loss curves and
+    conditional coherence), by file name."""
     results = []
     for path in sorted(folder.glob("*.json")):
         with contextlib.suppress(json.JSONDecodeError, KeyError):
             data = json.loads(path.read_text())
-            if "conditional_coherence" in data:
+            if "conditional_coherence" in data and "loss_curve" in data:
                 results.append(data)
     commands = "\n".join(f"- `{r['command']}`" for r in results)
     return ("# PolyMNIST benchmark results\n\n" + markdown(results)
