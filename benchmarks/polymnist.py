@@ -36,7 +36,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,26 +134,6 @@ def head(dataset: MultimodalTensorDataset, size: int | None) -> MultimodalTensor
     return dataset.subset(torch.arange(size))
 
 
-@contextlib.contextmanager
-def trainer_inputs(train_ds: MultimodalTensorDataset, test_ds: MultimodalTensorDataset,
-                   overrides: dict[str, Any]) -> Iterator[None]:
-    """Make :func:`pyro_mmvae.train.train` use these datasets and model overrides.
-
-    The trainer loads datasets by name and takes no free-form model settings, so its two
-    loading hooks are swapped for the duration of the run (and restored afterwards).
-    """
-    import pyro_mmvae.train as trainer
-
-    saved_load, saved_build = trainer._load_dataset, trainer._build_model
-    trainer._load_dataset = lambda name, root, split: train_ds if split == "train" else test_ds
-    trainer._build_model = lambda name, ds, preset, **kw: saved_build(
-        name, ds, preset, **{**overrides, **kw})
-    try:
-        yield
-    finally:
-        trainer._load_dataset, trainer._build_model = saved_load, saved_build
-
-
 # --------------------------------------------------------------------------- run
 def train_model(args: argparse.Namespace, train_ds, test_ds, overrides: dict[str, Any],
                 run_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -161,9 +141,9 @@ def train_model(args: argparse.Namespace, train_ds, test_ds, overrides: dict[str
     the trainer's summary."""
     config = TrainConfig(model=args.model, dataset="polymnist", preset=args.preset,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         device=args.device, seed=args.seed, out=str(run_dir), evaluate=False)
-    with trainer_inputs(train_ds, test_ds, overrides):
-        summary = train(config, progress=False)
+                         device=args.device, seed=args.seed, out=str(run_dir), evaluate=False,
+                         settings=overrides)
+    summary = train(config, progress=False, datasets=(train_ds, test_ds))
     spec = build_model(args.model, train_ds, args.preset, **overrides)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     spec.vae.load_state_dict(state["vae_state"])

@@ -12,8 +12,10 @@ with status 1.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from pyro_mmvae import __version__
 
@@ -74,6 +76,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """``"beta=2.5"`` -> ``("beta", 2.5)``; values parse as JSON (numbers, booleans, lists
+    become tuples), anything else stays text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), tuple(value) if isinstance(value, list) else value
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -127,6 +142,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        "of the run, or 'rest') with the parameters matching the comma-separated "
                        "name PATTERNS frozen, e.g. --stage 0.5:mods.*.encoder --stage "
                        "rest:joint_encoder,mods.*.decoder (TELBO's default)")
+    train.add_argument("--set", dest="settings", action="append", default=[],
+                       type=_setting, metavar="KEY=VALUE",
+                       help="model setting over the preset (repeatable), e.g. --set beta=2.5 "
+                       "--set alpha=1 --set hidden=[256,256]; see pyro_mmvae.zoo.DEFAULTS")
     train.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                        help="skip coherence and the generation grid at the end")
     train.add_argument("--no-progress", dest="progress", action="store_false",
@@ -251,6 +270,7 @@ def _run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         evaluate=args.evaluate,
         stages=args.stages,
+        settings=dict(args.settings),
     )
     print(f"run folder: {out}", flush=True)
     summary = train(config, progress=args.progress)

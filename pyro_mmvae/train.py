@@ -31,7 +31,7 @@ import random
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,8 @@ class TrainConfig:
     resume: bool = False
     evaluate: bool = True
     stages: Sequence[Any] | None = None
+    #: Model settings of the zoo (``beta``, ``alpha``, ``latent_dim``, ...) over the preset.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
@@ -276,6 +278,7 @@ def _load_datasets(config: TrainConfig) -> tuple[Any, Any]:
 
 def _model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dict[str, Any]:
     overrides = dict(resumed["overrides"]) if resumed else {}
+    overrides.update(config.settings)
     for key in ("num_particles", "estimator"):
         value = getattr(config, key)
         if value is not None:
@@ -586,12 +589,16 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- entry point
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
+def train(config: TrainConfig, progress: bool = True,
+          datasets: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Fit ``config.model`` to ``config.dataset`` with SVI + Adam; return the run summary.
 
-    Each epoch appends to ``metrics.jsonl`` and rewrites ``checkpoint.pt`` atomically; a NaN
-    or infinite loss stops the run with :class:`TrainingError` and leaves the last
-    checkpoint intact. The summary is also written to ``summary.json``.
+    ``datasets`` = ``(train, test)`` trains on these (e.g. a subset of a dataset) instead of
+    loading ``config.dataset`` by name; ``config.dataset`` still names the data in the run
+    folder and the checkpoint. Each epoch appends to ``metrics.jsonl`` and rewrites
+    ``checkpoint.pt`` atomically; a NaN or infinite loss stops the run with
+    :class:`TrainingError` and leaves the last checkpoint intact. The summary is also
+    written to ``summary.json``.
     """
     config.check()
     device = resolve_device(config.device)
@@ -600,7 +607,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     was_validating = pyro.distributions.is_validation_enabled()
     loop = None
     try:
-        loop = _setup(config, resumed, device, run_dir, progress)
+        loop = _setup(config, resumed, device, run_dir, progress, datasets)
         loop.run()
     finally:
         pyro.enable_validation(was_validating)
@@ -615,11 +622,12 @@ def _setup(
     device: torch.device,
     run_dir: Path,
     progress: bool,
+    datasets: tuple[Any, Any] | None = None,
 ) -> _Loop:
     """Seed, load data, build the model and SVI, restore a checkpoint when resuming."""
     seed_everything(config.seed)
     pyro.clear_param_store()
-    train_ds, test_ds = _load_datasets(config)
+    train_ds, test_ds = _load_datasets(config) if datasets is None else datasets
     overrides = _model_overrides(config, resumed)
     preset = config.preset if config.preset is not None else (resumed or {}).get("preset")
     spec = _build_model(config.model, train_ds, preset, **overrides)

@@ -71,6 +71,14 @@ def test_train_arguments_are_parsed():
     assert args.resume and not args.evaluate and args.dataset == "polymnist-mini"
 
 
+def test_set_parses_model_settings():
+    args = cli.build_parser().parse_args(
+        ["train", "--set", "beta=2.5", "--set", "hidden=[64, 32]", "--set", "posterior=laplace",
+         "--set", "decoder_stop_gradient=true"])
+    assert dict(args.settings) == {"beta": 2.5, "hidden": (64, 32), "posterior": "laplace",
+                                   "decoder_stop_gradient": True}
+
+
 @needs_zoo
 @needs_data
 @pytest.mark.parametrize(
@@ -81,6 +89,7 @@ def test_train_arguments_are_parsed():
         (["train", "--epochs", "0"], "positive integer"),
         (["train", "--estimator", "vimco"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
+        (["train", "--set", "beta"], "KEY=VALUE"),
     ],
 )
 def test_bad_arguments_exit_2(argv, message, capsys):

@@ -185,3 +185,19 @@ def test_fixed_scale_likelihoods_match_torch(family):
     draws = lik.distribution(torch.zeros(20000), event_dim=0).rsample()
     spread = draws.abs().mean() if family == "laplace" else draws.std()
     assert float(spread) == pytest.approx(0.75, rel=0.05)
+
+
+def test_unstratified_model_skips_absent_modalities():
+    """log p(x_0, z) is the same whether m1 is left out (no decoder pass, no site) or given
+    and masked in every row."""
+    from pyro import poutine
+
+    vae = vae_with()
+    batch = good_batch(5)
+    guide = poutine.trace(vae.guide).get_trace({"m0": batch["m0"]}, stratify=False)
+    replayed = poutine.replay(vae.model, trace=guide)
+    left_out = poutine.trace(replayed).get_trace({"m0": batch["m0"]}, stratify=False)
+    masked = poutine.trace(replayed).get_trace(batch, {"m1": torch.zeros(5, dtype=torch.bool)},
+                                               stratify=False)
+    assert "x_m1" not in left_out.nodes and "x_m1" in masked.nodes
+    assert torch.allclose(left_out.log_prob_sum(), masked.log_prob_sum())

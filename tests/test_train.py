@@ -33,6 +33,7 @@ from pyro_mmvae.train import TrainConfig, TrainingError, train
 torch.set_num_threads(1)
 
 LATENT = 2
+ZOO_BUILD = train_module._build_model  # the real model zoo (the tests below swap in TinyVAE)
 
 
 class TinyVAE(nn.Module):
@@ -282,3 +283,28 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
         save_checkpoint(tmp_path / "c.pt", {"bad": Unpicklable()})
     assert sorted(os.listdir(tmp_path)) == ["c.pt", "s.json"]
     assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["x"], torch.arange(3))
+
+
+def test_zoo_settings_and_explicit_datasets(tmp_path, monkeypatch):
+    """``TrainConfig.settings`` reach the zoo (and the checkpoint); ``datasets=`` replaces
+    loading by name; an unknown setting is refused by name."""
+    monkeypatch.setattr(train_module, "_build_model", ZOO_BUILD)
+    monkeypatch.setattr(train_module, "_load_dataset", _no_loading)
+    data = (tiny_dataset("train"), tiny_dataset("test"))
+    settings = {"latent_dim": 3, "hidden": (8,), "beta": 2.0}
+    cfg = TrainConfig(model="mvae", dataset="tiny", device="cpu", out=str(tmp_path / "run"),
+                      evaluate=False, epochs=1, batch_size=16, settings=settings)
+    summary = train(cfg, progress=False, datasets=data)
+    assert summary["overrides"] == settings
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["overrides"] == settings
+    assert state["vae_state"]["_prior_loc"].shape == (3,)
+    assert state["vae_state"]["mods.m0.decoder.trunk.0.weight"].shape == (8, 3)
+    bad = TrainConfig(model="mvae", dataset="tiny", device="cpu", out=str(tmp_path / "bad"),
+                      evaluate=False, epochs=1, settings={"no_such_setting": 1})
+    with pytest.raises(ValueError, match="no_such_setting"):
+        train(bad, progress=False, datasets=data)
+
+
+def _no_loading(*_args):
+    raise AssertionError("datasets were given: nothing may be loaded by name")

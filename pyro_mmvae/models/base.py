@@ -16,7 +16,7 @@ Shapes: the guide may draw z with extra leading batch dimensions — vectorised 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -212,6 +212,7 @@ class MultimodalVAE(nn.Module):
         sampling of :math:`\log p(X)` needs.
         """
         pyro.module(self.pyro_name, self)
+        skip = self.absent_names(data) if not stratify else ()
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
         with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
@@ -219,18 +220,28 @@ class MultimodalVAE(nn.Module):
                 z = pyro.sample("z", self.prior())
             reconstruct = present if strata is None else strata.reconstruct_mask(present)
             members = None if strata is None else strata.members
-            self.observe(z, data, reconstruct, members)
+            self.observe(z, data, reconstruct, members, skip=skip)
+
+    def absent_names(self, data: Data) -> tuple[str, ...]:
+        """Modalities left out of ``data`` altogether (or given as None): an unstratified
+        model does not decode them, their observations being masked in every row anyway."""
+        if not isinstance(data, Mapping):
+            return ()
+        return tuple(n for n in self.names if data.get(n) is None)
 
     def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
-                members: Tensor | None = None) -> None:
+                members: Tensor | None = None, skip: Collection[str] = ()) -> None:
         """One observe site per modality, weighted by :math:`\\lambda_m`.
 
         ``reconstruct[m]`` (``(B,)`` or ``(S, B)``) masks the rows, or the strata and rows,
         in which modality m is scored. With ``members`` (bool ``(S, M)``), modality m's
         decoder runs only on the strata that reconstruct it (MVAE's unimodal ELBOs would
-        otherwise decode every modality in every stratum).
+        otherwise decode every modality in every stratum). Modalities in ``skip`` (absent
+        from the whole batch) get no site and no decoder pass.
         """
         for i, (name, mod) in enumerate(self.mods.items()):
+            if name in skip:
+                continue
             params = self._decode_strata(mod, z, None if members is None else members[:, i])
             fn = mod.likelihood.distribution(params, len(mod.event_shape))
             with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):

@@ -41,7 +41,7 @@ joint posterior of the present modalities and scores it by its density.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pyro
 import torch
@@ -257,11 +257,11 @@ class CoordinationVAE(MultimodalVAE):
 
     # ------------------------------------------------------------------ observations
     def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
-                members: Tensor | None = None) -> None:
+                members: Tensor | None = None, skip: Collection[str] = ()) -> None:
         """Observe sites as in the base class; with ``decoder_stop_gradient`` strata 1..M
         decode with detached decoder parameters."""
         if not (self.decoder_stop_gradient and members is not None and members.size(0) > 1):
-            super().observe(z, data, reconstruct, members)
+            super().observe(z, data, reconstruct, members, skip)
             return
         for i, (name, mod) in enumerate(self.mods.items()):
             params = self._decode_detached_strata(mod, z, members[:, i])

@@ -190,6 +190,7 @@ class MMVAEPlus(MMVAE):
         r""":math:`z \sim p(z)`, :math:`w_m \sim p(w_m)`, ``x_<name>`` observed given
         ``[z, w_<name>]``; the prior of :math:`w_d` is masked to stratum d."""
         pyro.module(self.pyro_name, self)
+        skip = self.absent_names(data) if not stratify else ()
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
         with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
@@ -201,6 +202,8 @@ class MMVAEPlus(MMVAE):
                         private[name] = pyro.sample(f"w_{name}", self.private_prior())
             reconstruct = present if strata is None else strata.reconstruct_mask(present)
             for i, (name, mod) in enumerate(self.mods.items()):
+                if name in skip:
+                    continue
                 latent = concat_latents(z, private[name])
                 with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
                     pyro.sample(f"x_{name}", mod.distribution(latent), obs=data[name])
