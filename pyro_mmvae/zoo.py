@@ -393,6 +393,10 @@ MODELS: tuple[str, ...] = tuple(BUILDERS)
 #: a weaker KL weight lets them encode it.
 DATASET_MODEL_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("polymnist-mini", "jmvae"): {"beta": 0.1},
+    # TELBO trains the joint encoder only in its first stage: give it 12 of 16 epochs.
+    ("polymnist-mini", "telbo"): {"beta": 0.1, "epochs": 16,
+                                  "stages": ((0.75, ("mods.*.encoder",)),
+                                             (None, ("joint_encoder", "mods.*.decoder")))},
 }
 
 

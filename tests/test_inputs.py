@@ -201,3 +201,16 @@ def test_unstratified_model_skips_absent_modalities():
                                                stratify=False)
     assert "x_m1" not in left_out.nodes and "x_m1" in masked.nodes
     assert torch.allclose(left_out.log_prob_sum(), masked.log_prob_sum())
+
+
+def test_a_second_model_under_the_same_pyro_name_trains():
+    """Two models of one class share Pyro names: the one that runs must be the one SVI
+    steps (Pyro alone would step the first model's stored parameters instead)."""
+    pyro.clear_param_store()
+    batch = good_batch(8)
+    for _ in range(2):
+        vae = vae_with()
+        before = [p.detach().clone() for p in vae.parameters()]
+        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.1}), MixtureELBO())
+        svi.step(batch)
+        assert all(not torch.equal(b, p) for b, p in zip(before, vae.parameters(), strict=True))

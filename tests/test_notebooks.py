@@ -2,9 +2,9 @@
 
 Each notebook is executed with nbclient on a copy (the committed file, with its outputs, is
 never rewritten), with ``PYRO_MMVAE_NOTEBOOK_SMALL=1`` (fewer epochs, less data, smaller K),
-one thread, and the classifier cache in a temporary folder shared by the four notebooks (the
-first one trains the classifiers, the others load them). A failing assertion in a notebook's
-final check cell fails the test.
+one thread, and the classifier cache in the session's temporary folder (the first notebook
+trains the classifiers, the others load them). A failing assertion in a notebook's final
+check cell fails the test.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ NOTEBOOKS = (
 CELL_TIMEOUT_S = 300
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def classifier_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("notebook_classifier_cache")
+    """The session's classifier cache (the folder conftest points the library at), so that
+    classifiers trained by one notebook, or by another test, are loaded by the next."""
+    return tmp_path_factory.getbasetemp() / "pyro_mmvae_cache"
 
 
 def _outputs(notebook, output_type: str | None = None) -> list:

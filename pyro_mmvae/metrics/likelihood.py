@@ -197,11 +197,16 @@ def pareto_k(log_weights: Tensor) -> Tensor:
 
     Uses :func:`arviz.psislw` on the ``(B, K)`` array (it reads the last axis as samples)
     with ``reff = 1`` (independent draws). Conventions: data points whose log-weights are
-    all equal up to rounding (spread below :math:`10^{-6}\max(1, |\mathrm{median}\log w|)`,
-    as with the exact posterior as proposal) get :math:`\hat k = 0` — arviz fits the rounding
+    all equal up to rounding (spread below :math:`\epsilon\max(1, |\mathrm{median}\log w|)`,
+    :math:`\epsilon = 10^{-6}`, or :math:`256` float32 epsilons for float32 log-weights, whose
+    sums over many pixels carry that much rounding; as with the exact posterior as proposal)
+    get :math:`\hat k = 0` — arviz fits the rounding
     noise and answers inf there; with fewer than 25 samples the tail is too short to fit and
     every :math:`\hat k` is NaN.
     """
+    tolerance = CONSTANT_LOG_WEIGHTS
+    if log_weights.dtype == torch.float32:
+        tolerance = max(tolerance, 256 * torch.finfo(log_weights.dtype).eps)
     lw = log_weights.detach().double().cpu()
     num, batch = lw.shape
     if num < MIN_SAMPLES_FOR_PARETO_K:
@@ -214,7 +219,7 @@ def pareto_k(log_weights: Tensor) -> Tensor:
         _, khat = arviz.psislw(finite.t().contiguous().numpy(), reff=1.0)
     khat = torch.as_tensor(np.asarray(khat, dtype=np.float64))
     spread = lw.max(0).values - lw.min(0).values
-    constant = spread <= CONSTANT_LOG_WEIGHTS * lw.median(0).values.abs().clamp(min=1.0)
+    constant = spread <= tolerance * lw.median(0).values.abs().clamp(min=1.0)
     return torch.where(constant, torch.zeros_like(khat), khat)
 
 

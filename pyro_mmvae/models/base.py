@@ -23,6 +23,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.params.param_store import param_with_module_name
 from pyro.poutine.util import is_validation_enabled
 from torch import Tensor, nn
 
@@ -211,7 +212,7 @@ class MultimodalVAE(nn.Module):
         ``stratify=False`` there is no strata plate: one z per data point, as importance
         sampling of :math:`\log p(X)` needs.
         """
-        pyro.module(self.pyro_name, self)
+        self.register()
         skip = self.absent_names(data) if not stratify else ()
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
@@ -221,6 +222,23 @@ class MultimodalVAE(nn.Module):
             reconstruct = present if strata is None else strata.reconstruct_mask(present)
             members = None if strata is None else strata.members
             self.observe(z, data, reconstruct, members, skip=skip)
+
+    def register(self) -> None:
+        """``pyro.module(self.pyro_name, self)``, taking the name over from any other model
+        whose parameters Pyro's param store still holds under it.
+
+        Pyro would otherwise hand SVI the stored parameters of the earlier model (same
+        names), and this one would silently never train.
+        """
+        first = next(iter(self.named_parameters()), None)
+        if first is not None:
+            key = param_with_module_name(self.pyro_name, first[0])
+            store = pyro.get_param_store()
+            if key in store and store[key] is not first[1]:
+                prefix = param_with_module_name(self.pyro_name, "")
+                for name in [n for n in store.keys() if n.startswith(prefix)]:
+                    del store[name]
+        pyro.module(self.pyro_name, self)
 
     def absent_names(self, data: Data) -> tuple[str, ...]:
         """Modalities left out of ``data`` altogether (or given as None): an unstratified
@@ -271,7 +289,7 @@ class MultimodalVAE(nn.Module):
         With ``stratify=False`` z is drawn once per data point from the full posterior of
         the present modalities and scored by its density: a proper importance proposal.
         """
-        pyro.module(self.pyro_name, self)
+        self.register()
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
         qz = self.latent_posterior(data, present, strata, stratify)

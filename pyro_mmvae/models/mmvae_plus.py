@@ -189,7 +189,7 @@ class MMVAEPlus(MMVAE):
               stratify: bool = True) -> None:
         r""":math:`z \sim p(z)`, :math:`w_m \sim p(w_m)`, ``x_<name>`` observed given
         ``[z, w_<name>]``; the prior of :math:`w_d` is masked to stratum d."""
-        pyro.module(self.pyro_name, self)
+        self.register()
         skip = self.absent_names(data) if not stratify else ()
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
@@ -217,7 +217,7 @@ class MMVAEPlus(MMVAE):
         present modalities and :math:`p(w_m)` for the absent ones (a proper importance
         proposal; z is then not reparameterised).
         """
-        pyro.module(self.pyro_name, self)
+        self.register()
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
         loc_z, scale_z, loc_w, scale_w = self.encode_all(data)
