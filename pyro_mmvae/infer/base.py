@@ -80,6 +80,24 @@ def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
     return torch.logsumexp(x, dim=dim) - math.log(x.size(dim))
 
 
+def dreg_gradient_factor(site: dict, normalised: Tensor) -> Tensor:
+    r"""The factor a latent site's value gradient is multiplied by in the DReG surrogate.
+
+    :math:`\tilde\omega` where the guide scores the site (its mask is True or absent), 1
+    where it is masked out — an unscored draw (MMVAE+'s cross-modal :math:`\tilde w_d`) has no
+    score-function term to remove and keeps its IWAE gradient. Shape ``(K, S, B, 1, ...)``,
+    broadcastable to the site's value.
+    """
+    mask = site["mask"]
+    factor = normalised
+    if isinstance(mask, Tensor):
+        factor = torch.where(mask, normalised, torch.ones_like(normalised))
+    elif mask is False:
+        factor = torch.ones_like(normalised)
+    extra = site["value"].dim() - normalised.dim()
+    return factor.reshape(factor.shape + (1,) * extra)
+
+
 class MultimodalELBO(ELBO):
     """Base class: vectorised particles, per-datapoint log-weights, three estimators.
 
@@ -168,11 +186,10 @@ class MultimodalELBO(ELBO):
             value = site["value"]
             if not value.requires_grad:
                 continue
-            extra = value.dim() - normalised.dim()
             if value.shape[: normalised.dim()] != normalised.shape:
                 raise NotImplementedError(f"DReG needs site {site['name']!r} to have one value "
                                           "per particle, stratum and data point")
-            factor = normalised.reshape(normalised.shape + (1,) * extra)
+            factor = dreg_gradient_factor(site, normalised)
             value.register_hook(lambda grad, f=factor: grad * f)
         return (normalised * detached).sum(0)
 

@@ -26,50 +26,15 @@ reaches :math:`q_d` through :math:`\tilde w_d`).
 
 from __future__ import annotations
 
-import torch
-from pyro.poutine.trace_struct import Trace
-from torch import Tensor
-
-from pyro_mmvae.infer.base import MultimodalELBO, _latent_sites
-
-
-def dreg_gradient_factor(site: dict, normalised: Tensor) -> Tensor:
-    r"""The factor a site's value gradient is multiplied by in the DReG surrogate.
-
-    :math:`\tilde\omega` where the site is scored (its mask is True or absent), 1 where it is
-    masked out; shape ``(K, S, B, 1, ...)`` broadcastable to the site's value.
-    """
-    mask = site["mask"]
-    factor = normalised
-    if isinstance(mask, Tensor):
-        factor = torch.where(mask, normalised, torch.ones_like(normalised))
-    elif mask is False:
-        factor = torch.ones_like(normalised)
-    extra = site["value"].dim() - normalised.dim()
-    return factor.reshape(factor.shape + (1,) * extra)
+from pyro_mmvae.infer.base import MultimodalELBO
 
 
 class MMVAEPlusELBO(MultimodalELBO):
     """MMVAE+'s stratified objective (also the private-latent baseline's: the model decides
-    where :math:`\\tilde w_d` comes from).
+    where :math:`\\tilde w_d` comes from). Everything is the base class's: the log-weights
+    come from the traces, and its DReG surrogate leaves the unscored :math:`\\tilde w_d`
+    their IWAE gradient (:func:`~pyro_mmvae.infer.base.dreg_gradient_factor`).
 
     :param num_particles: K.
     :param estimator: ``"elbo"``, ``"iwae"`` or ``"dreg"``.
     """
-
-    def _dreg_surrogate(self, model_trace: Trace, guide_trace: Trace) -> Tensor:
-        """Per-stratum DReG surrogate ``(S, B)``: hooks scale each latent's gradient by
-        :func:`dreg_gradient_factor`; the value gradient of the surrogate itself carries one
-        more :math:`\\tilde\\omega` (decoders: the IWAE gradient)."""
-        detached = self.weigh(model_trace, guide_trace, detach_guide=True).log_weights
-        normalised = torch.softmax(detached.detach(), dim=0)
-        for site in _latent_sites(guide_trace):
-            value = site["value"]
-            if not value.requires_grad:
-                continue
-            if value.shape[: normalised.dim()] != normalised.shape:
-                raise NotImplementedError(f"DReG needs site {site['name']!r} to have one value "
-                                          "per particle, stratum and data point")
-            factor = dreg_gradient_factor(site, normalised)
-            value.register_hook(lambda grad, f=factor: grad * f)
-        return (normalised * detached).sum(0)
