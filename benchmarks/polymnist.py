@@ -45,6 +45,7 @@ import torch
 
 from pyro_mmvae import __version__
 from pyro_mmvae.checkpoint import load_checkpoint
+from pyro_mmvae.cli import parse_setting
 from pyro_mmvae.data import MultimodalTensorDataset, load_dataset
 from pyro_mmvae.metrics import conditional_coherence, get_classifiers, unconditional_coherence
 from pyro_mmvae.train import CHECKPOINT_NAME, TrainConfig, train
@@ -67,6 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   type=parse_setting,
                    help="model setting override (repeatable), e.g. --set private_dim=32")
     p.add_argument("--max-train", type=int, help="train on a random subset of this many tuples")
     p.add_argument("--max-test", type=int, default=2000,
@@ -86,24 +88,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.epochs < 1:
         p.error("--epochs must be at least 1")
     return args
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["beta=2.5", "hidden=[256,256]"]`` -> ``{"beta": 2.5, "hidden": (256, 256)}``.
-
-    Values are read as JSON when they parse (numbers, booleans, lists), else kept as text.
-    """
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        overrides[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return overrides
 
 
 # --------------------------------------------------------------------------- data
@@ -172,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.overrides)
+    overrides = dict(args.overrides)
     out = Path(args.out)
     run_dir = Path(args.run_dir or Path("runs") / "benchmarks" / out.stem)
     if (run_dir / CHECKPOINT_NAME).exists():

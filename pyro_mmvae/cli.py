@@ -76,7 +76,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _setting(text: str) -> tuple[str, Any]:
+def parse_setting(text: str) -> tuple[str, Any]:
     """``"beta=2.5"`` -> ``("beta", 2.5)``; values parse as JSON (numbers, booleans, lists
     become tuples), anything else stays text."""
     key, sep, raw = text.partition("=")
@@ -143,7 +143,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        "name PATTERNS frozen, e.g. --stage 0.5:mods.*.encoder --stage "
                        "rest:joint_encoder,mods.*.decoder (TELBO's default)")
     train.add_argument("--set", dest="settings", action="append", default=[],
-                       type=_setting, metavar="KEY=VALUE",
+                       type=parse_setting, metavar="KEY=VALUE",
                        help="model setting over the preset (repeatable), e.g. --set beta=2.5 "
                        "--set alpha=1 --set hidden=[256,256]; see pyro_mmvae.zoo.DEFAULTS")
     train.add_argument("--no-evaluate", dest="evaluate", action="store_false",
