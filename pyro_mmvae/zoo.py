@@ -402,6 +402,36 @@ DATASET_MODEL_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def register_model(
+    name: str,
+    builder: Callable[[Any, dict[str, Any]], tuple[nn.Module, ELBO]],
+    defaults: dict[str, Any] | None = None,
+    replace: bool = False,
+) -> None:
+    """Add model ``name`` to the zoo (``build_model``, ``train``, ``pyro-mmvae --model``).
+
+    ``builder(dataset, settings)`` returns the ``(vae, elbo)`` pair: ``vae`` an
+    ``nn.Module`` with ``model`` and ``guide`` Pyro programs, ``elbo`` a
+    :class:`pyro.infer.ELBO` with ``differentiable_loss``. ``settings`` are the zoo's
+    :data:`DEFAULTS` (``lr``, ``batch_size``, ``epochs``, ``latent_dim``, ...) updated with
+    ``defaults`` (the model's own settings, which ``--set KEY=VALUE`` can then change).
+    """
+    global MODELS
+    if not str(name).replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"model name {name!r} must be letters, digits, '_' or '-'")
+    if name in BUILDERS and not replace:
+        raise ValueError(f"model {name!r} is already in the zoo; pass replace=True to "
+                         "replace it")
+    BUILDERS[name] = builder
+    MODEL_DEFAULTS[name] = dict(defaults or {})
+    MODELS = tuple(BUILDERS)
+
+
+def model_names() -> tuple[str, ...]:
+    """Every model of the zoo, those added with :func:`register_model` included."""
+    return tuple(BUILDERS)
+
+
 def resolve_settings(name: str, preset: str | None = None, dataset_name: str | None = None,
                      **overrides) -> dict[str, Any]:
     """Library, dataset and model defaults, then the preset, then the overrides.
