@@ -235,12 +235,13 @@ class Worker:
         return batch
 
     def count_flops(self) -> None:
-        """FLOPs of one forward+backward on the eager networks (no optimizer step)."""
+        """FLOPs of one fp32 forward+backward on the eager networks (no optimizer step; the
+        arithmetic of the bf16/fp16 and compiled variants is the same)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
         with counter:
-            self.forward_backward(self.next_batch())
+            self.fp32_forward_backward(self.next_batch())
         self.zero_grad()
         self.info["flops_per_step"] = int(counter.get_total_flops())
 
@@ -265,7 +266,10 @@ class Worker:
 
 
 class OursWorker(Worker):
-    """pyro_mmvae's step, as the engine does it."""
+    """pyro_mmvae's step as ``pyro-mmvae train`` runs it: the model from the zoo, Pyro
+    registration and validation off, :func:`pyro_mmvae.engine.build_optimizer` (Adam,
+    ``foreach`` on CPU, ``fused`` on CUDA) and :class:`pyro_mmvae.engine.TrainStep` (loss,
+    backward, finite check of loss and gradient norm, optimizer step, ``zero_grad``)."""
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
@@ -273,6 +277,10 @@ class OursWorker(Worker):
 
         import pyro
 
+        from pyro_mmvae import engine
+        from pyro_mmvae.engine.networks import set_decoder_batching
+        from pyro_mmvae.runs import extra_params
+        from pyro_mmvae.train import set_pyro_registration
         from pyro_mmvae.zoo import build_model
 
         pyro.enable_validation(False)
@@ -282,50 +290,50 @@ class OursWorker(Worker):
                                   event_shapes={m: torch.Size(IMAGE_SHAPE)
                                                 for m in modality_names()})
         spec = build_model(cfg["model"], dataset, preset=cfg["recipe"])
-        self.vae, self.elbo = spec.vae.to(self.device), spec.elbo
-        self.vae.train()
-        self.engine = None
-        if variant["precision"] != "32" or variant["compile"] or variant["decoder_batching"]:
-            try:
-                import pyro_mmvae.engine as engine
-            except ImportError as err:
-                raise RuntimeError(f"variant {cfg['variant']!r} needs pyro_mmvae.engine, "
-                                   f"which this checkout does not have") from err
-            self.engine = engine
-        if variant["decoder_batching"]:
-            self.vae.decoder_batching = variant["decoder_batching"]
-        self.precision = variant["precision"]
-        self.opt = torch.optim.Adam(self.vae.parameters(), lr=spec.settings["lr"],
-                                    amsgrad=spec.settings["amsgrad"], foreach=True)
-        mods = self.vae.mods.values()
+        device = torch.device(self.device)
+        vae, self.elbo = spec.vae.to(device), spec.elbo
+        batching = variant["decoder_batching"] or default_decoder_batching(device)
+        set_decoder_batching(vae, batching)
+        vae.train()
+        extras = extra_params(vae, {m: x[:2] for m, x in self.batches[0].items()})
+        set_pyro_registration(vae, False)
+        params = [*vae.named_parameters(), *extras.items()]
+        opt = engine.build_optimizer([p for _, p in params], spec.settings["lr"],
+                                     spec.settings["amsgrad"], device)
+        self.train_step = engine.TrainStep(vae, spec.elbo, params, opt, device,
+                                           precision=variant["precision"])
+        self.vae, self.opt = vae, opt
+        mods = vae.mods.values()
         self.info.update(
-            params=count_parameters(self.vae),
-            params_trainable=count_parameters(self.vae, trainable=True),
+            params=count_parameters(vae),
+            params_trainable=count_parameters(vae, trainable=True),
             params_encoders=sum(count_parameters(m.encoder) for m in mods),
             params_decoders=sum(count_parameters(m.decoder) for m in mods),
+            extra_pyro_params=sorted(extras),
+            decoder_batching=batching,
             settings={k: spec.settings.get(k) for k in SETTING_KEYS},
         )
-        self.count_flops()
+        self.count_flops()  # on the eager networks, before compiling
         if variant["compile"]:
-            engine.compile_networks(self.vae)
+            engine.compile_networks(vae)
 
-    def _precision(self):
-        if self.engine is None:
-            return contextlib.nullcontext()
-        return self.engine.network_precision(self.precision, torch.device(self.device).type)
-
-    def forward_backward(self, batch: dict[str, Tensor]) -> None:
-        with self._precision():
-            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch)
-        loss.backward()
+    def fp32_forward_backward(self, batch: dict[str, Tensor]) -> None:
+        self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch).backward()
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
     def step(self, batch: dict[str, Tensor]) -> None:
-        self.forward_backward(batch)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.train_step(batch)
+
+
+def default_decoder_batching(device: torch.device) -> str:
+    """What ``pyro-mmvae train`` picks with ``--decoder-batching auto`` on ``device``."""
+    try:
+        from pyro_mmvae.train import _decoder_batching
+    except ImportError:
+        return "stacked" if device.type == "cuda" else "split"
+    return _decoder_batching("auto", device)
 
 
 def multivae_model(recipe: str, s: dict):
@@ -426,7 +434,7 @@ class MultiVaeWorker(Worker):
         self.index += 1
         return inputs
 
-    def forward_backward(self, inputs) -> None:
+    def fp32_forward_backward(self, inputs) -> None:
         self.model(inputs, epoch=1).loss.backward()
 
     def zero_grad(self) -> None:
@@ -437,6 +445,7 @@ class MultiVaeWorker(Worker):
         self.opt.zero_grad()
         out.loss.backward()
         self.opt.step()
+        float(out.loss)  # the trainer's loss.item()
 
 
 def _version(dist: str) -> str | None:
@@ -597,7 +606,7 @@ def run_config(recipe: str, batch: int, variants: list[str], args, log_dir: Path
             continue
         key = (side, variant)
         row = {"recipe": recipe, "model": model, "batch": batch, "variant": variant,
-               "ours": _side_record(infos[key], times[key], memory[key])}
+               "commit": args.commit, "ours": _side_record(infos[key], times[key], memory[key])}
         if theirs:
             row["multivae"] = _side_record(infos[theirs], times[theirs], memory[theirs])
             for clock in ("wall", "cpu"):
@@ -670,7 +679,10 @@ def render_markdown(results: dict) -> str:
     for row in results["rows"]:
         ours, theirs = row["ours"], row.get("multivae")
         first = ours["warmup_wall_s"][0] if ours["warmup_wall_s"] else float("nan")
-        cells = [f"`{row['recipe']}`", str(row["batch"]), row["variant"], _ms(ours["wall"])]
+        variant = row["variant"]
+        if ours.get("decoder_batching"):
+            variant += f" ({ours['decoder_batching']})"
+        cells = [f"`{row['recipe']}`", str(row["batch"]), variant, _ms(ours["wall"])]
         if theirs:
             cells += [_ms(theirs["wall"]), f"**{row['ratio_wall']:.2f}**",
                       f"{row['ratio_cpu']:.2f}",
@@ -718,6 +730,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--md", type=Path, default=None, help="write the markdown table here")
     p.add_argument("--append", action="store_true",
                    help="add to the rows of an existing --json instead of replacing them")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only re-render the table of an earlier --json (to --md and stdout)")
     p.add_argument("--dry-run", action="store_true",
                    help="smoke test: batch 2, one round of one step, no warm-up, ours only")
     args = p.parse_args(argv)
@@ -757,15 +771,23 @@ def main(argv=None) -> dict:
     if args.worker:
         worker_main()
         return {}
+    if args.render:
+        results = json.loads(args.render.read_text())
+        text = render_markdown(results)
+        if args.md:
+            args.md.write_text(text)
+        print(text)
+        return results
     # our side (settings here, the workers through PYTHONPATH) uses the package beside this file
     sys.path.insert(0, str(_repo_root()))
+    args.commit = _git_commit()
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time()
     run = {"started": started, "command": " ".join(
                ["OMP_NUM_THREADS=" + str(args.threads), "python", *sys.argv]),
            "machine": machine_info(), "device": args.device, "threads": args.threads,
            "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
            "load_before": list(os.getloadavg()), "dry_run": args.dry_run,
-           "commit": _git_commit()}
+           "commit": args.commit}
     print(f"CPU {run['machine']['cpu_model']}; SIMD {' '.join(run['machine']['cpu_simd_flags'])}"
           f"; load {_load(run['load_before'])}", flush=True)
     rows = []
