@@ -41,15 +41,24 @@ MultiVae in its own virtual environment (never a dependency of this project)::
 
     bash benchmarks/multivae_env.sh /work/mv-venv     # torch pinned to ours, multivae==1.0.3
 
-Run (CPU, one thread, both batch sizes, all variants; ~20 minutes on a 2-core EPYC)::
+Run (CPU, one thread; what benchmarks/results/throughput_cpu.md holds: on a 2-core EPYC
+shared with other jobs one fp32 MMVAE+ step at batch 32 takes ~13 s of CPU time, a compiled
+run adds ~3 minutes of compilation, and a bf16 step on a CPU without AVX512-BF16/AMX is more
+than 10x slower than fp32)::
 
     OMP_NUM_THREADS=1 python benchmarks/throughput.py --multivae-python /work/mv-venv/bin/python \
-        --batches 32 --variants fp32,bf16,compile --rounds 5 \
+        --batches 32 --variants fp32,compile --rounds 3 \
         --json benchmarks/results/throughput_cpu.json --md benchmarks/results/throughput_cpu.md
+
+Variants (``--variants``, comma-separated, parts joined with ``+``): ``fp32`` (default
+precision), ``bf16``/``fp16`` (``network_precision``), ``compile``, and ``split``/``stacked``
+to override the decoder batching (default: what ``pyro-mmvae train`` picks for the device,
+``split`` on CPU). ``--device cuda`` times CUDA steps (synchronised) and adds
+``torch.cuda.max_memory_allocated``.
 
 ``--append`` adds the new rows to an existing ``--json`` (the table is re-rendered from all
 rows), so batch sizes can be measured in separate runs. ``--dry-run`` is a seconds-long smoke
-test of our side alone (batch 2, one step, no MultiVae).
+test of our side alone (batch 1, one step, no MultiVae).
 """
 
 from __future__ import annotations
@@ -656,9 +665,11 @@ def render_markdown(results: dict) -> str:
     """The results table (one row per recipe, batch and variant) and the machine."""
     lines = ["# Training-step throughput: pyro_mmvae vs MultiVae", ""]
     runs = results["runs"]
-    for run in runs:
+    for number, run in enumerate(runs, 1):
         m = run["machine"]
-        lines += [f"- run {run['started']}: `{run['command']}`",
+        note = f" ({run['note']})" if run.get("note") else ""
+        lines += [f"- run {number}, {run['started']}, commit {run.get('commit')}{note}: "
+                  f"`{run['command']}`",
                   f"  - CPU: {m['cpu_model']}, {m['cpu_count']} cores; SIMD: "
                   f"{' '.join(m['cpu_simd_flags'])} (AVX-512: {'yes' if m['avx512'] else 'no'}, "
                   f"AMX: {'yes' if m['amx'] else 'no'}); torch {m['torch']}"
@@ -668,21 +679,27 @@ def render_markdown(results: dict) -> str:
                   f"step(s); load average (1, 5, 15 min) before "
                   f"{_load(run['load_before'])}, after {_load(run['load_after'])}; "
                   f"wall time {run['wall_s'] / 60:.1f} min"]
+    versions = sorted({row["multivae"].get("multivae") or "?" for row in results["rows"]
+                       if "multivae" in row})
+    if versions:
+        lines += [f"- MultiVae {', '.join(versions)} in its own virtual environment "
+                  f"(benchmarks/multivae_env.sh), same torch as ours."]
     lines += ["", "Step times are medians over the interleaved steps (min-max in brackets); "
               "ratio = ours / MultiVae of the medians (< 1: we are faster). CPU = process CPU "
               "time of the step, less sensitive than wall time to other processes on a shared "
               "machine. Peak RSS = the worker process's ru_maxrss (imports included).", "",
-              "| recipe | batch | variant | ours ms (wall) | MultiVae ms (wall) | ratio wall "
+              "| run | recipe | batch | variant | ours ms (wall) | MultiVae ms (wall) | ratio wall "
               "| ratio CPU | peak RSS MiB ours / MultiVae (ratio) | GFLOP/step ours / MultiVae "
               "| params ours / MultiVae | first step s (ours) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         ours, theirs = row["ours"], row.get("multivae")
         first = ours["warmup_wall_s"][0] if ours["warmup_wall_s"] else float("nan")
         variant = row["variant"]
         if ours.get("decoder_batching"):
             variant += f" ({ours['decoder_batching']})"
-        cells = [f"`{row['recipe']}`", str(row["batch"]), variant, _ms(ours["wall"])]
+        cells = [str(row.get("run", 1)), f"`{row['recipe']}`", str(row["batch"]), variant,
+                 _ms(ours["wall"])]
         if theirs:
             cells += [_ms(theirs["wall"]), f"**{row['ratio_wall']:.2f}**",
                       f"{row['ratio_cpu']:.2f}",
@@ -733,10 +750,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only re-render the table of an earlier --json (to --md and stdout)")
     p.add_argument("--dry-run", action="store_true",
-                   help="smoke test: batch 2, one round of one step, no warm-up, ours only")
+                   help="smoke test: batch 1, one round of one step, no warm-up, ours only")
     args = p.parse_args(argv)
     if args.dry_run:
-        args.batches, args.rounds, args.steps, args.warmup, args.num_batches = "2", 1, 1, 0, 1
+        args.batches, args.rounds, args.steps, args.warmup, args.num_batches = "1", 1, 1, 0, 1
         args.multivae_python = None
     for name in ("rounds", "steps", "threads", "num_batches"):
         if getattr(args, name) < 1:
@@ -797,10 +814,11 @@ def main(argv=None) -> dict:
             for recipe in args.recipes.split(","):
                 rows += run_config(recipe, batch, args.variants.split(","), args, log_dir)
     run["load_after"], run["wall_s"] = list(os.getloadavg()), time.time() - t0
-    results = {"runs": [run], "rows": rows}
-    if args.append and args.json and args.json.exists():
-        old = json.loads(args.json.read_text())
-        results = {"runs": old["runs"] + [run], "rows": old["rows"] + rows}
+    old = ({"runs": [], "rows": []} if not (args.append and args.json and args.json.exists())
+           else json.loads(args.json.read_text()))
+    for row in rows:
+        row["run"] = len(old["runs"]) + 1
+    results = {"runs": old["runs"] + [run], "rows": old["rows"] + rows}
     text = render_markdown(results)
     print(text)
     if args.json:

@@ -91,7 +91,7 @@ def test_dry_run_ours_only(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out_json.read_text())
     (row,) = results["rows"]
-    assert (row["recipe"], row["batch"], row["variant"]) == ("mmvae_plus_polymnist", 2, "fp32")
+    assert (row["recipe"], row["batch"], row["variant"]) == ("mmvae_plus_polymnist", 1, "fp32")
     assert "multivae" not in row
     ours = row["ours"]
     # the worker built the preset's model: its parameter count is the zoo's
@@ -106,4 +106,4 @@ def test_dry_run_ours_only(tmp_path):
     assert ours["params"] == sum(p.numel() for p in vae.parameters())
     assert ours["flops_per_step"] > 0 and ours["wall"]["n"] == 1
     assert ours["peak_rss_kb"] >= ours["rss_after_setup_kb"] > 0
-    assert "`mmvae_plus_polymnist` | 2 | fp32" in out_md.read_text()
+    assert "`mmvae_plus_polymnist` | 1 | fp32 (split)" in out_md.read_text()
