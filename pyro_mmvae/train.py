@@ -59,6 +59,7 @@ from pyro_mmvae.engine import (
 from pyro_mmvae.engine.device import resolve_device
 from pyro_mmvae.engine.distributed import all_gather_object, all_reduce_sum, local_device, shard
 from pyro_mmvae.engine.networks import DECODER_BATCHING, set_decoder_batching
+from pyro_mmvae.engine.optim import restore_lr
 from pyro_mmvae.runs import (
     CHECKPOINT_NAME,
     DATA_ROOT_ENV,
@@ -672,10 +673,7 @@ def _restore_engine(resumed: dict[str, Any], step: TrainStep, lr: float,
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint's optimiser state does not fit this model "
                               f"({exc}); it was written by another version") from exc
-    for group_ in step.optimizer.param_groups:
-        group_["lr"] = lr
-    if step.scheduler is not None and resumed.get("scheduler_state"):
-        step.scheduler.load_state_dict(resumed["scheduler_state"])
+    restore_lr(step.optimizer, step.scheduler, lr, resumed.get("scheduler_state"))
     if step.scaler is not None and resumed.get("scaler_state"):
         step.scaler.load_state_dict(resumed["scaler_state"])
     states = resumed.get("rank_rng_states") or [resumed["rng_state"]]

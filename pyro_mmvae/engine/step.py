@@ -109,7 +109,9 @@ class TrainStep:
                                  f"{' and others' if len(bad) > 5 else ''} became non-finite "
                                  f"(loss {total:.6g}); the parameters were not updated")
         if self.clip_grad is not None and math.isfinite(norm_value):
-            torch.nn.utils.clip_grads_with_norm_(grads, self.clip_grad, norm, foreach=True)
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for p in self.params if p.grad is not None], self.clip_grad, norm,
+                foreach=True)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
