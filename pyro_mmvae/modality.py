@@ -48,6 +48,7 @@ class Modality(nn.Module):
 
     @property
     def param_shape(self) -> torch.Size:
+        """Shape of the decoder output per data point, as the likelihood needs it."""
         return self.likelihood.param_shape(self.event_shape)
 
     def check(self, x: Tensor) -> None:
@@ -61,7 +62,7 @@ class Modality(nn.Module):
         self.likelihood.check_support(x, self.name)
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Run the encoder on ``x`` (B, *event_shape)."""
+        """Run the encoder on ``x``, shape ``(B, *event_shape)``."""
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from pyro_mmvae.data.base import MultimodalTensorDataset
 from pyro_mmvae.data.mini import polymnist_mini
 from pyro_mmvae.data.polymnist import PolyMNIST
 
+#: Names accepted by :func:`load_dataset`.
 DATASETS: tuple[str, ...] = ("polymnist-mini", "polymnist")
 SPLITS: tuple[str, ...] = ("train", "test")
 DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
