@@ -50,6 +50,7 @@ class Modality(nn.Module):
 
     @property
     def param_shape(self) -> torch.Size:
+        """Shape of the decoder output per data point, as the likelihood needs it."""
         return self.likelihood.param_shape(self.event_shape)
 
     def check(self, x: Tensor) -> None:
@@ -63,7 +64,8 @@ class Modality(nn.Module):
         self.likelihood.check_support(x, self.name)
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Run the encoder on ``x`` (B, *event_shape) (in the active network precision)."""
+        """Run the encoder on ``x``, shape ``(B, *event_shape)``, in the active network
+        precision (:func:`~pyro_mmvae.engine.networks.network_precision`)."""
         return run_network(self.encoder, x)
 
     def decode(self, z: Tensor) -> Tensor:

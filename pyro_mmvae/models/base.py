@@ -126,10 +126,12 @@ class MultimodalVAE(nn.Module):
     # ----------------------------------------------------------------- input handling
     @property
     def names(self) -> tuple[str, ...]:
+        """The modality names, in order."""
         return tuple(self.mods.keys())
 
     @property
     def modalities(self) -> dict[str, Modality]:
+        """The modalities by name."""
         return dict(self.mods.items())
 
     def prepare(self, data: Data, mask: Mask = None) -> tuple[dict[str, Tensor], Tensor]:

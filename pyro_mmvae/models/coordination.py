@@ -115,6 +115,7 @@ class CoordinatedPosterior(TorchDistribution):
 
     @property
     def num_modalities(self) -> int:
+        """The number of modalities M."""
         return self.expert_loc.size(0)
 
     def expand(self, batch_shape, _instance=None):
