@@ -37,6 +37,7 @@ class LazyChoices:
         self._names: tuple[str, ...] | None = None
 
     def names(self) -> tuple[str, ...]:
+        """The choices, loaded on the first call."""
         if self._names is None:
             self._names = tuple(self._load())
         return self._names

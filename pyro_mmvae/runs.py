@@ -38,11 +38,14 @@ from pyro_mmvae.checkpoint import (
     save_json,
 )
 
+#: Environment variable naming the default data root.
 DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
+#: Parameters, optimiser, schedule and RNG states (written atomically after every epoch).
 CHECKPOINT_NAME = "checkpoint.pt"
+#: One JSON line per epoch.
 METRICS_NAME = "metrics.jsonl"
+#: The run's final figures.
 SUMMARY_NAME = "summary.json"
-LOCK_NAME = ".lock"
 
 
 def default_run_dir(model: str, dataset: str, root: str | os.PathLike = "runs") -> Path:
@@ -78,14 +81,17 @@ class RunFolder:
 
     @property
     def checkpoint_path(self) -> Path:
+        """``RUN_DIR/checkpoint.pt``."""
         return self.path / CHECKPOINT_NAME
 
     @property
     def metrics_path(self) -> Path:
+        """``RUN_DIR/metrics.jsonl``."""
         return self.path / METRICS_NAME
 
     @property
     def summary_path(self) -> Path:
+        """``RUN_DIR/summary.json``."""
         return self.path / SUMMARY_NAME
 
     def start(self, resume: bool) -> dict[str, Any] | None:

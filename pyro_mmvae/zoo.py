@@ -1,22 +1,22 @@
 """The model zoo: build any model of the library for a dataset, by name and preset.
 
-=========  ============================  ======================  ====================
-name       joint posterior               objective               paper
-=========  ============================  ======================  ====================
-mmvae      MoE, stratified over experts  ``MixtureELBO``         Shi et al. 2019
-mvae       PoE + prior expert            ``SubsampledELBO``      Wu & Goodman 2018
-mopoe      MoPoE, stratified or single   ``MoPoEELBO``           Sutter et al. 2021
-mmvae_plus MoE over z; private w_m,      ``MMVAEPlusELBO``       Palumbo et al. 2023
-           learned auxiliary priors r_m
-mmvae_     as mmvae_plus, cross-modal    ``MMVAEPlusELBO``       Palumbo et al. 2023
-private    w_d from q_d(w_d|x_d)                                 (baseline)
-jmvae      joint encoder (PoE of q_m     ``JMVAEELBO``           Suzuki et al. 2016
-           for subsets)
-telbo      joint encoder, two stages     ``TELBOELBO``           Vedantam et al. 2018
-mvtcae     PoE                           ``MVTCAEELBO``          Hwang et al. 2021
-crmvae     PoE + reconstructions from    ``CRMVAEELBO``          seed 000 (MultiVae's
-           each q_m                                              name)
-=========  ============================  ======================  ====================
+=============  ============================  ==================  ======================
+name           joint posterior               objective           paper
+=============  ============================  ==================  ======================
+mmvae          MoE, stratified over experts  ``MixtureELBO``     Shi et al. 2019
+mvae           PoE + prior expert            ``SubsampledELBO``  Wu & Goodman 2018
+mopoe          MoPoE, stratified or single   ``MoPoEELBO``       Sutter et al. 2021
+mmvae_plus     MoE over z; private w_m,      ``MMVAEPlusELBO``   Palumbo et al. 2023
+               learned auxiliary priors r_m
+mmvae_private  as mmvae_plus, cross-modal    ``MMVAEPlusELBO``   Palumbo et al. 2023
+               w_d from q_d(w_d|x_d)                             (baseline)
+jmvae          joint encoder (PoE of q_m     ``JMVAEELBO``       Suzuki et al. 2016
+               for subsets)
+telbo          joint encoder, two stages     ``TELBOELBO``       Vedantam et al. 2018
+mvtcae         PoE                           ``MVTCAEELBO``      Hwang et al. 2021
+crmvae         PoE + reconstructions from    ``CRMVAEELBO``      seed 000 (MultiVae's
+               each q_m                                          name)
+=============  ============================  ==================  ======================
 
 ``build_model(name, dataset, preset=None, **overrides)`` returns a :class:`ModelSpec`: the
 Pyro model/guide pair (``spec.vae.model``, ``spec.vae.guide``), its ELBO, and the training

@@ -15,6 +15,7 @@ DATASETS: tuple[str, ...] = ("polymnist-mini", "polymnist")
 #: Datasets added with :func:`register_dataset`: name -> loader(root, split).
 _REGISTERED: dict[str, Callable[[Path | None, str], MultimodalTensorDataset]] = {}
 SPLITS: tuple[str, ...] = ("train", "test")
+#: Environment variable naming the default data root.
 DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
 
 
