@@ -70,7 +70,14 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointWriteError(CheckpointError, OSError):
-    """A file could not be written (disk full, folder not writable); nothing was replaced."""
+    """A file could not be written (disk full, folder not writable); nothing was replaced.
+
+    ``errno`` and ``filename`` are those of the failed write; ``str()`` is the one-line
+    message alone.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _host_tag() -> str:
@@ -134,6 +141,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error``: itself, or one it was raised from or while handling
+    (``torch.save`` turns a full disk into a ``RuntimeError`` of its zip writer)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, CheckpointError):
+            return None
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _write_error(path: Path, error: OSError) -> CheckpointWriteError:
     """A one-line error for a failed write of ``path``."""
     code = error.errno
@@ -178,8 +199,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
                 os.unlink(tmp_name)
             except OSError:
                 pass
-        if isinstance(error, OSError) and not isinstance(error, CheckpointError):
-            raise _write_error(path, error) from error
+        cause = _os_error(error) if isinstance(error, Exception) else None
+        if cause is not None:
+            raise _write_error(path, cause) from error
         raise
     _fsync_folder(path.parent)
     return path
