@@ -250,6 +250,19 @@ def test_row_without_modalities_is_an_error_with_validation_off(name):
     assert all(torch.isfinite(p.grad).all() for p in spec.vae.parameters() if p.grad is not None)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_row_without_modalities_on_cuda_fails_without_a_host_sync():
+    """On an accelerator with validation off the check is torch._assert_async: the step is
+    queued, and the error surfaces at the next synchronisation."""
+    from pyro_mmvae.models.base import _check_rows_covered
+
+    good = torch.tensor([[True, False], [False, True]], device="cuda")
+    _check_rows_covered(good, sync=False)
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match="rows 1"):
+        _check_rows_covered(torch.tensor([[True, False]], device="cuda"), sync=True)
+
+
 @pytest.mark.parametrize("validate", [False, True])
 def test_uint8_images_are_refused(validate):
     spec = _tiny_model("mmvae")
