@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,26 @@ except ImportError:  # pragma: no cover - Windows: O_EXCL and the PID check only
 LOCK_NAME = ".lock"
 _READ_RETRIES = 20  # a just-created lock file may be empty for a moment: re-read it
 _READ_PAUSE_S = 0.01
+
+
+_HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()  # locks held by this process
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: close the inherited lock files. The flock belongs to the parent's
+    run and must end with it, not linger in workers (data loaders, decoding pools)."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)  # the flock stays: the parent's descriptor still holds it
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class RunLockedError(ValueError):
@@ -118,6 +139,7 @@ class RunLock:
             fd = self._try_create()
             if fd is not None:
                 self._fd = fd
+                _HELD.add(self)
                 return self
             self._judge_existing()  # raises, or removes a stale lock: then try again
 
@@ -126,6 +148,7 @@ class RunLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        _HELD.discard(self)
         try:
             if _same_file(self.path, fd):
                 self.path.unlink()

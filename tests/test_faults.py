@@ -172,6 +172,39 @@ def test_lock_of_a_killed_run_is_stale_never_stolen(tmp_path):
     lock.release()
 
 
+FORK_THEN_DIE = textwrap.dedent("""
+    import os, signal, sys, time
+    from pyro_mmvae.lock import RunLock
+    lock = RunLock(sys.argv[1]).acquire()
+    ready, started = os.pipe()
+    worker = os.fork()
+    if worker == 0:  # a data-loader-like worker outlives the run for a while
+        os.write(started, b"1")  # (the fork hooks have run)
+        time.sleep(60)
+        os._exit(0)
+    os.read(ready, 1)
+    print(worker, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_lock_does_not_live_on_in_forked_workers(tmp_path):
+    """Workers forked by the run close their copy of the lock file: when the run is killed
+    its lock is stale at once, even while a worker still runs."""
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", FORK_THEN_DIE, str(run)],
+                             stdout=subprocess.PIPE, text=True, env=_child_env(), cwd=REPO)
+    worker = int(child.stdout.readline())
+    child.wait()
+    try:
+        os.kill(worker, 0)  # the worker is alive
+        with pytest.raises(StaleRunLockError, match=f"PID {child.pid}"):
+            RunLock(run).acquire()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
 def test_lock_of_another_host_is_never_judged_stale(tmp_path):
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": "elsewhere"}))
     for break_stale in (False, True):
