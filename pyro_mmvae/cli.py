@@ -155,6 +155,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        help="run folder (default: ./runs/{model}-{dataset}-{time})")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its checkpoint")
+    train.add_argument("--break-lock", action="store_true",
+                       help="replace the run folder's lock if a killed run left it behind")
     train.add_argument("--stage", dest="stages", action="append", metavar="EPOCHS:PATTERNS",
                        help="training stage (repeatable, in order): EPOCHS (an int, a fraction "
                        "of the run, or 'rest') with the parameters matching the comma-separated "
@@ -298,6 +300,7 @@ def _run_train(args: argparse.Namespace) -> int:
         clip_grad=args.clip_grad,
         decoder_batching=args.decoder_batching,
         tensorboard=args.tensorboard,
+        break_lock=args.break_lock,
     )
     main_process = not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
     if main_process:
@@ -454,5 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _exit_code(error)
         if code is None:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        # Pyro appends its trace-shape table to errors raised inside a model: not for users.
+        message = str(error).split("\nTrace Shapes:")[0].strip()
+        print(f"error: {message}", file=sys.stderr)
         return code

@@ -37,6 +37,7 @@ from pyro_mmvae.checkpoint import (
     save_checkpoint,
     save_json,
 )
+from pyro_mmvae.lock import RunLock
 
 #: Environment variable naming the default data root.
 DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
@@ -116,17 +117,14 @@ class RunFolder:
             raise PermissionError(f"run folder {self.path} is not writable; choose another --out")
 
     @contextlib.contextmanager
-    def locked(self, enabled: bool = True) -> Iterator[None]:
-        """Hold the folder's lock file (:class:`pyro_mmvae.lock.RunLock`) inside the block."""
+    def locked(self, enabled: bool = True, command: str = "", break_stale: bool = False
+               ) -> Iterator[None]:
+        """Hold the folder's lock (:class:`~pyro_mmvae.lock.RunLock`) inside the block: a
+        second run on the same folder fails at once with a clear error."""
         if not enabled:
             yield
             return
-        try:
-            from pyro_mmvae.lock import RunLock
-        except ImportError:  # pragma: no cover - until the lock module lands
-            yield
-            return
-        with RunLock(self.path):
+        with RunLock(self.path, command=command or None, break_stale=break_stale):
             yield
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:

@@ -43,7 +43,11 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_mmvae import __version__
-from pyro_mmvae.checkpoint import CheckpointError
+from pyro_mmvae.checkpoint import (
+    CheckpointError,
+    check_checkpoint_matches,
+    check_resume_settings,
+)
 from pyro_mmvae.engine import (
     LR_SCHEDULES,
     NonFiniteError,
@@ -144,6 +148,8 @@ class TrainConfig:
     decoder_batching: str = "auto"
     #: Write TensorBoard logs into ``RUN_DIR/tensorboard``.
     tensorboard: bool = False
+    #: Replace a stale run-folder lock left by a killed run (never a live one).
+    break_lock: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
@@ -279,30 +285,17 @@ _FIXED_ON_RESUME = ("seed", "batch_size", "precision", "lr_schedule", "clip_grad
 
 
 def _check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
-    """Raise CheckpointError if ``config`` contradicts the checkpoint it resumes."""
-    from pyro_mmvae.checkpoint import check_checkpoint_matches
-
+    """Raise CheckpointError if ``config`` asks for another model, dataset or setting than
+    the run it resumes was trained with."""
     check_checkpoint_matches(resumed, model=config.model, dataset=config.dataset,
                              preset=config.preset)
-    saved = resumed.get("hyper") or {}
-    clashes = [f"--{key.replace('_', '-')} {getattr(config, key)} (the run used "
-               f"{saved[key]})" for key in _FIXED_ON_RESUME
-               if getattr(config, key) is not None and key in saved
-               and getattr(config, key) != saved[key]]
-    stored = resumed.get("overrides") or {}
-    asked = dict(config.settings)
-    asked.update({k: getattr(config, k) for k in ("num_particles", "estimator")
-                  if getattr(config, k) is not None})
-    clashes += [f"{key}={value!r} (the run used {stored.get(key)!r})"
-                for key, value in asked.items() if key in stored and stored[key] != value]
-    clashes += [f"{key}={value!r} (the run did not set it)"
-                for key, value in asked.items() if key not in stored]
-    if clashes:
-        raise CheckpointError(
-            f"--resume continues the run as it was started; this call changes "
-            f"{'; '.join(clashes)}. Drop those options to resume, or choose another --out "
-            "for a new run"
-        )
+    saved = {**(resumed.get("settings") or {}), **(resumed.get("hyper") or {})}
+    requested = {key: getattr(config, key) for key in _FIXED_ON_RESUME
+                 if getattr(config, key) is not None}
+    requested.update(config.settings)
+    requested.update({k: getattr(config, k) for k in ("num_particles", "estimator")
+                      if getattr(config, k) is not None})
+    check_resume_settings(saved, requested)
 
 
 def _model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dict[str, Any]:
@@ -401,6 +394,7 @@ class _Loop:
     step: TrainStep
     vae: torch.nn.Module
     elbo: Any
+    settings: Any
     train_ds: Any
     test_subset: Any
     hyper: _Hyper
@@ -423,6 +417,11 @@ class _Loop:
         for epoch in range(len(self.history) + 1, self.hyper.epochs + 1):
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch)
+            bad = self.step.non_finite_parameters()
+            if bad:  # never evaluate or checkpoint a corrupt model
+                raise TrainingError(f"parameter {', '.join(bad[:5])} became non-finite (NaN or "
+                                    f"inf) at epoch {epoch}, in its last step; "
+                                    f"{self.restart_hint()}")
             test_loss = self.test_loss(epoch)
             record = {
                 "epoch": epoch,
@@ -539,6 +538,7 @@ class _Loop:
             "config": dataclasses.asdict(self.config),
             "epoch": epoch,
             "world_size": self.group.world_size,
+            "settings": dict(self.settings),
             "vae_state": self.vae.state_dict(),
             "extra_params": {k: v.detach().cpu().clone() for k, v in self.extras.items()},
             "optim_state": step.optimizer.state_dict(),
@@ -577,7 +577,8 @@ def train(config: TrainConfig, progress: bool = True,
         folder.create()
     was_validating = pyro.distributions.is_validation_enabled()
     loop = None
-    with folder.locked(group.is_main), pyro.get_param_store().scope():
+    lock = folder.locked(group.is_main, break_stale=config.break_lock)
+    with lock, pyro.get_param_store().scope():
         try:
             loop = _setup(config, resumed, device, group, folder, progress, datasets)
             loop.run()
@@ -658,7 +659,7 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
         folder.write_metrics(history)
     tensorboard = (_TensorBoard(folder.path / TENSORBOARD_NAME)
                    if config.tensorboard and group.is_main else None)
-    return _Loop(step=step, vae=vae, elbo=spec.elbo, train_ds=train_ds,
+    return _Loop(step=step, vae=vae, elbo=spec.elbo, settings=spec.settings, train_ds=train_ds,
                  test_subset=_head(test_ds, MAX_TEST_POINTS), hyper=hyper, config=config,
                  device=device, group=group, folder=folder, progress=progress,
                  history=history, extras=extras, tensorboard=tensorboard)

@@ -178,5 +178,5 @@ def test_resume_refuses_changed_settings(mini, tmp_path):
     train(TrainConfig(epochs=1, **cfg), progress=False, datasets=mini)
     for change in ({"seed": 3}, {"batch_size": 16}, {"settings": {"beta": 2.0}}):
         bad = {**cfg, **change, "settings": {**SMALL, **change.get("settings", {})}}
-        with pytest.raises(CheckpointError, match="--resume continues the run"):
+        with pytest.raises(CheckpointError, match="--resume continues a run"):
             train(TrainConfig(epochs=2, resume=True, **bad), progress=False, datasets=mini)

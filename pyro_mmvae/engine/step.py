@@ -101,6 +101,12 @@ class TrainStep:
         total, norm_value = stats.tolist()
         if not math.isfinite(total):
             self.optimizer.zero_grad(set_to_none=True)
+            bad = self.non_finite_parameters()
+            if bad:
+                raise NonFiniteError(
+                    f"parameter {', '.join(bad[:5])}{' and others' if len(bad) > 5 else ''} "
+                    f"became non-finite (NaN or inf) in the previous optimiser step, and the "
+                    f"loss became {total}")
             raise NonFiniteError(f"the loss became {total}")
         if not math.isfinite(norm_value) and self.scaler is None:
             bad = self.non_finite_gradients()
@@ -121,6 +127,11 @@ class TrainStep:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def non_finite_parameters(self) -> list[str]:
+        """Names of the parameters that hold NaN or inf."""
+        return [self.names.get(id(p), "?") for p in self.params
+                if not bool(torch.isfinite(p.detach()).all())]
 
     def non_finite_gradients(self) -> list[str]:
         """Names of the parameters whose gradient holds NaN or inf."""
