@@ -48,8 +48,8 @@ import torch
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
+from pyro_mmvae.distributions.coordinated import CoordinatedPosterior
 from pyro_mmvae.infer.base import MultimodalELBO, _unwrap, site_log_prob
-from pyro_mmvae.models.coordination import CoordinatedPosterior
 
 LATENT_SITE = "z"
 
@@ -93,7 +93,7 @@ class CoordinationELBO(MultimodalELBO):
     r"""Computes :class:`CoordinationTerms` from the traces; subclasses combine them.
 
     The guide must be a :class:`~pyro_mmvae.models.CoordinationVAE`'s (its latent site ``z``
-    carries a :class:`~pyro_mmvae.models.coordination.CoordinatedPosterior`).
+    carries a :class:`~pyro_mmvae.distributions.coordinated.CoordinatedPosterior`).
 
     :param num_particles: K, reconstructions are averaged over K draws of z.
     :param estimator: only ``"elbo"``.
