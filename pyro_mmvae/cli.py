@@ -110,13 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser(
-        "train",
-        help="train a model; writes metrics, checkpoint and summary into a run folder",
-        description="Train a multimodal VAE with SVI. Settings left out come from the model's "
+#: Help line and description of each sub-command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "train a model; writes metrics, checkpoint and summary into a run folder",
+        "Train a multimodal VAE with SVI. Settings left out come from the model's "
         "preset (or, with --resume, from the checkpoint).",
-    )
+    ),
+    "evaluate": (
+        "evaluate a trained run: coherence, quality, likelihoods, probes; writes eval.json",
+        "Evaluate the model of a `pyro-mmvae train` run folder and write "
+        "RUN_DIR/eval.json and PNG figures (generation grids, coherence by number of "
+        "inputs, Pareto k-hat histogram).",
+    ),
+    "make-polymnist": (
+        "generate PolyMNIST PNGs from MNIST IDX files",
+        "Write PolyMNIST (Sutter et al., ICLR 2021) as "
+        "OUT/PolyMNIST/{train,test}/m{i}/{idx}.{label}.png.",
+    ),
+}
+
+
+def _command(commands: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    """The sub-command ``name`` of ``pyro-mmvae`` (texts from :data:`COMMANDS`)."""
+    help_line, description = COMMANDS[name]
+    return commands.add_parser(name, help=help_line, description=description)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = _command(commands, "train")
     # An explicit metavar keeps argparse from listing the choices (importing the zoo) up front.
     train.add_argument("--model", default="mmvae", choices=LazyChoices(_model_names),
                        metavar="NAME", help="one of %(choices)s (default: %(default)s)")
@@ -199,13 +221,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="evaluate a trained run: coherence, quality, likelihoods, probes; writes eval.json",
-        description="Evaluate the model of a `pyro-mmvae train` run folder and write "
-        "RUN_DIR/eval.json and PNG figures (generation grids, coherence by number of "
-        "inputs, Pareto k-hat histogram).",
-    )
+    evaluate = _command(commands, "evaluate")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="run folder with checkpoint.pt")
     evaluate.add_argument("--metrics", type=_metric_list, default=METRIC_NAMES,
                           metavar="LIST", help="comma-separated subset of "
@@ -237,12 +253,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
-    make = commands.add_parser(
-        "make-polymnist",
-        help="generate PolyMNIST PNGs from MNIST IDX files",
-        description="Write PolyMNIST (Sutter et al., ICLR 2021) as "
-        "OUT/PolyMNIST/{train,test}/m{i}/{idx}.{label}.png.",
-    )
+    make = _command(commands, "make-polymnist")
     make.add_argument("--mnist-root", required=True, metavar="DIR",
                       help="folder with the MNIST IDX files (.gz or raw)")
     make.add_argument("--backgrounds", required=True, metavar="DIR|procedural",

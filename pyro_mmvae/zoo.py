@@ -184,24 +184,25 @@ def _coordination_vae(dataset, s: Settings, joint: str) -> CoordinationVAE:
         prior_expert=s["prior_expert"], **_common(s))
 
 
-def _build_jmvae(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
-    elbo = _objective(JMVAEELBO, s, alpha=s["alpha"])
-    return _coordination_vae(dataset, s, "encoder"), elbo
+#: The coordination family: objective, joint posterior, settings the objective reads.
+_COORDINATION_OBJECTIVES: dict[str, tuple[type[ELBO], str, tuple[str, ...]]] = {
+    "jmvae": (JMVAEELBO, "encoder", ("alpha",)),
+    "telbo": (TELBOELBO, "encoder", ()),
+    "mvtcae": (MVTCAEELBO, "poe", ("alpha",)),
+    "crmvae": (CRMVAEELBO, "poe", ()),
+}
 
 
-def _build_telbo(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
-    elbo = _objective(TELBOELBO, s)
-    return _coordination_vae(dataset, s, "encoder"), elbo
+def _coordination_builder(name: str) -> Callable[[Any, Settings], tuple[MultimodalVAE, ELBO]]:
+    """The builder of coordination model ``name`` (JMVAE-KL, TELBO, MVTCAE, CRMVAE)."""
+    cls, joint, keys = _COORDINATION_OBJECTIVES[name]
 
+    def build(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
+        elbo = _objective(cls, s, **{key: s[key] for key in keys})
+        return _coordination_vae(dataset, s, joint), elbo
 
-def _build_mvtcae(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
-    elbo = _objective(MVTCAEELBO, s, alpha=s["alpha"])
-    return _coordination_vae(dataset, s, "poe"), elbo
-
-
-def _build_crmvae(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
-    elbo = _objective(CRMVAEELBO, s)
-    return _coordination_vae(dataset, s, "poe"), elbo
+    build.__name__ = f"_build_{name}"
+    return build
 
 
 #: Settings of the coordination family (JMVAE-KL, TELBO, MVTCAE, CRMVAE).
@@ -214,10 +215,10 @@ BUILDERS: dict[str, Callable[[Any, dict[str, Any]], tuple[MultimodalVAE, ELBO]]]
     "mopoe": _build_mopoe,
     "mmvae_plus": _build_mmvae_plus,
     "mmvae_private": _build_mmvae_plus,
-    "jmvae": _build_jmvae,
-    "telbo": _build_telbo,
-    "mvtcae": _build_mvtcae,
-    "crmvae": _build_crmvae,
+    "jmvae": _coordination_builder("jmvae"),
+    "telbo": _coordination_builder("telbo"),
+    "mvtcae": _coordination_builder("mvtcae"),
+    "crmvae": _coordination_builder("crmvae"),
 }
 #: Settings that only some models read; a preset or override may set them for any model.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {

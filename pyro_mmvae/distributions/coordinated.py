@@ -8,14 +8,12 @@ KL terms in closed form.
 from __future__ import annotations
 
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
-from torch.distributions import constraints
 
-from pyro_mmvae.distributions.experts import component_distribution
+from pyro_mmvae.distributions.experts import ComponentDraws, component_distribution
 
 
-class CoordinatedPosterior(TorchDistribution):
+class CoordinatedPosterior(ComponentDraws):
     r"""Normal distributions over z, one per stratum, that remember the experts they came from.
 
     ``loc``/``scale`` have shape ``(S, B, D)`` (stratified: stratum 0 the joint posterior,
@@ -32,10 +30,6 @@ class CoordinatedPosterior(TorchDistribution):
     :param stratified: lay out strata (stratum dim first) or one distribution per row.
     :param unimodal: add strata 1..M drawn from the experts (only with ``stratified``).
     """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.real_vector
-    has_rsample = True
 
     def __init__(
         self,
@@ -72,16 +66,6 @@ class CoordinatedPosterior(TorchDistribution):
     def num_modalities(self) -> int:
         """The number of modalities M."""
         return self.expert_loc.size(0)
-
-    def expand(self, batch_shape, _instance=None):
-        return TorchDistribution.expand(self, batch_shape)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.components.rsample(sample_shape)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.components.log_prob(value)

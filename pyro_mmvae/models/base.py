@@ -433,8 +433,15 @@ class MultimodalVAE(nn.Module):
         missing = [s for s in sources if data.get(s) is None]
         if missing:
             raise ValueError(f"source modality {missing} not in the data")
-        z = self.posterior_location({s: data[s] for s in sources}, sources)
-        return {t: self.mods[t].mean(z) for t in targets}
+        latents = self.generation_latents({s: data[s] for s in sources}, sources, targets)
+        return {t: self.mods[t].mean(latents[t] if isinstance(latents, dict) else latents)
+                for t in targets}
+
+    def generation_latents(self, data: Data, sources: list[str], targets: list[str]
+                           ) -> Tensor | dict[str, Tensor]:
+        """What the decoders of ``targets`` read in :meth:`generate`: the point of
+        :meth:`posterior_location` (one tensor for all), or one tensor per target."""
+        return self.posterior_location(data, sources)
 
     def sample(self, num: int) -> dict[str, Tensor]:
         """Unconditional generation: decoder means for :math:`z \\sim p(z)`."""

@@ -82,9 +82,7 @@ class CoordinationVAE(MultimodalVAE):
     pyro_name = "coordination"
 
     def __init__(
-        self,
-        modalities: Sequence[Modality],
-        latent_dim: int,
+        self, modalities: Sequence[Modality], latent_dim: int, *,
         joint: str = "poe",
         joint_encoder: nn.Module | None = None,
         unimodal_targets: str = "none",
