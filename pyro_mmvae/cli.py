@@ -37,6 +37,7 @@ class LazyChoices:
         self._names: tuple[str, ...] | None = None
 
     def names(self) -> tuple[str, ...]:
+        """The choices, loaded on the first call."""
         if self._names is None:
             self._names = tuple(self._load())
         return self._names
@@ -109,13 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser(
-        "train",
-        help="train a model; writes metrics, checkpoint and summary into a run folder",
-        description="Train a multimodal VAE with SVI. Settings left out come from the model's "
+#: Help line and description of each sub-command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "train a model; writes metrics, checkpoint and summary into a run folder",
+        "Train a multimodal VAE with SVI. Settings left out come from the model's "
         "preset (or, with --resume, from the checkpoint).",
-    )
+    ),
+    "evaluate": (
+        "evaluate a trained run: coherence, quality, likelihoods, probes; writes eval.json",
+        "Evaluate the model of a `pyro-mmvae train` run folder and write "
+        "RUN_DIR/eval.json and PNG figures (generation grids, coherence by number of "
+        "inputs, Pareto k-hat histogram).",
+    ),
+    "make-polymnist": (
+        "generate PolyMNIST PNGs from MNIST IDX files",
+        "Write PolyMNIST (Sutter et al., ICLR 2021) as "
+        "OUT/PolyMNIST/{train,test}/m{i}/{idx}.{label}.png.",
+    ),
+}
+
+
+def _command(commands: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    """The sub-command ``name`` of ``pyro-mmvae`` (texts from :data:`COMMANDS`)."""
+    help_line, description = COMMANDS[name]
+    return commands.add_parser(name, help=help_line, description=description)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = _command(commands, "train")
     # An explicit metavar keeps argparse from listing the choices (importing the zoo) up front.
     train.add_argument("--model", default="mmvae", choices=LazyChoices(_model_names),
                        metavar="NAME", help="one of %(choices)s (default: %(default)s)")
@@ -154,6 +177,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        help="run folder (default: ./runs/{model}-{dataset}-{time})")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its checkpoint")
+    train.add_argument("--break-lock", action="store_true",
+                       help="replace the run folder's lock if a killed run left it behind")
     train.add_argument("--stage", dest="stages", action="append", metavar="EPOCHS:PATTERNS",
                        help="training stage (repeatable, in order): EPOCHS (an int, a fraction "
                        "of the run, or 'rest') with the parameters matching the comma-separated "
@@ -196,13 +221,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="evaluate a trained run: coherence, quality, likelihoods, probes; writes eval.json",
-        description="Evaluate the model of a `pyro-mmvae train` run folder and write "
-        "RUN_DIR/eval.json and PNG figures (generation grids, coherence by number of "
-        "inputs, Pareto k-hat histogram).",
-    )
+    evaluate = _command(commands, "evaluate")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="run folder with checkpoint.pt")
     evaluate.add_argument("--metrics", type=_metric_list, default=METRIC_NAMES,
                           metavar="LIST", help="comma-separated subset of "
@@ -234,12 +253,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
-    make = commands.add_parser(
-        "make-polymnist",
-        help="generate PolyMNIST PNGs from MNIST IDX files",
-        description="Write PolyMNIST (Sutter et al., ICLR 2021) as "
-        "OUT/PolyMNIST/{train,test}/m{i}/{idx}.{label}.png.",
-    )
+    make = _command(commands, "make-polymnist")
     make.add_argument("--mnist-root", required=True, metavar="DIR",
                       help="folder with the MNIST IDX files (.gz or raw)")
     make.add_argument("--backgrounds", required=True, metavar="DIR|procedural",
@@ -297,6 +311,7 @@ def _run_train(args: argparse.Namespace) -> int:
         clip_grad=args.clip_grad,
         decoder_batching=args.decoder_batching,
         tensorboard=args.tensorboard,
+        break_lock=args.break_lock,
     )
     main_process = not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
     if main_process:
@@ -453,5 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _exit_code(error)
         if code is None:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        # Pyro appends its trace-shape table to errors raised inside a model: not for users.
+        message = str(error).split("\nTrace Shapes:")[0].strip()
+        print(f"error: {message}", file=sys.stderr)
         return code

@@ -4,14 +4,14 @@ A likelihood turns the decoder's output ``params`` (shape ``(*batch, *param_shap
 Pyro distribution whose event shape is the modality's event shape, gives the decoder mean
 used for generation, and checks that data lie in its support.
 
-=============  ============================  ===================  =======================
-likelihood     decoder output                support of x         mean
-=============  ============================  ===================  =======================
-Laplace(b)     location, ``event_shape``     real                 location
-Normal(σ)      location, ``event_shape``     real                 location
-Bernoulli      logits, ``event_shape``       [0, 1] (BCE)         sigmoid(logits)
-Categorical(C) logits, ``event_shape + (C,)`` integers in [0, C)  argmax of the logits
-=============  ============================  ===================  =======================
+==============  ==============================  ==================  ====================
+likelihood      decoder output                  support of x        mean
+==============  ==============================  ==================  ====================
+Laplace(b)      location, ``event_shape``       real                location
+Normal(σ)       location, ``event_shape``       real                location
+Bernoulli       logits, ``event_shape``         [0, 1] (BCE)        sigmoid(logits)
+Categorical(C)  logits, ``event_shape + (C,)``  integers in [0, C)  argmax of the logits
+==============  ==============================  ==================  ====================
 
 Laplace and Normal use a fixed scale (PolyMNIST recipes: Laplace with scale 0.75).
 Bernoulli accepts grey values in [0, 1] and then is the usual binary cross-entropy.
@@ -49,6 +49,30 @@ class Likelihood(ABC):
     @abstractmethod
     def check_support(self, x: Tensor, name: str) -> None:
         """Raise ``ValueError`` naming modality ``name`` if ``x`` is outside the support."""
+
+    def check_dtype(self, x: Tensor, name: str, dtype: torch.dtype) -> None:
+        """Raise ``ValueError`` naming modality ``name`` unless ``x`` has the model's floating
+        ``dtype``. Free (no pass over the data), so it always runs.
+
+        Rule: no silent casts. uint8 is raw 0..255 pixel data (divide by 255); another
+        integer or bool dtype is not a valid observation of a continuous likelihood; a float
+        dtype other than the model's (float64 data, float32 model) would fail in the first
+        matrix product with a bare torch error, and casting it silently would hide a copy of
+        the data per batch, so it is refused with the conversion to use.
+        """
+        if x.dtype == torch.uint8:
+            raise ValueError(f"modality {name!r} is uint8 (raw 0..255 pixels?), but its "
+                             f"{self.name} likelihood needs {_dtype_name(dtype)} data in "
+                             "[0, 1] for images: convert with x.float() / 255")
+        if not x.is_floating_point():
+            raise ValueError(f"modality {name!r} has dtype {_dtype_name(x.dtype)}, but its "
+                             f"{self.name} likelihood needs {_dtype_name(dtype)} data: convert "
+                             f"with x.to(torch.{_dtype_name(dtype)})")
+        if x.dtype != dtype:
+            raise ValueError(f"modality {name!r} is {_dtype_name(x.dtype)} but the model "
+                             f"computes in {_dtype_name(dtype)}: convert the data with "
+                             f"x.to(torch.{_dtype_name(dtype)}) (or the model with "
+                             f"model.to(torch.{_dtype_name(x.dtype)}))")
 
     def _check_finite(self, x: Tensor, name: str) -> None:
         if not bool(torch.isfinite(x).all()):
@@ -172,6 +196,14 @@ class CategoricalLikelihood(Likelihood):
     def param_shape(self, event_shape: torch.Size) -> torch.Size:
         return torch.Size(event_shape) + (self.num_classes,)
 
+    def check_dtype(self, x: Tensor, name: str, dtype: torch.dtype) -> None:
+        """Token ids may be of any integer or floating dtype (their values are checked in
+        :meth:`check_support`); only bool and complex are refused."""
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"modality {name!r} has dtype {_dtype_name(x.dtype)}, but its "
+                             "categorical likelihood needs integer token ids: convert with "
+                             "x.long()")
+
     def distribution(self, params: Tensor, event_dim: int) -> TorchDistribution:
         return dist.Categorical(logits=params, validate_args=False).to_event(event_dim)
 
@@ -187,6 +219,10 @@ class CategoricalLikelihood(Likelihood):
 
     def __repr__(self) -> str:
         return f"CategoricalLikelihood(num_classes={self.num_classes})"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {

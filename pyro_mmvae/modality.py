@@ -50,20 +50,42 @@ class Modality(nn.Module):
 
     @property
     def param_shape(self) -> torch.Size:
+        """Shape of the decoder output per data point, as the likelihood needs it."""
         return self.likelihood.param_shape(self.event_shape)
 
-    def check(self, x: Tensor) -> None:
-        """Raise ``ValueError`` if ``x`` has the wrong shape or values outside the support."""
+    @property
+    def is_image(self) -> bool:
+        """Event shape ``(C, H, W)`` with 1 or 3 channels: pixel data, floats in [0, 1]."""
+        return len(self.event_shape) == 3 and self.event_shape[0] in (1, 3)
+
+    def check(self, x: Tensor, dtype: torch.dtype | None = None) -> None:
+        """Raise ``ValueError`` naming the modality if ``x`` has the wrong shape, a dtype other
+        than ``dtype`` (the model's; see :meth:`Likelihood.check_dtype`), values outside the
+        likelihood's support, or, for images, looks like 0..255 pixel data (non-negative with
+        values above 1; images are floats in [0, 1]).
+
+        Shape and dtype checks are free; the value checks read the whole tensor.
+        """
         if not isinstance(x, Tensor):
             raise ValueError(f"modality {self.name!r}: expected a tensor, got {type(x).__name__}")
         n = len(self.event_shape)
         if x.dim() != n + 1 or x.shape[1:] != self.event_shape:
             raise ValueError(f"modality {self.name!r}: expected shape (batch, "
                              f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
+        if dtype is not None:
+            self.likelihood.check_dtype(x, self.name, dtype)
         self.likelihood.check_support(x, self.name)
+        if self.is_image and x.is_floating_point() and x.numel():
+            low, high = float(x.min()), float(x.max())
+            if low >= 0 and high > 1:
+                raise ValueError(
+                    f"modality {self.name!r}: image values lie in [{low:.4g}, {high:.4g}] "
+                    "(0..255 pixel data?), but images must be floats in [0, 1]: divide them "
+                    "by 255")
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Run the encoder on ``x`` (B, *event_shape) (in the active network precision)."""
+        """Run the encoder on ``x``, shape ``(B, *event_shape)``, in the active network
+        precision (:func:`~pyro_mmvae.engine.networks.network_precision`)."""
         return run_network(self.encoder, x)
 
     def decode(self, z: Tensor) -> Tensor:

@@ -37,12 +37,16 @@ from pyro_mmvae.checkpoint import (
     save_checkpoint,
     save_json,
 )
+from pyro_mmvae.lock import RunLock
 
+#: Environment variable naming the default data root.
 DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
+#: Parameters, optimiser, schedule and RNG states (written atomically after every epoch).
 CHECKPOINT_NAME = "checkpoint.pt"
+#: One JSON line per epoch.
 METRICS_NAME = "metrics.jsonl"
+#: The run's final figures.
 SUMMARY_NAME = "summary.json"
-LOCK_NAME = ".lock"
 
 
 def default_run_dir(model: str, dataset: str, root: str | os.PathLike = "runs") -> Path:
@@ -78,14 +82,17 @@ class RunFolder:
 
     @property
     def checkpoint_path(self) -> Path:
+        """``RUN_DIR/checkpoint.pt``."""
         return self.path / CHECKPOINT_NAME
 
     @property
     def metrics_path(self) -> Path:
+        """``RUN_DIR/metrics.jsonl``."""
         return self.path / METRICS_NAME
 
     @property
     def summary_path(self) -> Path:
+        """``RUN_DIR/summary.json``."""
         return self.path / SUMMARY_NAME
 
     def start(self, resume: bool) -> dict[str, Any] | None:
@@ -110,17 +117,14 @@ class RunFolder:
             raise PermissionError(f"run folder {self.path} is not writable; choose another --out")
 
     @contextlib.contextmanager
-    def locked(self, enabled: bool = True) -> Iterator[None]:
-        """Hold the folder's lock file (:class:`pyro_mmvae.lock.RunLock`) inside the block."""
+    def locked(self, enabled: bool = True, command: str = "", break_stale: bool = False
+               ) -> Iterator[None]:
+        """Hold the folder's lock (:class:`~pyro_mmvae.lock.RunLock`) inside the block: a
+        second run on the same folder fails at once with a clear error."""
         if not enabled:
             yield
             return
-        try:
-            from pyro_mmvae.lock import RunLock
-        except ImportError:  # pragma: no cover - until the lock module lands
-            yield
-            return
-        with RunLock(self.path):
+        with RunLock(self.path, command=command or None, break_stale=break_stale):
             yield
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:

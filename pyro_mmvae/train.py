@@ -31,34 +31,49 @@ import datetime
 import math
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyro
 import pyro.distributions
 import torch
 from tqdm.auto import tqdm
 
 from pyro_mmvae import __version__
-from pyro_mmvae.checkpoint import CheckpointError
+from pyro_mmvae.checkpoint import (
+    CheckpointError,
+)
 from pyro_mmvae.engine import (
-    LR_SCHEDULES,
     NonFiniteError,
     ProcessGroup,
     TrainStep,
     build_lr_schedule,
     build_optimizer,
-    check_precision,
     compile_networks,
     init_process_group,
     network_precision,
 )
 from pyro_mmvae.engine.device import resolve_device
 from pyro_mmvae.engine.distributed import all_gather_object, all_reduce_sum, local_device, shard
-from pyro_mmvae.engine.networks import DECODER_BATCHING, set_decoder_batching
+from pyro_mmvae.engine.networks import set_decoder_batching
+from pyro_mmvae.engine.optim import restore_lr
+from pyro_mmvae.engine.rng import (
+    epoch_generator,
+    get_rng_state,
+    rank_seed,
+    seed_everything,
+    set_rng_state,
+)
+from pyro_mmvae.engine.tensorboard import TensorBoardLog
+from pyro_mmvae.run_config import (
+    RunHyper,
+    TrainConfig,
+    TrainingError,
+    check_resume,
+    decoder_batching,
+    model_overrides,
+    resolve_hyper,
+)
 from pyro_mmvae.runs import (
     CHECKPOINT_NAME,
     DATA_ROOT_ENV,
@@ -71,17 +86,13 @@ from pyro_mmvae.runs import (
     restore_parameters,
 )
 from pyro_mmvae.stages import (
-    Stage,
-    as_stages,
     check_patterns,
     freeze,
     frozen_patterns,
-    resolve_stages,
     stages_to_json,
     unfreeze,
 )
 
-ESTIMATORS = ("elbo", "iwae", "dreg")
 MAX_TEST_POINTS = 2000
 TENSORBOARD_NAME = "tensorboard"
 
@@ -103,158 +114,7 @@ __all__ = [
 ]
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss or a gradient became NaN or infinite)."""
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run; ``None`` takes the model preset's default.
-
-    When resuming, ``None`` takes the value the checkpoint was trained with instead; a value
-    that contradicts the checkpoint (another seed, batch size, model setting...) is an error.
-    """
-
-    model: str = "mmvae"
-    dataset: str = "polymnist-mini"
-    data_root: str | None = None
-    preset: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    num_particles: int | None = None
-    estimator: str | None = None
-    device: str = "auto"
-    seed: int | None = None
-    out: str | None = None
-    resume: bool = False
-    stages: Sequence[Any] | None = None
-    #: Model settings of the zoo (``beta``, ``alpha``, ``latent_dim``, ...) over the preset.
-    settings: dict[str, Any] = field(default_factory=dict)
-    #: Network precision: ``"32"``, ``"bf16"`` or ``"16"`` (see :mod:`pyro_mmvae.engine`).
-    precision: str | None = None
-    #: ``torch.compile`` the networks.
-    compile: bool = False
-    #: ``constant``, ``cosine`` or ``linear`` (decay to 0 over the run), stepped per step.
-    lr_schedule: str | None = None
-    #: Clip the gradients' global 2-norm to this value.
-    clip_grad: float | None = None
-    #: ``auto`` (by device), ``stacked`` or ``split``: how decoders batch particles/strata.
-    decoder_batching: str = "auto"
-    #: Write TensorBoard logs into ``RUN_DIR/tensorboard``.
-    tensorboard: bool = False
-
-    def check(self) -> None:
-        """Raise ValueError naming the first setting that is out of range."""
-        _check_positive("epochs", self.epochs, int)
-        _check_positive("batch_size", self.batch_size, int)
-        _check_positive("num_particles", self.num_particles, int)
-        _check_positive("lr", self.lr, float)
-        _check_positive("clip_grad", self.clip_grad, float)
-        if self.estimator is not None and self.estimator not in ESTIMATORS:
-            raise ValueError(
-                f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}"
-            )
-        if self.precision is not None:
-            check_precision(self.precision)
-        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose "
-                             f"one of {', '.join(LR_SCHEDULES)}")
-        if self.decoder_batching not in ("auto", *DECODER_BATCHING):
-            raise ValueError(f"unknown decoder batching {self.decoder_batching!r}; choose "
-                             f"auto, {', '.join(DECODER_BATCHING)}")
-        if self.seed is not None and (isinstance(self.seed, bool)
-                                      or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
-        as_stages(self.stages)  # raises on a malformed schedule
-
-
-def _check_positive(name: str, value: Any, kind: type) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
-    if not value > 0 or (kind is float and not math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
-@dataclass
-class _Hyper:
-    """Training hyperparameters after defaults, presets and the checkpoint are merged."""
-
-    preset: str | None
-    overrides: dict[str, Any]
-    seed: int
-    lr: float
-    amsgrad: bool
-    batch_size: int
-    epochs: int
-    precision: str
-    lr_schedule: str
-    clip_grad: float | None
-    stages: tuple[Stage, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"seed": self.seed, "lr": self.lr, "amsgrad": self.amsgrad,
-                "batch_size": self.batch_size, "epochs": self.epochs,
-                "precision": self.precision, "lr_schedule": self.lr_schedule,
-                "clip_grad": self.clip_grad, "stages": stages_to_json(self.stages)}
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy, torch (CPU and CUDA) via :func:`pyro.set_rng_seed`."""
-    pyro.set_rng_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The sampling seed of data-parallel process ``rank`` (rank 0 keeps ``seed``)."""
-    return seed if rank == 0 else (seed * 1_000_003 + 7919 * rank) % (2**32)
-
-
-def get_rng_state() -> dict[str, Any]:
-    """The states of the Python, NumPy, torch and CUDA generators, in a torch.load-safe form
-    (:func:`pyro.util.get_rng_state` with NumPy's state as tensors)."""
-    state = pyro.util.get_rng_state()
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    return {
-        "python": state["random"],
-        "numpy": {
-            "name": str(name),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": state["torch"],
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators from :func:`get_rng_state` (CUDA only when GPUs are present)."""
-    version, internal, gauss = state["python"]
-    np_state = state["numpy"]
-    pyro.util.set_rng_state({
-        "random": (version, tuple(internal), gauss),
-        "numpy": (np_state["name"], np_state["keys"].numpy().astype(np.uint32),
-                  np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]),
-        "torch": state["torch"],
-    })
-    cuda_states = state.get("cuda")
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A CPU generator for the batch order of ``epoch``, independent of global RNG state."""
-    generator = torch.Generator()
-    generator.manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    return generator
 
 
 def _now() -> str:
@@ -270,127 +130,7 @@ def _head(dataset: Any, size: int) -> Any:
     return dataset if len(dataset) <= size else dataset.subset(torch.arange(size))
 
 
-# --------------------------------------------------------------------------- settings
-
-#: Settings a resumed run must share with its checkpoint (``--resume`` with another value
-#: would silently make the folder describe a different run).
-_FIXED_ON_RESUME = ("seed", "batch_size", "precision", "lr_schedule", "clip_grad")
-
-
-def _check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
-    """Raise CheckpointError if ``config`` contradicts the checkpoint it resumes."""
-    from pyro_mmvae.checkpoint import check_checkpoint_matches
-
-    check_checkpoint_matches(resumed, model=config.model, dataset=config.dataset,
-                             preset=config.preset)
-    saved = resumed.get("hyper") or {}
-    clashes = [f"--{key.replace('_', '-')} {getattr(config, key)} (the run used "
-               f"{saved[key]})" for key in _FIXED_ON_RESUME
-               if getattr(config, key) is not None and key in saved
-               and getattr(config, key) != saved[key]]
-    stored = resumed.get("overrides") or {}
-    asked = dict(config.settings)
-    asked.update({k: getattr(config, k) for k in ("num_particles", "estimator")
-                  if getattr(config, k) is not None})
-    clashes += [f"{key}={value!r} (the run used {stored.get(key)!r})"
-                for key, value in asked.items() if key in stored and stored[key] != value]
-    clashes += [f"{key}={value!r} (the run did not set it)"
-                for key, value in asked.items() if key not in stored]
-    if clashes:
-        raise CheckpointError(
-            f"--resume continues the run as it was started; this call changes "
-            f"{'; '.join(clashes)}. Drop those options to resume, or choose another --out "
-            "for a new run"
-        )
-
-
-def _model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dict[str, Any]:
-    overrides = dict(resumed["overrides"]) if resumed else {}
-    overrides.update(config.settings)
-    for key in ("num_particles", "estimator"):
-        value = getattr(config, key)
-        if value is not None:
-            overrides[key] = value
-    return overrides
-
-
-def _pick(config_value: Any, saved: dict[str, Any], key: str, default: Any) -> Any:
-    if config_value is not None:
-        return config_value
-    return saved.get(key, default)
-
-
-def _resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
-                   overrides: dict[str, Any], resumed: dict[str, Any] | None) -> _Hyper:
-    """Config value if given, else the checkpoint's (when resuming), else the preset default."""
-    base = dict(spec.train_defaults)
-    if resumed:
-        base.update(resumed["hyper"])
-    missing = [k for k in ("lr", "amsgrad", "batch_size", "epochs") if k not in base]
-    if missing:
-        raise ValueError(f"model spec train_defaults lacks {', '.join(missing)}")
-    epochs = int(_pick(config.epochs, base, "epochs", None))
-    stages = as_stages(config.stages if config.stages is not None else base.get("stages"))
-    return _Hyper(
-        preset=preset,
-        overrides=overrides,
-        seed=int(_pick(config.seed, base, "seed", 0)),
-        lr=float(_pick(config.lr, base, "lr", None)),
-        amsgrad=bool(base["amsgrad"]),
-        batch_size=int(_pick(config.batch_size, base, "batch_size", None)),
-        epochs=epochs,
-        precision=check_precision(_pick(config.precision, base, "precision", "32")),
-        lr_schedule=_pick(config.lr_schedule, base, "lr_schedule", "constant"),
-        clip_grad=_pick(config.clip_grad, base, "clip_grad", None),
-        stages=resolve_stages(stages, epochs),
-    )
-
-
-def _decoder_batching(choice: str, device: torch.device) -> str:
-    """``auto``: ``split`` on the CPU (one decoder call per B latents measured faster there),
-    ``stacked`` on GPUs (one big call)."""
-    if choice != "auto":
-        return choice
-    return "stacked" if device.type == "cuda" else "split"
-
-
 # --------------------------------------------------------------------------- the loop
-
-
-class _TensorBoard:
-    """Losses per step and epoch, and prior-sample grids per epoch (rank 0 only)."""
-
-    def __init__(self, folder: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise ValueError("--tensorboard needs the tensorboard package: pip install "
-                             "'pyro_mmvae[tensorboard]'") from exc
-        self.writer = SummaryWriter(str(folder))
-
-    def step(self, step: int, loss: float, lr: float) -> None:
-        self.writer.add_scalar("loss/train_step", loss, step)
-        self.writer.add_scalar("lr", lr, step)
-
-    def epoch(self, epoch: int, record: dict[str, Any], vae: Any) -> None:
-        self.writer.add_scalar("loss/train", record["train_loss"], epoch)
-        self.writer.add_scalar("loss/test", record["test_loss"], epoch)
-        sample = getattr(vae, "sample", None)
-        if sample is not None:
-            from torchvision.utils import make_grid
-
-            vae.eval()
-            with torch.no_grad():
-                generated = sample(16)
-            vae.train()
-            for name, images in generated.items():
-                if images.dim() == 4 and images.size(1) in (1, 3):
-                    grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=8)
-                    self.writer.add_image(f"prior_samples/{name}", grid, epoch)
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 @dataclass
@@ -400,9 +140,10 @@ class _Loop:
     step: TrainStep
     vae: torch.nn.Module
     elbo: Any
+    settings: Any
     train_ds: Any
     test_subset: Any
-    hyper: _Hyper
+    hyper: RunHyper
     config: TrainConfig
     device: torch.device
     group: ProcessGroup
@@ -410,7 +151,7 @@ class _Loop:
     progress: bool
     history: list[dict[str, Any]]
     extras: dict[str, torch.Tensor]
-    tensorboard: _TensorBoard | None = None
+    tensorboard: TensorBoardLog | None = None
     validate_next_step: bool = True
 
     @property
@@ -422,6 +163,11 @@ class _Loop:
         for epoch in range(len(self.history) + 1, self.hyper.epochs + 1):
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch)
+            bad = self.step.non_finite_parameters()
+            if bad:  # never evaluate or checkpoint a corrupt model
+                raise TrainingError(f"parameter {', '.join(bad[:5])} became non-finite (NaN or "
+                                    f"inf) at epoch {epoch}, in its last step; "
+                                    f"{self.restart_hint()}")
             test_loss = self.test_loss(epoch)
             record = {
                 "epoch": epoch,
@@ -538,6 +284,7 @@ class _Loop:
             "config": dataclasses.asdict(self.config),
             "epoch": epoch,
             "world_size": self.group.world_size,
+            "settings": dict(self.settings),
             "vae_state": self.vae.state_dict(),
             "extra_params": {k: v.detach().cpu().clone() for k, v in self.extras.items()},
             "optim_state": step.optimizer.state_dict(),
@@ -571,12 +318,13 @@ def train(config: TrainConfig, progress: bool = True,
     folder = RunFolder(config.out or default_run_dir(config.model, config.dataset))
     resumed = folder.start(config.resume)
     if resumed is not None:
-        _check_resume(config, resumed)
+        check_resume(config, resumed)
     if group.is_main:
         folder.create()
     was_validating = pyro.distributions.is_validation_enabled()
     loop = None
-    with folder.locked(group.is_main), pyro.get_param_store().scope():
+    lock = folder.locked(group.is_main, break_stale=config.break_lock)
+    with lock, pyro.get_param_store().scope():
         try:
             loop = _setup(config, resumed, device, group, folder, progress, datasets)
             loop.run()
@@ -615,10 +363,10 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     seed_everything(seed)
     train_ds, test_ds = (load_datasets(config.dataset, config.data_root)
                          if datasets is None else datasets)
-    overrides = _model_overrides(config, resumed)
+    overrides = model_overrides(config, resumed)
     preset = config.preset if config.preset is not None else (resumed or {}).get("preset")
     spec = build_model(config.model, train_ds, preset, **overrides)
-    hyper = _resolve_hyper(config, spec, preset, overrides, resumed)
+    hyper = resolve_hyper(config, spec, preset, overrides, resumed)
     if resumed and hyper.epochs < resumed["epoch"]:
         raise ValueError(
             f"the checkpoint has already trained {resumed['epoch']} epochs, more than the "
@@ -627,7 +375,7 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     if device.type == "cuda":  # in-memory data lives on the GPU: no per-step host copies
         train_ds, test_ds = train_ds.to(device), test_ds.to(device)
     vae = spec.vae.to(device)
-    set_decoder_batching(vae, _decoder_batching(config.decoder_batching, device))
+    set_decoder_batching(vae, decoder_batching(config.decoder_batching, device))
     check_patterns(vae, hyper.stages)
     vae.train()
     batch = next(iter(train_ds.batches(min(hyper.batch_size, len(train_ds)), device=device)))[0]
@@ -655,9 +403,9 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
         seed_everything(rank_seed(seed, group.rank))
     if group.is_main:
         folder.write_metrics(history)
-    tensorboard = (_TensorBoard(folder.path / TENSORBOARD_NAME)
+    tensorboard = (TensorBoardLog(folder.path / TENSORBOARD_NAME)
                    if config.tensorboard and group.is_main else None)
-    return _Loop(step=step, vae=vae, elbo=spec.elbo, train_ds=train_ds,
+    return _Loop(step=step, vae=vae, elbo=spec.elbo, settings=spec.settings, train_ds=train_ds,
                  test_subset=_head(test_ds, MAX_TEST_POINTS), hyper=hyper, config=config,
                  device=device, group=group, folder=folder, progress=progress,
                  history=history, extras=extras, tensorboard=tensorboard)
@@ -672,10 +420,7 @@ def _restore_engine(resumed: dict[str, Any], step: TrainStep, lr: float,
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint's optimiser state does not fit this model "
                               f"({exc}); it was written by another version") from exc
-    for group_ in step.optimizer.param_groups:
-        group_["lr"] = lr
-    if step.scheduler is not None and resumed.get("scheduler_state"):
-        step.scheduler.load_state_dict(resumed["scheduler_state"])
+    restore_lr(step.optimizer, step.scheduler, lr, resumed.get("scheduler_state"))
     if step.scaler is not None and resumed.get("scaler_state"):
         step.scaler.load_state_dict(resumed["scaler_state"])
     states = resumed.get("rank_rng_states") or [resumed["rng_state"]]

@@ -1,22 +1,22 @@
 """The model zoo: build any model of the library for a dataset, by name and preset.
 
-=========  ============================  ======================  ====================
-name       joint posterior               objective               paper
-=========  ============================  ======================  ====================
-mmvae      MoE, stratified over experts  ``MixtureELBO``         Shi et al. 2019
-mvae       PoE + prior expert            ``SubsampledELBO``      Wu & Goodman 2018
-mopoe      MoPoE, stratified or single   ``MoPoEELBO``           Sutter et al. 2021
-mmvae_plus MoE over z; private w_m,      ``MMVAEPlusELBO``       Palumbo et al. 2023
-           learned auxiliary priors r_m
-mmvae_     as mmvae_plus, cross-modal    ``MMVAEPlusELBO``       Palumbo et al. 2023
-private    w_d from q_d(w_d|x_d)                                 (baseline)
-jmvae      joint encoder (PoE of q_m     ``JMVAEELBO``           Suzuki et al. 2016
-           for subsets)
-telbo      joint encoder, two stages     ``TELBOELBO``           Vedantam et al. 2018
-mvtcae     PoE                           ``MVTCAEELBO``          Hwang et al. 2021
-crmvae     PoE + reconstructions from    ``CRMVAEELBO``          seed 000 (MultiVae's
-           each q_m                                              name)
-=========  ============================  ======================  ====================
+=============  ============================  ==================  ======================
+name           joint posterior               objective           paper
+=============  ============================  ==================  ======================
+mmvae          MoE, stratified over experts  ``MixtureELBO``     Shi et al. 2019
+mvae           PoE + prior expert            ``SubsampledELBO``  Wu & Goodman 2018
+mopoe          MoPoE, stratified or single   ``MoPoEELBO``       Sutter et al. 2021
+mmvae_plus     MoE over z; private w_m,      ``MMVAEPlusELBO``   Palumbo et al. 2023
+               learned auxiliary priors r_m
+mmvae_private  as mmvae_plus, cross-modal    ``MMVAEPlusELBO``   Palumbo et al. 2023
+               w_d from q_d(w_d|x_d)                             (baseline)
+jmvae          joint encoder (PoE of q_m     ``JMVAEELBO``       Suzuki et al. 2016
+               for subsets)
+telbo          joint encoder, two stages     ``TELBOELBO``       Vedantam et al. 2018
+mvtcae         PoE                           ``MVTCAEELBO``      Hwang et al. 2021
+crmvae         PoE + reconstructions from    ``CRMVAEELBO``      seed 000 (MultiVae's
+               each q_m                                          name)
+=============  ============================  ==================  ======================
 
 ``build_model(name, dataset, preset=None, **overrides)`` returns a :class:`ModelSpec`: the
 Pyro model/guide pair (``spec.vae.model``, ``spec.vae.guide``), its ELBO, and the training
@@ -25,7 +25,7 @@ defaults. Settings resolve as: library defaults < preset < explicit overrides.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,169 +45,19 @@ from pyro_mmvae.infer import (
 )
 from pyro_mmvae.modality import Modality
 from pyro_mmvae.models import MMVAE, MVAE, CoordinationVAE, MMVAEPlus, MoPoE, MultimodalVAE
+from pyro_mmvae.presets import (  # noqa: F401  (PRESETS: re-exported for users)
+    DATASET_DEFAULTS,
+    DATASET_MODEL_DEFAULTS,
+    PRESETS,
+    TELBO_STAGES,
+    preset_settings,
+)
+from pyro_mmvae.settings import DEFAULTS as SETTING_DEFAULTS
+from pyro_mmvae.settings import Settings, make_settings
 
-#: Defaults shared by every model; a preset or an override replaces any of them.
-DEFAULTS: dict[str, Any] = {
-    "latent_dim": 20,
-    "posterior": "normal",
-    "scale_param": "softplus",
-    "beta": 1.0,
-    "kl_warmup_epochs": 0,
-    "prior_expert": False,
-    "num_subsets": 1,
-    "subset_sampling": "single",
-    "likelihood": "laplace",
-    "likelihood_scale": 0.75,
-    "nets": "mlp",
-    "hidden": (400, 400),
-    "num_particles": 1,
-    "estimator": "elbo",
-    "lr": 1e-3,
-    "amsgrad": True,
-    "batch_size": 128,
-    "epochs": 30,
-}
-
+#: Defaults of every setting (see :mod:`pyro_mmvae.settings`).
+DEFAULTS: dict[str, Any] = dict(SETTING_DEFAULTS)
 TRAIN_KEYS = ("lr", "amsgrad", "batch_size", "epochs")
-
-#: Per-dataset defaults, applied over DEFAULTS (a preset or override still wins). The offline
-#: mini dataset gets a recipe that trains to a useful model in minutes on a laptop CPU.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "polymnist-mini": {"hidden": (256, 256), "batch_size": 64, "epochs": 12,
-                       "kl_warmup_epochs": 5},
-}
-
-#: Named recipes from the papers (see MODELS.md); ``model`` names the model they are for.
-PRESETS: dict[str, dict[str, Any]] = {
-    "mopoe_polymnist": {
-        # Sutter et al. 2021 PolyMNIST settings as given in MODELS.md: beta 2.5, Laplace
-        # likelihood with scale 0.75 (their networks are conv nets; ours the PolyMNIST ResNet).
-        "model": "mopoe",
-        "nets": "resnet",
-        "latent_dim": 512,
-        "beta": 2.5,
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "lr": 1e-3,
-        "amsgrad": False,
-        "batch_size": 256,
-        "epochs": 300,
-    },
-    "mmvae_polymnist": {
-        "model": "mmvae",
-        "nets": "resnet",
-        "latent_dim": 32,
-        "posterior": "laplace",
-        "scale_param": "softmax",
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "lr": 1e-3,
-        "amsgrad": True,
-        "batch_size": 128,
-        "epochs": 150,
-    },
-    "mmvae_plus_polymnist": {
-        # Palumbo et al. 2023, PolyMNIST (official run script: ELBO with K = 1, 250 epochs):
-        # Dz = Dw = 32, beta 2.5, Laplace posteriors/priors with the softmax scale map,
-        # Laplace likelihood with scale 0.75, Adam lr 1e-3 amsgrad, batch 128, ResNets.
-        "model": "mmvae_plus",
-        "nets": "resnet",
-        "latent_dim": 32,
-        "private_dim": 32,
-        "aux_prior": "learned",
-        "posterior": "laplace",
-        "scale_param": "softmax",
-        "beta": 2.5,
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "num_particles": 1,
-        "estimator": "elbo",
-        "lr": 1e-3,
-        "amsgrad": True,
-        "batch_size": 128,
-        "epochs": 250,
-    },
-    "jmvae_polymnist": {
-        # JMVAE-KL (MODELS.md: alpha ~ 0.1) with the PolyMNIST settings of MultiVae's model
-        # comparison (latent 512, Laplace likelihood scale 0.75, lr 1e-3, batch 256, warm-up
-        # of the KL terms over 200 epochs, 800 epochs); ResNet networks.
-        "model": "jmvae",
-        "nets": "resnet",
-        "latent_dim": 512,
-        "alpha": 0.1,
-        "beta": 1.0,
-        "kl_warmup_epochs": 200,
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "lr": 1e-3,
-        "amsgrad": False,
-        "batch_size": 256,
-        "epochs": 800,
-    },
-    "telbo_polymnist": {
-        # TELBO under the same PolyMNIST settings; two stages of half the epochs each.
-        "model": "telbo",
-        "nets": "resnet",
-        "latent_dim": 512,
-        "beta": 1.0,
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "lr": 1e-3,
-        "amsgrad": False,
-        "batch_size": 256,
-        "epochs": 800,
-    },
-    "mvtcae_polymnist": {
-        # Hwang et al. 2021 PolyMNIST (MultiVae's reproduction script): alpha 5/6, beta 2.5,
-        # latent 512, Laplace likelihood scale 0.75, lr 1e-3, batch 256, 300 epochs.
-        "model": "mvtcae",
-        "nets": "resnet",
-        "latent_dim": 512,
-        "alpha": 5 / 6,
-        "beta": 2.5,
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "lr": 1e-3,
-        "amsgrad": False,
-        "batch_size": 256,
-        "epochs": 300,
-    },
-    "crmvae_translated_polymnist": {
-        # MODELS.md objective 8, Translated-PolyMNIST recipe: latent 512, Laplace likelihood
-        # scale 0.75, beta 0.1 (applied to the un-halved objective; MultiVae's halved
-        # reconstruction sum at beta' corresponds to beta = 2 beta'), Adam lr 5e-4, batch
-        # 256, 500 epochs.
-        "model": "crmvae",
-        "nets": "resnet",
-        "latent_dim": 512,
-        "beta": 0.1,
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "lr": 5e-4,
-        "amsgrad": False,
-        "batch_size": 256,
-        "epochs": 500,
-    },
-    "mmvae_private_polymnist": {
-        # The private-latent MMVAE baseline under the same recipe as mmvae_plus_polymnist.
-        "model": "mmvae_private",
-        "nets": "resnet",
-        "latent_dim": 32,
-        "private_dim": 32,
-        "aux_prior": "posterior",
-        "posterior": "laplace",
-        "scale_param": "softmax",
-        "beta": 2.5,
-        "likelihood": "laplace",
-        "likelihood_scale": 0.75,
-        "num_particles": 1,
-        "estimator": "elbo",
-        "lr": 1e-3,
-        "amsgrad": True,
-        "batch_size": 128,
-        "epochs": 250,
-    },
-}
 
 
 @dataclass
@@ -219,7 +69,7 @@ class ModelSpec:
     elbo: ELBO
     train_defaults: dict[str, Any]
     preset: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
 
 
 def _is_image(shape: torch.Size) -> bool:
@@ -246,7 +96,7 @@ def build_networks(nets: str, event_shape: torch.Size, param_shape: torch.Size,
     raise ValueError(f"unknown network family {nets!r}; choose 'mlp' or 'resnet'")
 
 
-def build_modalities(dataset, settings: dict[str, Any]) -> list[Modality]:
+def build_modalities(dataset, settings: Mapping[str, Any]) -> list[Modality]:
     """One :class:`Modality` per modality of ``dataset`` with the chosen networks/likelihood."""
     from pyro_mmvae.likelihoods import get_likelihood
 
@@ -263,31 +113,36 @@ def build_modalities(dataset, settings: dict[str, Any]) -> list[Modality]:
     return modalities
 
 
-def _build_mmvae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+def _build_mmvae(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
     vae = MMVAE(build_modalities(dataset, s), s["latent_dim"], **_common(s))
-    return vae, MixtureELBO(num_particles=s["num_particles"], estimator=s["estimator"])
+    return vae, _objective(MixtureELBO, s)
 
 
-def _common(s: dict[str, Any]) -> dict[str, Any]:
+def _objective(cls: type[ELBO], s: Settings, **kwargs: Any) -> ELBO:
+    """The objective ``cls`` with the K particles and estimator of the settings."""
+    return cls(num_particles=s["num_particles"], estimator=s["estimator"], **kwargs)
+
+
+def _common(s: Settings) -> dict[str, Any]:
     return {"posterior": s["posterior"], "scale_param": s["scale_param"], "beta": s["beta"],
             "kl_warmup_epochs": s["kl_warmup_epochs"]}
 
 
-def _build_mvae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+def _build_mvae(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
     mods = build_modalities(dataset, s)
     vae = MVAE(mods, s["latent_dim"], prior_expert=s["prior_expert"], **_common(s))
-    elbo = SubsampledELBO(len(mods), num_subsets=s["num_subsets"],
-                          num_particles=s["num_particles"], estimator=s["estimator"])
+    elbo = _objective(SubsampledELBO, s, num_modalities=len(mods),
+                      num_subsets=s["num_subsets"])
     return vae, elbo
 
 
-def _build_mopoe(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+def _build_mopoe(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
     vae = MoPoE(build_modalities(dataset, s), s["latent_dim"], sampling=s["subset_sampling"],
                 prior_expert=s["prior_expert"], **_common(s))
-    return vae, MoPoEELBO(num_particles=s["num_particles"], estimator=s["estimator"])
+    return vae, _objective(MoPoEELBO, s)
 
 
-def build_private_modalities(dataset, settings: dict[str, Any]) -> list[Modality]:
+def build_private_modalities(dataset, settings: Mapping[str, Any]) -> list[Modality]:
     """Modalities for shared + private latents: decoders read ``[z, w_m]`` (Dz + Dw inputs);
     MLP encoders output Dz + Dw (split by the model), the ResNet gets a private tower."""
     from pyro_mmvae.nets.polymnist import PolyMNISTResNetEncoder
@@ -300,13 +155,13 @@ def build_private_modalities(dataset, settings: dict[str, Any]) -> list[Modality
     return modalities
 
 
-def _build_mmvae_plus(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
+def _build_mmvae_plus(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
     vae = MMVAEPlus(build_private_modalities(dataset, s), s["latent_dim"], s["private_dim"],
                     aux_prior=s["aux_prior"], **_common(s))
-    return vae, MMVAEPlusELBO(num_particles=s["num_particles"], estimator=s["estimator"])
+    return vae, _objective(MMVAEPlusELBO, s)
 
 
-def build_joint_encoder(dataset, s: dict[str, Any]) -> nn.Module:
+def build_joint_encoder(dataset, s: Settings) -> nn.Module:
     """The default joint encoder (:class:`~pyro_mmvae.nets.JointEncoder`): for each modality a
     fresh encoder of the unimodal architecture with ``joint_features`` outputs per head, then
     one hidden layer of width ``hidden[-1]``."""
@@ -321,7 +176,7 @@ def build_joint_encoder(dataset, s: dict[str, Any]) -> nn.Module:
                                       hidden=(tuple(s["hidden"])[-1],))
 
 
-def _coordination_vae(dataset, s: dict[str, Any], joint: str) -> CoordinationVAE:
+def _coordination_vae(dataset, s: Settings, joint: str) -> CoordinationVAE:
     return CoordinationVAE(
         build_modalities(dataset, s), s["latent_dim"], joint=joint,
         joint_encoder=build_joint_encoder(dataset, s) if joint == "encoder" else None,
@@ -329,33 +184,26 @@ def _coordination_vae(dataset, s: dict[str, Any], joint: str) -> CoordinationVAE
         prior_expert=s["prior_expert"], **_common(s))
 
 
-def _build_jmvae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
-    elbo = JMVAEELBO(alpha=s["alpha"], num_particles=s["num_particles"],
-                     estimator=s["estimator"])
-    return _coordination_vae(dataset, s, "encoder"), elbo
+#: The coordination family: objective, joint posterior, settings the objective reads.
+_COORDINATION_OBJECTIVES: dict[str, tuple[type[ELBO], str, tuple[str, ...]]] = {
+    "jmvae": (JMVAEELBO, "encoder", ("alpha",)),
+    "telbo": (TELBOELBO, "encoder", ()),
+    "mvtcae": (MVTCAEELBO, "poe", ("alpha",)),
+    "crmvae": (CRMVAEELBO, "poe", ()),
+}
 
 
-def _build_telbo(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
-    elbo = TELBOELBO(num_particles=s["num_particles"], estimator=s["estimator"])
-    return _coordination_vae(dataset, s, "encoder"), elbo
+def _coordination_builder(name: str) -> Callable[[Any, Settings], tuple[MultimodalVAE, ELBO]]:
+    """The builder of coordination model ``name`` (JMVAE-KL, TELBO, MVTCAE, CRMVAE)."""
+    cls, joint, keys = _COORDINATION_OBJECTIVES[name]
 
+    def build(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
+        elbo = _objective(cls, s, **{key: s[key] for key in keys})
+        return _coordination_vae(dataset, s, joint), elbo
 
-def _build_mvtcae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
-    elbo = MVTCAEELBO(alpha=s["alpha"], num_particles=s["num_particles"],
-                      estimator=s["estimator"])
-    return _coordination_vae(dataset, s, "poe"), elbo
+    build.__name__ = f"_build_{name}"
+    return build
 
-
-def _build_crmvae(dataset, s: dict[str, Any]) -> tuple[MultimodalVAE, ELBO]:
-    elbo = CRMVAEELBO(num_particles=s["num_particles"], estimator=s["estimator"])
-    return _coordination_vae(dataset, s, "poe"), elbo
-
-
-#: TELBO's two training stages (Vedantam et al. 2018): first the joint encoder and the
-#: decoders (unimodal encoders frozen), then the unimodal encoders (the rest frozen). Its
-#: unimodal reconstructions never train the decoders (``decoder_stop_gradient``), so the first
-#: stage optimises the joint ELBO alone. See :mod:`pyro_mmvae.stages`.
-TELBO_STAGES = ((0.5, ("mods.*.encoder",)), (None, ("joint_encoder", "mods.*.decoder")))
 
 #: Settings of the coordination family (JMVAE-KL, TELBO, MVTCAE, CRMVAE).
 _COORDINATION = {"prior_expert": False, "unimodal_targets": "none",
@@ -367,10 +215,10 @@ BUILDERS: dict[str, Callable[[Any, dict[str, Any]], tuple[MultimodalVAE, ELBO]]]
     "mopoe": _build_mopoe,
     "mmvae_plus": _build_mmvae_plus,
     "mmvae_private": _build_mmvae_plus,
-    "jmvae": _build_jmvae,
-    "telbo": _build_telbo,
-    "mvtcae": _build_mvtcae,
-    "crmvae": _build_crmvae,
+    "jmvae": _coordination_builder("jmvae"),
+    "telbo": _coordination_builder("telbo"),
+    "mvtcae": _coordination_builder("mvtcae"),
+    "crmvae": _coordination_builder("crmvae"),
 }
 #: Settings that only some models read; a preset or override may set them for any model.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -386,20 +234,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 MODELS: tuple[str, ...] = tuple(BUILDERS)
 
-#: Defaults of one model on one dataset, over MODEL_DEFAULTS. On polymnist-mini the models
-#: whose objective has no cross-modal reconstruction (MVAE's joint and unimodal ELBOs, the
-#: joint-encoder models) spend a 20-d latent at beta = 1 on the backgrounds and leave the
-#: digit out within 12 epochs (measured coherence: MVAE 0.265, JMVAE 0.297, TELBO 0.26);
-#: a weaker KL weight (and for MVAE and TELBO more epochs) lets them encode it (0.64, 0.57,
-#: 0.52). See the README's table of default runs.
-DATASET_MODEL_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("polymnist-mini", "jmvae"): {"beta": 0.1},
-    ("polymnist-mini", "mvae"): {"beta": 0.1, "epochs": 20},
-    # TELBO trains the joint encoder only in its first stage: give it 12 of 16 epochs.
-    ("polymnist-mini", "telbo"): {"beta": 0.1, "epochs": 16,
-                                  "stages": ((0.75, ("mods.*.encoder",)),
-                                             (None, ("joint_encoder", "mods.*.decoder")))},
-}
+#: Settings declared by registered models beyond :mod:`pyro_mmvae.settings` (name -> default).
+EXTRA_SETTINGS: dict[str, dict[str, Any]] = {}
 
 
 def register_model(
@@ -422,8 +258,10 @@ def register_model(
     if name in BUILDERS and not replace:
         raise ValueError(f"model {name!r} is already in the zoo; pass replace=True to "
                          "replace it")
+    defaults = dict(defaults or {})
     BUILDERS[name] = builder
-    MODEL_DEFAULTS[name] = dict(defaults or {})
+    MODEL_DEFAULTS[name] = defaults
+    EXTRA_SETTINGS[name] = {k: v for k, v in defaults.items() if k not in SETTING_DEFAULTS}
     MODELS = tuple(BUILDERS)
 
 
@@ -433,30 +271,20 @@ def model_names() -> tuple[str, ...]:
 
 
 def resolve_settings(name: str, preset: str | None = None, dataset_name: str | None = None,
-                     **overrides) -> dict[str, Any]:
-    """Library, dataset and model defaults, then the preset, then the overrides.
-
-    ``None`` values among the overrides are ignored.
-    """
+                     **overrides: Any) -> Settings:
+    """The settings of model ``name``: library defaults < dataset defaults < model defaults <
+    model-on-dataset defaults < preset < ``overrides`` (``None`` values are ignored), each
+    value checked once (:func:`pyro_mmvae.settings.make_settings`)."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    settings = dict(DEFAULTS)
-    settings.update(DATASET_DEFAULTS.get(dataset_name, {}))
-    settings.update(MODEL_DEFAULTS.get(name, {}))
-    settings.update(DATASET_MODEL_DEFAULTS.get((dataset_name, name), {}))
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    values: dict[str, Any] = {}
+    values.update(DATASET_DEFAULTS.get(dataset_name, {}))
+    values.update(MODEL_DEFAULTS.get(name, {}))
+    values.update(DATASET_MODEL_DEFAULTS.get((dataset_name, name), {}))
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-        recipe = dict(PRESETS[preset])
-        if recipe.pop("model") != name:
-            raise ValueError(f"preset {preset!r} is for model {PRESETS[preset]['model']!r}, "
-                             f"not {name!r}")
-        settings.update(recipe)
-    unknown = set(overrides) - set(settings)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(settings)}")
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return settings
+        values.update(preset_settings(preset, name))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return make_settings(values, extra=EXTRA_SETTINGS.get(name))
 
 
 def build_model(name: str, dataset, preset: str | None = None, **overrides) -> ModelSpec:
@@ -464,6 +292,6 @@ def build_model(name: str, dataset, preset: str | None = None, **overrides) -> M
     settings = resolve_settings(name, preset, getattr(dataset, "name", None), **overrides)
     vae, elbo = BUILDERS[name](dataset, settings)
     train_defaults = {k: settings[k] for k in TRAIN_KEYS}
-    if settings.get("stages"):  # training stages (TELBO), see pyro_mmvae.stages
+    if settings["stages"]:  # training stages (TELBO), see pyro_mmvae.stages
         train_defaults["stages"] = settings["stages"]
     return ModelSpec(name, vae, elbo, train_defaults, preset, settings)

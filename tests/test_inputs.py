@@ -114,6 +114,17 @@ def test_categorical_tokens_support_and_training_shape():
         loss(vae, data)
 
 
+def test_categorical_tokens_of_integer_dtype_but_not_bool():
+    mods = [Modality("img", (4,), "laplace", Enc(4), nn.Linear(2, 4)),
+            Modality("text", (5,), CategoricalLikelihood(7), Enc(5), TokenDecoder(2, 5, 7))]
+    vae = MMVAE(mods, 2)
+    tokens = torch.randint(0, 7, (3, 5))
+    assert torch.isfinite(torch.tensor(loss(vae, {"img": torch.randn(3, 4), "text": tokens})))
+    assert torch.isfinite(torch.tensor(loss(vae, {"text": tokens})))  # img filled as float
+    with pytest.raises(ValueError, match=r"'text' has dtype bool.*x.long\(\)"):
+        loss(vae, {"img": torch.randn(3, 4), "text": tokens > 3})
+
+
 def test_mask_shape_checked():
     with pytest.raises(ValueError, match=r"mask for 'm0' must have shape \(3,\)"):
         loss(vae_with(), good_batch(), {"m0": torch.ones(4, dtype=torch.bool)})

@@ -1,5 +1,6 @@
 """The README's build-your-own-model snippet runs as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -17,3 +18,25 @@ def test_custom_model_snippet_runs():
     assert torch.isfinite(namespace["loss"])
     namespace["loss"].backward()
     assert namespace["vae"].mods["caption"].encoder.embed.weight.grad.abs().sum() > 0
+
+
+def test_register_model_snippet_trains_through_the_command_line(tmp_path, monkeypatch):
+    """The README's registration example: one call adds the model to the CLI."""
+    from pyro_mmvae import zoo
+    from pyro_mmvae.data import registry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(zoo, "BUILDERS", dict(zoo.BUILDERS))
+    monkeypatch.setattr(zoo, "MODEL_DEFAULTS", dict(zoo.MODEL_DEFAULTS))
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    model_block = next(b for b in blocks if "TokenEncoder" in b)
+    register_block = next(b for b in blocks if "register_model" in b)
+    namespace: dict = {}
+    exec(compile(model_block, "README.md", "exec"), namespace)
+    exec(compile(register_block, "README.md", "exec"), namespace)
+    summary = json.loads((tmp_path / "runs/image-caption/summary.json").read_text())
+    assert summary["model"] == "image_caption" and summary["epochs"] == 2
+    assert summary["overrides"] == {"beta": 0.5}
+    assert "image_caption" in zoo.model_names()

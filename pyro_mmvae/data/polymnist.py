@@ -18,7 +18,7 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
-import tempfile
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +39,7 @@ CROP = 28
 DIGIT_THRESHOLD = 128
 DIGIT_SCALE = 0.75  # Translated PolyMNIST: digit images are shrunk to 21x21
 _RESIZE_CHUNK = 10000
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the fingerprint covers every file's size and mtime
 _CHUNK = 2000  # images per pool task
 _POOL_MIN = 4000  # fewer images than this are handled in-process
 MAKE_POLYMNIST_HINT = (
@@ -356,25 +356,64 @@ def _paired_files(folders: dict[int, Path]) -> tuple[dict[int, list[str]], np.nd
 
 
 def _fingerprint(folders: dict[int, Path], names: dict[int, list[str]]) -> str:
-    """Hash of every modality's sorted file list plus size/mtime of its first file."""
+    """Hash of every modality's sorted file list with each file's size and mtime (ns).
+
+    A file replaced, rewritten or touched after the cache was written changes the hash, so
+    the cache is rebuilt. Stat results come from one ``os.scandir`` pass per folder.
+    """
     digest = hashlib.sha256(f"polymnist-cache-v{CACHE_FORMAT}".encode())
     for m, folder in folders.items():
-        stat = (folder / names[m][0]).stat()
-        digest.update(f"|m{m}|{len(names[m])}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
-        digest.update("\n".join(names[m]).encode())
+        wanted = set(names[m])
+        stats = {}
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name in wanted:
+                    stat = entry.stat()
+                    stats[entry.name] = f"{stat.st_size}:{stat.st_mtime_ns}"
+        digest.update(f"|m{m}|{len(names[m])}|".encode())
+        digest.update("\n".join(f"{n}|{stats.get(n, 'missing')}" for n in names[m]).encode())
     return digest.hexdigest()
+
+
+def _decode_png(path: str) -> np.ndarray:
+    """One PNG as uint8 (3, H, W) RGB, decoded by ``torchvision.io.decode_png``.
+
+    Grey, palette and alpha images are converted to RGB (alpha dropped) exactly as PIL's
+    ``convert("RGB")`` does; images of more than 8 bits per channel go through PIL. A file
+    that cannot be decoded (empty, truncated, not a PNG) raises ``ValueError`` naming it.
+    """
+    from torchvision.io import ImageReadMode, decode_png
+
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        if not raw:
+            raise ValueError("the file is empty")
+        image = decode_png(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                           mode=ImageReadMode.RGB)
+        if image.dtype != torch.uint8:  # 16-bit PNG: keep PIL's conversion
+            with Image.open(path) as pil:
+                return np.asarray(pil.convert("RGB")).transpose(2, 0, 1)
+        return image.numpy()
+    except Exception as error:  # torchvision raises RuntimeError for damaged files
+        text = str(error).strip()
+        # torchvision prefixes "function, file.cpp:line, ": keep the reason
+        reason = re.sub(r"^.*?\.cpp:\d+,\s*", "", text.splitlines()[0]) if text else ""
+        reason = reason or type(error).__name__
+        raise ValueError(
+            f"cannot decode PolyMNIST image {path}: {reason}; the file is damaged (empty, "
+            "truncated or not a PNG): restore it, or regenerate the dataset with "
+            "`pyro-mmvae make-polymnist --overwrite`"
+        ) from None
 
 
 def _decode_pngs(paths: Sequence[str]) -> np.ndarray:
     """Decode PNGs into one uint8 array (n, 3, H, W)."""
-    arrays = []
-    for path in paths:
-        with Image.open(path) as image:
-            arrays.append(np.asarray(image.convert("RGB")))
+    arrays = [_decode_png(path) for path in paths]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"PolyMNIST images differ in size ({sorted(shapes)}) in {paths[0]}...")
-    return np.stack(arrays).transpose(0, 3, 1, 2).copy()
+    return np.stack(arrays)
 
 
 def _decode_folders(
@@ -428,20 +467,15 @@ def _read_cache(split_dir: Path, fingerprint: str) -> dict | None:
 
 
 def _write_cache(split_dir: Path, payload: dict) -> Path | None:
-    """Write the cache atomically (temporary file + os.replace) to the first writable place."""
+    """Write the cache atomically (:func:`~pyro_mmvae.checkpoint.atomic_write`) to the first
+    writable place; warn if there is none."""
+    from pyro_mmvae.checkpoint import atomic_write
+
     for path in cache_paths(split_dir):
-        tmp_name = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(handle, "wb") as file:
-                torch.save(payload, file)
-            os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the cache is as public as the PNGs
-            os.replace(tmp_name, path)
-            return path
+            return atomic_write(path, lambda handle: torch.save(payload, handle))
         except OSError:
-            if tmp_name is not None and os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+            continue
     warnings.warn(f"could not write a PolyMNIST cache for {split_dir}", stacklevel=3)
     return None
 
@@ -455,8 +489,9 @@ class PolyMNIST(MultimodalTensorDataset):
         split: ``"train"`` or ``"test"`` (any split folder name works).
         modalities: indices i of the ``m{i}`` folders to use (default: all).
         cache: decode the PNGs once into ``{split}.cache.pt`` (next to the split folder, or in
-            ``~/.cache/pyro_mmvae`` if that is read-only) and reuse it while the file list is
-            unchanged.
+            ``~/.cache/pyro_mmvae`` if that is read-only) and reuse it while no file has
+            changed (names, sizes and modification times; one ``stat`` per file, about
+            1-10 us each). A damaged PNG raises ``ValueError`` naming it.
 
     Modalities are named ``"m{i}"``: uint8 (N, 3, 28, 28), returned as float in [0, 1].
     """

@@ -10,10 +10,12 @@ from pyro_mmvae.data.base import MultimodalTensorDataset
 from pyro_mmvae.data.mini import polymnist_mini
 from pyro_mmvae.data.polymnist import PolyMNIST
 
+#: Names accepted by :func:`load_dataset`.
 DATASETS: tuple[str, ...] = ("polymnist-mini", "polymnist")
 #: Datasets added with :func:`register_dataset`: name -> loader(root, split).
 _REGISTERED: dict[str, Callable[[Path | None, str], MultimodalTensorDataset]] = {}
 SPLITS: tuple[str, ...] = ("train", "test")
+#: Environment variable naming the default data root.
 DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
 
 

@@ -30,6 +30,7 @@ from pyro.poutine.util import is_validation_enabled
 from torch import Tensor
 from torch.distributions import constraints
 
+#: Distribution families of the unimodal experts.
 FAMILIES = ("normal", "laplace")
 MIN_SCALE = 1e-4
 MAX_SCALE = 1e4
@@ -160,7 +161,27 @@ def subset_availability(members: Tensor, present: Tensor) -> Tensor:
     return missing == 0
 
 
-class StratifiedMixture(TorchDistribution):
+class ComponentDraws(TorchDistribution):
+    """Base of the stratified guide distributions: a draw is one reparameterised draw of each
+    component in ``self.components`` (one per stratum); subclasses define ``log_prob``."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = True
+    components: TorchDistribution
+
+    def expand(self, batch_shape, _instance=None):
+        return TorchDistribution.expand(self, batch_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.components.rsample(sample_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class StratifiedMixture(ComponentDraws):
     r"""Uniform mixture of experts, laid out for a stratified estimator.
 
     Parameters have shape ``(E, *batch, D)`` and the distribution has batch shape
@@ -179,10 +200,6 @@ class StratifiedMixture(TorchDistribution):
     per-subset ELBOs of MVAE (Wu & Goodman 2018). ``weights`` overrides the stratum weights
     (MVAE sums its subset ELBOs: weight 1 for every available stratum).
     """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.real_vector
-    has_rsample = True
 
     def __init__(
         self,
@@ -208,6 +225,7 @@ class StratifiedMixture(TorchDistribution):
 
     @property
     def num_experts(self) -> int:
+        """The number of experts M (strata)."""
         return self.loc.size(0)
 
     @property
@@ -223,16 +241,6 @@ class StratifiedMixture(TorchDistribution):
         if self._weights is not None:
             return self._weights * self.mask
         return self.log_mixture_weights.exp()
-
-    def expand(self, batch_shape, _instance=None):
-        return TorchDistribution.expand(self, batch_shape)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.components.rsample(sample_shape)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         # value (*S, E, *batch, D) -> score it under every component e' on a new dim.

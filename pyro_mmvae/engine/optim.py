@@ -8,7 +8,9 @@ instead (about 70 per step for a small MMVAE), which costs Python time on every 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,22 +37,54 @@ def check_lr_schedule(name: str) -> str:
     return name
 
 
-def build_lr_schedule(
-    optimizer: torch.optim.Optimizer, name: str, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    r"""The schedule ``name`` over ``total_steps`` optimiser steps (None for ``constant``).
+def schedule_factor(name: str, total_steps: int):
+    r"""The learning-rate factor of schedule ``name`` after t of ``total_steps`` steps:
 
-    * ``cosine``: :math:`\eta_t = \eta \cdot \tfrac12 (1 + \cos(\pi t / T))`
-      (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`);
-    * ``linear``: :math:`\eta_t = \eta (1 - t / T)`
-      (:class:`~torch.optim.lr_scheduler.LinearLR`).
+    * ``constant``: 1;
+    * ``cosine``: :math:`\tfrac12 (1 + \cos(\pi \min(t, T) / T))`;
+    * ``linear``: :math:`1 - \min(t, T) / T`.
     """
     check_lr_schedule(name)
-    total_steps = max(int(total_steps), 1)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if name == "linear":
-        return torch.optim.lr_scheduler.LinearLR(
-            optimizer, start_factor=1.0, end_factor=0.0, total_iters=total_steps
-        )
-    return None
+    total = max(int(total_steps), 1)
+
+    def factor(step: int) -> float:
+        t = min(step, total) / total
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        if name == "linear":
+            return 1.0 - t
+        return 1.0
+
+    return factor
+
+
+def build_lr_schedule(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """:class:`~torch.optim.lr_scheduler.LambdaLR` with :func:`schedule_factor` over
+    ``total_steps`` optimiser steps (None for ``constant``).
+
+    The factor is a closed form of the step count, so a run resumed with more epochs
+    continues on the schedule of its new length (only the step count is checkpointed).
+    """
+    if check_lr_schedule(name) == "constant":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(name, total_steps))
+
+
+def restore_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float,
+               scheduler_state: dict[str, Any] | None) -> None:
+    """After loading a checkpoint's optimiser state: base learning rate ``lr`` (a resume may
+    change it), the step count of ``scheduler_state``, and the current rate from both."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr
+    if scheduler is None:
+        return
+    if scheduler_state:
+        scheduler.load_state_dict(scheduler_state)
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    factor = scheduler.lr_lambdas[0]
+    for group in optimizer.param_groups:
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

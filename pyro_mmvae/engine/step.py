@@ -101,6 +101,12 @@ class TrainStep:
         total, norm_value = stats.tolist()
         if not math.isfinite(total):
             self.optimizer.zero_grad(set_to_none=True)
+            bad = self.non_finite_parameters()
+            if bad:
+                raise NonFiniteError(
+                    f"parameter {', '.join(bad[:5])}{' and others' if len(bad) > 5 else ''} "
+                    f"became non-finite (NaN or inf) in the previous optimiser step, and the "
+                    f"loss became {total}")
             raise NonFiniteError(f"the loss became {total}")
         if not math.isfinite(norm_value) and self.scaler is None:
             bad = self.non_finite_gradients()
@@ -109,7 +115,9 @@ class TrainStep:
                                  f"{' and others' if len(bad) > 5 else ''} became non-finite "
                                  f"(loss {total:.6g}); the parameters were not updated")
         if self.clip_grad is not None and math.isfinite(norm_value):
-            torch.nn.utils.clip_grads_with_norm_(grads, self.clip_grad, norm, foreach=True)
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for p in self.params if p.grad is not None], self.clip_grad, norm,
+                foreach=True)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -119,6 +127,11 @@ class TrainStep:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def non_finite_parameters(self) -> list[str]:
+        """Names of the parameters that hold NaN or inf."""
+        return [self.names.get(id(p), "?") for p in self.params
+                if not bool(torch.isfinite(p.detach()).all())]
 
     def non_finite_gradients(self) -> list[str]:
         """Names of the parameters whose gradient holds NaN or inf."""

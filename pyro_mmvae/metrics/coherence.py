@@ -8,8 +8,8 @@ for a non-empty source subset S and a target t not in S,
           \qquad \hat x_t^{(i)} = \mathbb{E}\, p_\theta(x_t \mid z = \mathbb{E}_{q(z|X_S^{(i)})} z),
 
 i.e. the decoder mean at the posterior mean (``vae.generate``), classified by the target's
-classifier :math:`f_t` and compared with the label. Reported per (S, t), averaged by |S|,
-as the single-source matrix and as leave-one-out (|S| = M - 1) figures.
+classifier :math:`f_t` and compared with the label. Reported per (S, t), averaged by :math:`|S|`,
+as the single-source matrix and as leave-one-out (:math:`|S| = M - 1`) figures.
 
 Unconditional coherence: draw :math:`z \sim p(z)` (``vae.sample``), generate every modality
 and count the samples whose M predicted classes agree. A collapsed generator (one blob for
@@ -68,7 +68,7 @@ def source_subsets(
     max_subsets_per_size: int | None = None,
     seed: int = 0,
 ) -> list[tuple[str, ...]]:
-    """Source subsets S with |S| in ``subset_sizes`` (default 1..M-1), in combination order.
+    """Source subsets S with :math:`|S|` in ``subset_sizes`` (default 1..M-1), in combination order.
 
     With ``max_subsets_per_size`` at most that many subsets of each size are kept, picked
     uniformly at random with ``seed`` (deterministic), keeping their combination order.
@@ -212,6 +212,7 @@ def unconditional_coherence(
 
     ``vae.sample(n)`` gives the decoder means for z ~ p(z) (and w ~ p(w) where the model has
     private latents). Beside the coherence the result reports
+
       - ``class_histogram``: frequency of each predicted class, pooled over all modalities
         (sums to 1), and ``class_histogram_by_modality``;
       - ``class_entropy`` (nats) of the pooled histogram and ``class_entropy_normalised``

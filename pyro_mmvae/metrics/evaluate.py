@@ -14,7 +14,7 @@ object with the same methods: ``names``, ``generate``, ``sample``, ``model``/``g
 * ``"likelihood"``: importance-sampled :math:`\log p(X)`, :math:`\log p(X_S)` and
   :math:`\log p(X_{\bar S} \mid X_S)` per data point with PSIS :math:`\hat k` and ESS
   (:mod:`pyro_mmvae.metrics.likelihood`).
-* ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by |S|
+* ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by :math:`|S|`
   (:mod:`pyro_mmvae.metrics.probe`).
 
 :func:`evaluate_run` rebuilds a trained run from ``RUN_DIR/checkpoint.pt`` and writes
@@ -60,8 +60,11 @@ from pyro_mmvae.metrics.likelihood import (
 )
 from pyro_mmvae.metrics.probe import latent_probe
 
+#: The metric groups of :func:`evaluate_model`, in the order they run.
 METRICS: tuple[str, ...] = ("coherence", "quality", "likelihood", "probe")
+#: File name of the evaluation results written into the run folder.
 EVAL_NAME = "eval.json"
+#: File names of the figures written into the run folder, by figure.
 FIGURES = {
     "conditional_grid": "eval_conditional_grid.png",
     "unconditional_grid": "eval_unconditional_grid.png",

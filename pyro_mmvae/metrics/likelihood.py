@@ -236,6 +236,7 @@ class ImportanceEstimate:
 
     @property
     def num_samples(self) -> int:
+        """The number of importance samples K."""
         return int(self.log_weights.size(0))
 
     @property
@@ -390,6 +391,7 @@ class ConditionalEstimate:
 
     @property
     def log_likelihood(self) -> Tensor:
+        r""":math:`\log p(X_T \mid X_S)` per data point, ``(B,)``: joint minus given."""
         return self.joint.log_likelihood - self.given.log_likelihood
 
     def summary(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from pyro_mmvae.distributions.experts import FAMILIES, component_distribution
 from pyro_mmvae.distributions.scales import get_scale_fn
+from pyro_mmvae.likelihoods import CategoricalLikelihood
 from pyro_mmvae.modality import Modality
 
 Data = Mapping[str, Tensor | None]
@@ -36,6 +37,29 @@ Mask = Mapping[str, Tensor] | None
 
 DATA_DIM = -1
 STRATA_DIM = -2
+
+
+def _is_categorical(mod: Modality) -> bool:
+    return isinstance(mod.likelihood, CategoricalLikelihood)
+
+
+def _check_rows_covered(present: Tensor, sync: bool) -> None:
+    """Raise ``ValueError`` if a row of ``present`` ``(M, B)`` has no present modality.
+
+    A host sync on the CPU or with ``sync``; else ``torch._assert_async`` (the error then
+    surfaces at the accelerator's next synchronisation).
+    """
+    covered = present.any(0)
+    if present.device.type == "cpu" or sync:
+        if not bool(covered.all()):
+            empty = (~covered).nonzero().squeeze(1).tolist()
+            shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+            raise ValueError(
+                f"every row needs at least one present modality, but {len(empty)} row(s) of "
+                f"the batch have none (rows {shown}); drop those rows or unmask a modality")
+    else:
+        torch._assert_async(covered.all(), "every row needs at least one present modality "
+                            "(a mask leaves a row with none); drop those rows")
 
 
 @dataclass
@@ -126,10 +150,12 @@ class MultimodalVAE(nn.Module):
     # ----------------------------------------------------------------- input handling
     @property
     def names(self) -> tuple[str, ...]:
+        """The modality names, in order."""
         return tuple(self.mods.keys())
 
     @property
     def modalities(self) -> dict[str, Modality]:
+        """The modalities by name."""
         return dict(self.mods.items())
 
     def prepare(self, data: Data, mask: Mask = None) -> tuple[dict[str, Tensor], Tensor]:
@@ -137,8 +163,15 @@ class MultimodalVAE(nn.Module):
 
         ``present`` is a bool tensor ``(M, B)``; absent entries of ``data`` are replaced by
         zeros so that encoders stay finite (their strata and observations are masked out).
-        Shape checks always run; value checks (NaN, support) run while Pyro validation is on
-        (the trainer turns it off after the first batch).
+
+        Always checked (free, or one cheap reduction): names, shapes, batch sizes, an empty
+        batch, dtypes (the model's float dtype; uint8 pixels are refused, see
+        :meth:`~pyro_mmvae.likelihoods.Likelihood.check_dtype`), and, when a ``mask`` is
+        given, that every row keeps at least one present modality: a row with none has no
+        posterior and its gradient turns every parameter into NaN. On the CPU that is a
+        plain check; on an accelerator, with Pyro validation off, ``torch._assert_async``
+        (no host sync per step). Value checks that read the whole batch (NaN, support, 0..255
+        images) run while Pyro validation is on (the trainer validates its first batch).
         """
         if not isinstance(data, Mapping):
             raise ValueError("data must be a dict mapping modality names to tensors")
@@ -151,11 +184,15 @@ class MultimodalVAE(nn.Module):
         given = {k: v for k, v in data.items() if v is not None}
         if not given:
             raise ValueError("the batch has no modality at all")
+        for name, x in given.items():
+            if not isinstance(x, Tensor):
+                self.mods[name].check(x)  # raises: not a tensor
         sizes = {k: v.shape[0] if v.dim() else 0 for k, v in given.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"modalities have different batch sizes: {sizes}")
         batch_size = next(iter(sizes.values()))
         ref = next(iter(given.values()))
+        dtype = self._prior_loc.dtype
         validate = is_validation_enabled()
         filled, present = {}, []
         for name, mod in self.mods.items():
@@ -163,11 +200,16 @@ class MultimodalVAE(nn.Module):
             row_mask = None if mask is None else mask.get(name)
             if x is None:
                 shape = (batch_size, *mod.event_shape)
-                filled[name] = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+                fill = ref.dtype if ref.is_floating_point() or _is_categorical(mod) else dtype
+                filled[name] = torch.zeros(shape, dtype=fill, device=ref.device)
                 present.append(torch.zeros(batch_size, dtype=torch.bool, device=ref.device))
                 continue
             if x.shape[1:] != mod.event_shape or x.dim() != len(mod.event_shape) + 1:
                 mod.check(x)  # raises with a clear message
+            if batch_size == 0:
+                raise ValueError(f"the batch is empty: modality {name!r} has 0 rows; pass at "
+                                 "least one data point")
+            mod.likelihood.check_dtype(x, name, dtype)
             if row_mask is None:
                 row_mask = torch.ones(batch_size, dtype=torch.bool, device=x.device)
             elif row_mask.shape != (batch_size,):
@@ -180,8 +222,8 @@ class MultimodalVAE(nn.Module):
             filled[name] = x
             present.append(row_mask)
         present_t = torch.stack(present)
-        if validate and not bool(present_t.any(0).all()):
-            raise ValueError("every row needs at least one present modality")
+        if mask is not None:  # without a mask every given modality is present in every row
+            _check_rows_covered(present_t, sync=validate)
         return filled, present_t
 
     # ------------------------------------------------------------------ distributions
@@ -391,8 +433,15 @@ class MultimodalVAE(nn.Module):
         missing = [s for s in sources if data.get(s) is None]
         if missing:
             raise ValueError(f"source modality {missing} not in the data")
-        z = self.posterior_location({s: data[s] for s in sources}, sources)
-        return {t: self.mods[t].mean(z) for t in targets}
+        latents = self.generation_latents({s: data[s] for s in sources}, sources, targets)
+        return {t: self.mods[t].mean(latents[t] if isinstance(latents, dict) else latents)
+                for t in targets}
+
+    def generation_latents(self, data: Data, sources: list[str], targets: list[str]
+                           ) -> Tensor | dict[str, Tensor]:
+        """What the decoders of ``targets`` read in :meth:`generate`: the point of
+        :meth:`posterior_location` (one tensor for all), or one tensor per target."""
+        return self.posterior_location(data, sources)
 
     def sample(self, num: int) -> dict[str, Tensor]:
         """Unconditional generation: decoder means for :math:`z \\sim p(z)`."""

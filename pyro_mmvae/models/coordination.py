@@ -48,9 +48,9 @@ import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
-from torch.distributions import constraints
 from torch.func import functional_call
 
+from pyro_mmvae.distributions.coordinated import CoordinatedPosterior
 from pyro_mmvae.distributions.experts import component_distribution, product_of_experts
 from pyro_mmvae.engine.networks import run_network
 from pyro_mmvae.modality import Modality
@@ -58,85 +58,6 @@ from pyro_mmvae.models.base import Data, MultimodalVAE, Strata
 
 JOINT_POSTERIORS = ("poe", "encoder")
 UNIMODAL_TARGETS = ("none", "own", "all")
-
-
-class CoordinatedPosterior(TorchDistribution):
-    r"""Normal distributions over z, one per stratum, that remember the experts they came from.
-
-    ``loc``/``scale`` have shape ``(S, B, D)`` (stratified: stratum 0 the joint posterior,
-    strata 1..M the unimodal experts when ``unimodal=True``) or ``(B, D)`` (unstratified: the
-    joint posterior only). ``rsample``/``log_prob`` are those of
-    :math:`\mathcal{N}(\text{loc}, \text{scale})` with event shape ``(D,)``; each stratum is
-    scored by its own density.
-
-    :param joint_loc: :math:`\mu` of :math:`q(z|X)`, ``(B, D)``.
-    :param joint_scale: :math:`\sigma` of :math:`q(z|X)`, ``(B, D)``.
-    :param expert_loc: :math:`\mu_m` of every :math:`q_m(z|x_m)`, ``(M, B, D)``.
-    :param expert_scale: :math:`\sigma_m`, ``(M, B, D)``.
-    :param present: bool ``(M, B)``, True where modality m is observed.
-    :param stratified: lay out strata (stratum dim first) or one distribution per row.
-    :param unimodal: add strata 1..M drawn from the experts (only with ``stratified``).
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(
-        self,
-        joint_loc: Tensor,
-        joint_scale: Tensor,
-        expert_loc: Tensor,
-        expert_scale: Tensor,
-        present: Tensor,
-        stratified: bool = True,
-        unimodal: bool = False,
-        validate_args: bool | None = None,
-    ) -> None:
-        if expert_loc.shape[1:] != joint_loc.shape or present.shape != expert_loc.shape[:2]:
-            raise ValueError(f"inconsistent shapes: joint {tuple(joint_loc.shape)}, experts "
-                             f"{tuple(expert_loc.shape)}, present {tuple(present.shape)}")
-        if unimodal and not stratified:
-            raise ValueError("unimodal strata need the stratified layout")
-        self.joint_loc, self.joint_scale = joint_loc, joint_scale
-        self.expert_loc, self.expert_scale = expert_loc, expert_scale
-        self.present = present.bool()
-        self.stratified, self.unimodal = stratified, unimodal
-        if not stratified:
-            loc, scale = joint_loc, joint_scale
-        elif unimodal:
-            loc = torch.cat([joint_loc.unsqueeze(0), expert_loc])
-            scale = torch.cat([joint_scale.unsqueeze(0), expert_scale])
-        else:
-            loc, scale = joint_loc.unsqueeze(0), joint_scale.unsqueeze(0)
-        self.loc, self.scale = loc, scale
-        self.components = component_distribution("normal", loc, scale)
-        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
-
-    @property
-    def num_modalities(self) -> int:
-        return self.expert_loc.size(0)
-
-    def expand(self, batch_shape, _instance=None):
-        return TorchDistribution.expand(self, batch_shape)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.components.rsample(sample_shape)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.components.log_prob(value)
-
-    @property
-    def mean(self) -> Tensor:
-        return self.loc
-
-    @property
-    def variance(self) -> Tensor:
-        return self.scale.pow(2)
 
 
 class CoordinationVAE(MultimodalVAE):
@@ -161,9 +82,7 @@ class CoordinationVAE(MultimodalVAE):
     pyro_name = "coordination"
 
     def __init__(
-        self,
-        modalities: Sequence[Modality],
-        latent_dim: int,
+        self, modalities: Sequence[Modality], latent_dim: int, *,
         joint: str = "poe",
         joint_encoder: nn.Module | None = None,
         unimodal_targets: str = "none",

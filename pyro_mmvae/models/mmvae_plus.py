@@ -228,37 +228,27 @@ class MMVAEPlus(MMVAE):
         return qz if strata is not None else qz.marginal()
 
     # ------------------------------------------------------------------ generation
-    def generate(
-        self,
-        data: Data,
-        sources: Sequence[str],
-        targets: Sequence[str] | None = None,
-    ) -> dict[str, Tensor]:
-        r"""Decoder means of ``targets`` (default: all) given the ``sources``.
+    def generation_latents(self, data: Data, sources: list[str], targets: list[str]
+                           ) -> dict[str, Tensor]:
+        r"""``[z, w_t]`` for each target t (see :meth:`generate`).
 
         z is the mean of :math:`q(z|X_S)` (for several sources, of one present expert drawn
         per row, as MMVAE). A target among the sources is reconstructed with the mean of its
         own :math:`q_t(w_t|x_t)`; any other target gets :math:`w_t \sim p(w_t)` (the paper's
-        cross-generation: its private latent is not inferable from the sources). Call under
-        ``torch.no_grad()``.
+        cross-generation: its private latent is not inferable from the sources).
         """
-        sources = self._check_names(sources, "source")
-        targets = self._check_names(self.names if targets is None else targets, "target")
-        missing = [s for s in sources if data.get(s) is None]
-        if missing:
-            raise ValueError(f"source modality {missing} not in the data")
-        filled, _ = self.prepare({s: data[s] for s in sources})
+        filled, _ = self.prepare(data)
         loc_z, scale_z, loc_w, _ = self.encode_all(filled, sources)
         mixture = StratifiedMixture(loc_z, scale_z, family=self.posterior_family)
         z = mixture.choose_component().mean
-        out = {}
+        latents = {}
         for t in targets:
             if t in sources:
                 w = loc_w[sources.index(t)]
             else:
                 w = self.private_prior().sample((z.size(0),))
-            out[t] = self.mods[t].mean(concat_latents(z, w))
-        return out
+            latents[t] = concat_latents(z, w)
+        return latents
 
     def sample(self, num: int) -> dict[str, Tensor]:
         r"""Unconditional generation: decoder means for :math:`z \sim p(z)`,

@@ -1,0 +1,187 @@
+"""What a training run is asked for (:class:`TrainConfig`) and how it is resolved against
+the model's settings and, when resuming, the checkpoint (:class:`RunHyper`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pyro_mmvae.checkpoint import check_checkpoint_matches, check_resume_settings
+from pyro_mmvae.engine import LR_SCHEDULES, check_precision
+from pyro_mmvae.engine.networks import DECODER_BATCHING
+from pyro_mmvae.infer.base import ESTIMATORS
+from pyro_mmvae.stages import Stage, as_stages, resolve_stages, stages_to_json
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss or a gradient became NaN or infinite)."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; ``None`` takes the model preset's default.
+
+    When resuming, ``None`` takes the value the checkpoint was trained with instead; a value
+    that contradicts the checkpoint (another seed, batch size, model setting...) is an error.
+    """
+
+    model: str = "mmvae"
+    dataset: str = "polymnist-mini"
+    data_root: str | None = None
+    preset: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    num_particles: int | None = None
+    estimator: str | None = None
+    device: str = "auto"
+    seed: int | None = None
+    out: str | None = None
+    resume: bool = False
+    stages: Sequence[Any] | None = None
+    #: Model settings of the zoo (``beta``, ``alpha``, ``latent_dim``, ...) over the preset.
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Network precision: ``"32"``, ``"bf16"`` or ``"16"`` (see :mod:`pyro_mmvae.engine`).
+    precision: str | None = None
+    #: ``torch.compile`` the networks.
+    compile: bool = False
+    #: ``constant``, ``cosine`` or ``linear`` (decay to 0 over the run), stepped per step.
+    lr_schedule: str | None = None
+    #: Clip the gradients' global 2-norm to this value.
+    clip_grad: float | None = None
+    #: ``auto`` (by device), ``stacked`` or ``split``: how decoders batch particles/strata.
+    decoder_batching: str = "auto"
+    #: Write TensorBoard logs into ``RUN_DIR/tensorboard``.
+    tensorboard: bool = False
+    #: Replace a stale run-folder lock left by a killed run (never a live one).
+    break_lock: bool = False
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting that is out of range."""
+        _check_positive("epochs", self.epochs, int)
+        _check_positive("batch_size", self.batch_size, int)
+        _check_positive("num_particles", self.num_particles, int)
+        _check_positive("lr", self.lr, float)
+        _check_positive("clip_grad", self.clip_grad, float)
+        if self.estimator is not None and self.estimator not in ESTIMATORS:
+            raise ValueError(
+                f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}"
+            )
+        if self.precision is not None:
+            check_precision(self.precision)
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose "
+                             f"one of {', '.join(LR_SCHEDULES)}")
+        if self.decoder_batching not in ("auto", *DECODER_BATCHING):
+            raise ValueError(f"unknown decoder batching {self.decoder_batching!r}; choose "
+                             f"auto, {', '.join(DECODER_BATCHING)}")
+        if self.seed is not None and (isinstance(self.seed, bool)
+                                      or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        as_stages(self.stages)  # raises on a malformed schedule
+
+
+def _check_positive(name: str, value: Any, kind: type) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
+    if not value > 0 or (kind is float and not math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+@dataclass
+class RunHyper:
+    """Training hyperparameters after defaults, presets and the checkpoint are merged."""
+
+    preset: str | None
+    overrides: dict[str, Any]
+    seed: int
+    lr: float
+    amsgrad: bool
+    batch_size: int
+    epochs: int
+    precision: str
+    lr_schedule: str
+    clip_grad: float | None
+    stages: tuple[Stage, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seed": self.seed, "lr": self.lr, "amsgrad": self.amsgrad,
+                "batch_size": self.batch_size, "epochs": self.epochs,
+                "precision": self.precision, "lr_schedule": self.lr_schedule,
+                "clip_grad": self.clip_grad, "stages": stages_to_json(self.stages)}
+
+
+
+#: Settings a resumed run must share with its checkpoint (``--resume`` with another value
+#: would silently make the folder describe a different run).
+_FIXED_ON_RESUME = ("seed", "batch_size", "precision", "lr_schedule", "clip_grad")
+
+
+def check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
+    """Raise CheckpointError if ``config`` asks for another model, dataset or setting than
+    the run it resumes was trained with."""
+    check_checkpoint_matches(resumed, model=config.model, dataset=config.dataset,
+                             preset=config.preset)
+    saved = {**(resumed.get("settings") or {}), **(resumed.get("hyper") or {})}
+    requested = {key: getattr(config, key) for key in _FIXED_ON_RESUME
+                 if getattr(config, key) is not None}
+    requested.update(config.settings)
+    requested.update({k: getattr(config, k) for k in ("num_particles", "estimator")
+                      if getattr(config, k) is not None})
+    check_resume_settings(saved, requested)
+
+
+def model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dict[str, Any]:
+    overrides = dict(resumed["overrides"]) if resumed else {}
+    overrides.update(config.settings)
+    for key in ("num_particles", "estimator"):
+        value = getattr(config, key)
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+def _pick(config_value: Any, saved: dict[str, Any], key: str, default: Any) -> Any:
+    if config_value is not None:
+        return config_value
+    return saved.get(key, default)
+
+
+def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
+                   overrides: dict[str, Any], resumed: dict[str, Any] | None) -> RunHyper:
+    """Config value if given, else the checkpoint's (when resuming), else the preset default."""
+    base = dict(spec.train_defaults)
+    if resumed:
+        base.update(resumed["hyper"])
+    missing = [k for k in ("lr", "amsgrad", "batch_size", "epochs") if k not in base]
+    if missing:
+        raise ValueError(f"model spec train_defaults lacks {', '.join(missing)}")
+    epochs = int(_pick(config.epochs, base, "epochs", None))
+    stages = as_stages(config.stages if config.stages is not None else base.get("stages"))
+    return RunHyper(
+        preset=preset,
+        overrides=overrides,
+        seed=int(_pick(config.seed, base, "seed", 0)),
+        lr=float(_pick(config.lr, base, "lr", None)),
+        amsgrad=bool(base["amsgrad"]),
+        batch_size=int(_pick(config.batch_size, base, "batch_size", None)),
+        epochs=epochs,
+        precision=check_precision(_pick(config.precision, base, "precision", "32")),
+        lr_schedule=_pick(config.lr_schedule, base, "lr_schedule", "constant"),
+        clip_grad=_pick(config.clip_grad, base, "clip_grad", None),
+        stages=resolve_stages(stages, epochs),
+    )
+
+
+def decoder_batching(choice: str, device: torch.device) -> str:
+    """``auto``: ``split`` on the CPU (one decoder call per B latents measured faster there),
+    ``stacked`` on GPUs (one big call)."""
+    if choice != "auto":
+        return choice
+    return "stacked" if device.type == "cuda" else "split"

@@ -1,0 +1,220 @@
+"""Typed settings of a model and its training, resolved once.
+
+A model of the zoo is built from five small groups of settings:
+
+==============  =====================================================================
+group           settings
+==============  =====================================================================
+``latent``      ``latent_dim``, ``private_dim``, ``posterior``, ``scale_param``,
+                ``beta``, ``kl_warmup_epochs``, ``prior_expert``, ``num_subsets``,
+                ``subset_sampling``, ``aux_prior``, ``alpha``, ``unimodal_targets``,
+                ``decoder_stop_gradient``
+``networks``    ``nets``, ``hidden``, ``joint_features``
+``likelihood``  ``likelihood``, ``likelihood_scale``
+``objective``   ``num_particles``, ``estimator``
+``optim``       ``lr``, ``amsgrad``, ``batch_size``, ``epochs``, ``stages``
+==============  =====================================================================
+
+Every setting has one name, the same everywhere: ``build_model(..., beta=2.5)``,
+``TrainConfig(settings={"beta": 2.5})``, ``pyro-mmvae train --set beta=2.5``, presets and
+checkpoints. :func:`make_settings` checks every value once (type, range, choices) and says
+which setting is wrong and why. :class:`Settings` is read by group (``s.latent.beta``) or by
+name (``s["beta"]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyro_mmvae.distributions.experts import FAMILIES
+from pyro_mmvae.distributions.scales import SCALE_PARAMETERISATIONS
+from pyro_mmvae.infer.base import ESTIMATORS
+from pyro_mmvae.likelihoods import LIKELIHOODS
+
+
+def _spec(kind: str, **meta: Any) -> dict[str, Any]:
+    return {"kind": kind, **meta}
+
+
+@dataclass(frozen=True)
+class LatentSettings:
+    """The latent variables and their prior-ratio (KL) weights."""
+
+    latent_dim: int = field(default=20, metadata=_spec("positive_int"))
+    private_dim: int = field(default=20, metadata=_spec("positive_int"))
+    posterior: str = field(default="normal", metadata=_spec("choice", choices=FAMILIES))
+    scale_param: str = field(default="softplus",
+                             metadata=_spec("choice", choices=tuple(SCALE_PARAMETERISATIONS)))
+    beta: float = field(default=1.0, metadata=_spec("positive_float"))
+    kl_warmup_epochs: int = field(default=0, metadata=_spec("non_negative_int"))
+    prior_expert: bool = field(default=False, metadata=_spec("bool"))
+    num_subsets: int = field(default=1, metadata=_spec("positive_int"))
+    subset_sampling: str = field(default="single",
+                                 metadata=_spec("choice", choices=("single", "stratified")))
+    aux_prior: str = field(default="learned",
+                           metadata=_spec("choice", choices=("learned", "fixed", "posterior")))
+    alpha: float = field(default=0.1, metadata=_spec("unit_float"))
+    unimodal_targets: str = field(default="none",
+                                  metadata=_spec("choice", choices=("none", "own", "all")))
+    decoder_stop_gradient: bool = field(default=False, metadata=_spec("bool"))
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Encoders and decoders: ``mlp`` (any shape) or ``resnet`` (3x28x28 PolyMNIST)."""
+
+    nets: str = field(default="mlp", metadata=_spec("choice", choices=("mlp", "resnet")))
+    hidden: tuple[int, ...] = field(default=(400, 400), metadata=_spec("int_tuple"))
+    joint_features: int = field(default=64, metadata=_spec("positive_int"))
+
+
+@dataclass(frozen=True)
+class LikelihoodSettings:
+    """The observation model :math:`p(x_m|z)` of every modality."""
+
+    likelihood: str = field(default="laplace",
+                            metadata=_spec("choice", choices=tuple(LIKELIHOODS)))
+    likelihood_scale: float = field(default=0.75, metadata=_spec("positive_float"))
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """K particles and the estimator (ELBO, IWAE, DReG) of the objective."""
+
+    num_particles: int = field(default=1, metadata=_spec("positive_int"))
+    estimator: str = field(default="elbo", metadata=_spec("choice", choices=ESTIMATORS))
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """Adam and the length of training (``stages``: see :mod:`pyro_mmvae.stages`)."""
+
+    lr: float = field(default=1e-3, metadata=_spec("positive_float"))
+    amsgrad: bool = field(default=True, metadata=_spec("bool"))
+    batch_size: int = field(default=128, metadata=_spec("positive_int"))
+    epochs: int = field(default=30, metadata=_spec("positive_int"))
+    stages: Any = field(default=None, metadata=_spec("any"))
+
+
+GROUPS: dict[str, type] = {
+    "latent": LatentSettings,
+    "networks": NetworkSettings,
+    "likelihood": LikelihoodSettings,
+    "objective": ObjectiveSettings,
+    "optim": OptimSettings,
+}
+#: Setting name -> its group.
+GROUP_OF: dict[str, str] = {f.name: group for group, cls in GROUPS.items()
+                            for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class Settings(Mapping):
+    """All settings of a model and its training, by group; a read-only mapping by name."""
+
+    latent: LatentSettings = field(default_factory=LatentSettings)
+    networks: NetworkSettings = field(default_factory=NetworkSettings)
+    likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    #: Settings declared by a model added with :func:`pyro_mmvae.zoo.register_model`.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.extra:
+            return self.extra[name]
+        if name not in GROUP_OF:
+            raise KeyError(name)
+        return getattr(getattr(self, GROUP_OF[name]), name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((*GROUP_OF, *self.extra))
+
+    def __len__(self) -> int:
+        return len(GROUP_OF) + len(self.extra)
+
+    def replace(self, **values: Any) -> Settings:
+        """A copy with ``values`` (checked) replacing the settings of those names."""
+        return make_settings({**dict(self), **values}, extra=self.extra)
+
+
+def _fail(name: str, wanted: str, value: Any) -> ValueError:
+    return ValueError(f"setting {name} must be {wanted}, got {value!r}")
+
+
+def _check_extra(name: str, value: Any, default: Any) -> Any:
+    """A setting of a registered model: the type of its default, lists as tuples."""
+    if isinstance(default, bool) or default is None:
+        ok = default is None or isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = type(default)(value) if ok and isinstance(default, float) else value
+        ok = ok and (isinstance(default, float) or isinstance(value, int))
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise _fail(name, f"of the type of its default {default!r}", value)
+    return value
+
+
+def check_value(name: str, value: Any) -> Any:
+    """``value`` for setting ``name``, checked (and normalised: lists become tuples)."""
+    if name not in GROUP_OF:
+        raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(GROUP_OF)}")
+    cls = GROUPS[GROUP_OF[name]]
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[name]
+    kind = meta["kind"]
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_number = (is_int or isinstance(value, float)) and math.isfinite(value)
+    if kind == "positive_int" and not (is_int and value > 0):
+        raise _fail(name, "a positive integer", value)
+    if kind == "non_negative_int" and not (is_int and value >= 0):
+        raise _fail(name, "an integer >= 0", value)
+    if kind == "positive_float":
+        if not (is_number and value > 0):
+            raise _fail(name, "a positive number", value)
+        return float(value)
+    if kind == "unit_float":
+        if not (is_number and 0 <= value <= 1):
+            raise _fail(name, "a number in [0, 1]", value)
+        return float(value)
+    if kind == "bool" and not isinstance(value, bool):
+        raise _fail(name, "true or false", value)
+    if kind == "choice" and value not in meta["choices"]:
+        raise _fail(name, f"one of {', '.join(meta['choices'])}", value)
+    if kind == "int_tuple":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,)
+        if not (isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise _fail(name, "a list of positive integers such as [256, 256]", value)
+        return tuple(value)
+    return value
+
+
+def make_settings(values: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+                  ) -> Settings:
+    """:class:`Settings` from ``{name: value}`` (missing names keep their defaults), every
+    value checked by :func:`check_value`. ``extra`` declares further settings (name ->
+    default) of a registered model; their values must have the type of the default."""
+    extra = dict(extra or {})
+    grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+    extra_values = dict(extra)
+    for name, value in values.items():
+        if name in extra and name not in GROUP_OF:
+            extra_values[name] = _check_extra(name, value, extra[name])
+        else:
+            grouped[GROUP_OF.get(name, "latent")][name] = check_value(name, value)
+    return Settings(**{group: GROUPS[group](**kw) for group, kw in grouped.items()},
+                    extra=extra_values)
+
+
+#: The defaults of every setting, by name.
+DEFAULTS: dict[str, Any] = dict(Settings())
