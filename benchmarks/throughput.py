@@ -339,10 +339,10 @@ class OursWorker(Worker):
 def default_decoder_batching(device: torch.device) -> str:
     """What ``pyro-mmvae train`` picks with ``--decoder-batching auto`` on ``device``."""
     try:
-        from pyro_mmvae.train import _decoder_batching
+        from pyro_mmvae.run_config import decoder_batching
     except ImportError:
         return "stacked" if device.type == "cuda" else "split"
-    return _decoder_batching("auto", device)
+    return decoder_batching("auto", device)
 
 
 def multivae_model(recipe: str, s: dict):
