@@ -302,7 +302,8 @@ class OursWorker(Worker):
         device = torch.device(self.device)
         vae, self.elbo = spec.vae.to(device), spec.elbo
         batching = variant["decoder_batching"] or default_decoder_batching(device)
-        set_decoder_batching(vae, batching)
+        set_decoder_batching(vae, batching, device)
+        batching = next(iter(vae.mods.values())).decoder_batching  # what auto chose
         vae.train()
         extras = extra_params(vae, {m: x[:2] for m, x in self.batches[0].items()})
         set_pyro_registration(vae, False)

@@ -180,8 +180,6 @@ def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
 
 
 def decoder_batching(choice: str, device: torch.device) -> str:
-    """``auto``: ``split`` on the CPU (one decoder call per B latents measured faster there),
-    ``stacked`` on GPUs (one big call)."""
-    if choice != "auto":
-        return choice
-    return "stacked" if device.type == "cuda" else "split"
+    """The decoder batching asked for (``auto`` is decided per decoder by
+    :func:`pyro_mmvae.engine.networks.choose_decoder_batching`)."""
+    return choice

@@ -71,7 +71,7 @@ def reference_parameters(steps_per_epoch: int = 4) -> dict[str, torch.Tensor]:
     train_ds = small("train")
     spec = build_model("mmvae", train_ds, hidden=(32,), latent_dim=4)
     vae, elbo = spec.vae, spec.elbo
-    set_decoder_batching(vae, "split")
+    set_decoder_batching(vae, "auto", "cpu")
     vae.pyro_register = False
     vae.train()
     vae.start_epoch(0)

@@ -149,10 +149,26 @@ def compile_networks(vae: nn.Module, **options: Any) -> nn.Module:
     return vae
 
 
-def set_decoder_batching(vae: nn.Module, mode: str) -> None:
+def choose_decoder_batching(decoder: nn.Module, device: torch.device | str = "cpu") -> str:
+    """``split`` for convolutional decoders on the CPU, ``stacked`` otherwise.
+
+    Measured on a 2-core AVX2 CPU (one thread): the PolyMNIST ResNet decoder on 5·B latents
+    in one call is 1.11x (B = 32) to 1.31x (B = 128) slower than 5 calls on B latents, while
+    an MLP decoder is 1.5x faster in one call (28.5 vs 43.5 ms for 5 x 64 latents); on a GPU
+    one large call keeps the device busy.
+    """
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in decoder.modules())
+    return "split" if torch.device(device).type == "cpu" and convolutional else "stacked"
+
+
+def set_decoder_batching(vae: nn.Module, mode: str,
+                         device: torch.device | str = "cpu") -> None:
     """Set how every modality of ``vae`` batches its decoder calls: ``"stacked"`` (one call
-    on all particles and strata) or ``"split"`` (one call per B latents)."""
-    if mode not in DECODER_BATCHING:
-        raise ValueError(f"unknown decoder batching {mode!r}; choose 'stacked' or 'split'")
+    on all particles and strata), ``"split"`` (one call per B latents) or ``"auto"``
+    (:func:`choose_decoder_batching` for each decoder on ``device``)."""
+    if mode not in (*DECODER_BATCHING, "auto"):
+        raise ValueError(f"unknown decoder batching {mode!r}; choose 'auto', 'stacked' or "
+                         "'split'")
     for mod in getattr(vae, "mods", {}).values():
-        mod.decoder_batching = mode
+        mod.decoder_batching = (choose_decoder_batching(mod.decoder, device) if mode == "auto"
+                                else mode)
