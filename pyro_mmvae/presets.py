@@ -1,7 +1,7 @@
 """Named recipes and dataset defaults: partial overrides of :mod:`pyro_mmvae.settings`.
 
 A preset names the model it is for and lists only what differs from the defaults
-(:data:`pyro_mmvae.settings.DEFAULTS`: Laplace likelihood with scale 0.75, Adam with
+(``pyro_mmvae.settings.DEFAULTS``: Laplace likelihood with scale 0.75, Adam with
 lr 1e-3, ...). ``pyro-mmvae train --model M --preset P`` resolves, in order: library
 defaults < dataset defaults < model defaults < model-on-dataset defaults < preset <
 ``--set`` options (:func:`pyro_mmvae.zoo.resolve_settings`).

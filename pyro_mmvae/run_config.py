@@ -111,6 +111,7 @@ class RunHyper:
     stages: tuple[Stage, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """The checkpoint's ``hyper`` entry."""
         return {"seed": self.seed, "lr": self.lr, "amsgrad": self.amsgrad,
                 "batch_size": self.batch_size, "epochs": self.epochs,
                 "precision": self.precision, "lr_schedule": self.lr_schedule,
@@ -138,6 +139,8 @@ def check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
 
 
 def model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dict[str, Any]:
+    """The model settings of the run: the checkpoint's (when resuming), then ``settings``,
+    ``num_particles`` and ``estimator`` of ``config``."""
     overrides = dict(resumed["overrides"]) if resumed else {}
     overrides.update(config.settings)
     for key in ("num_particles", "estimator"):

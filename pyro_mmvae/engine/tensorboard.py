@@ -20,10 +20,13 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(folder))
 
     def step(self, step: int, loss: float, lr: float) -> None:
+        """Log the loss per data point and the learning rate of optimiser step ``step``."""
         self.writer.add_scalar("loss/train_step", loss, step)
         self.writer.add_scalar("lr", lr, step)
 
     def epoch(self, epoch: int, record: dict[str, Any], vae: Any) -> None:
+        """Log an epoch's train and test loss and a grid of 16 prior samples per image
+        modality (when the model has ``sample``)."""
         self.writer.add_scalar("loss/train", record["train_loss"], epoch)
         self.writer.add_scalar("loss/test", record["test_loss"], epoch)
         sample = getattr(vae, "sample", None)
@@ -41,4 +44,5 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close the log files."""
         self.writer.close()
