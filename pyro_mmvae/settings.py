@@ -10,7 +10,7 @@ group           settings
                 ``subset_sampling``, ``aux_prior``, ``alpha``, ``unimodal_targets``,
                 ``decoder_stop_gradient``
 ``networks``    ``nets``, ``hidden``, ``joint_features``
-``likelihood``  ``likelihood``, ``likelihood_scale``
+``likelihood``  ``likelihood``, ``likelihood_scale``, ``modalities``
 ``objective``   ``num_particles``, ``estimator``
 ``optim``       ``lr``, ``amsgrad``, ``batch_size``, ``epochs``, ``stages``
 ==============  =====================================================================
@@ -20,6 +20,12 @@ Every setting has one name, the same everywhere: ``build_model(..., beta=2.5)``,
 checkpoints. :func:`make_settings` checks every value once (type, range, choices) and says
 which setting is wrong and why. :class:`Settings` is read by group (``s.latent.beta``) or by
 name (``s["beta"]``).
+
+``modalities`` overrides the choice per modality: ``{"caption": {"likelihood":
+"categorical", "vocab_size": 30}, "image": {"nets": "mlp", "likelihood_scale": 0.5}}``,
+or one entry at a time, ``--set modalities.caption.likelihood=categorical``; the keys are
+:data:`MODALITY_KEYS`, each checked as the global setting of that name. Without an override
+a modality's kind (image, vector, tokens) chooses (:func:`pyro_mmvae.zoo.build_modalities`).
 """
 
 from __future__ import annotations
@@ -79,6 +85,9 @@ class LikelihoodSettings:
     likelihood: str = field(default="laplace",
                             metadata=_spec("choice", choices=tuple(LIKELIHOODS)))
     likelihood_scale: float = field(default=0.75, metadata=_spec("positive_float"))
+    #: Per-modality overrides ``{name: {key: value}}`` (keys: :data:`MODALITY_KEYS`).
+    modalities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict,
+                                                        metadata=_spec("modalities"))
 
 
 @dataclass(frozen=True)
@@ -164,8 +173,68 @@ def _check_extra(name: str, value: Any, default: Any) -> Any:
     return value
 
 
+#: Settings a modality may override (``modalities.<name>.<key>``), and how each is checked.
+MODALITY_KEYS: dict[str, str] = {"likelihood": "likelihood", "nets": "nets",
+                                 "likelihood_scale": "likelihood_scale",
+                                 "vocab_size": "vocab_size"}
+MODALITY_NETS = ("mlp", "resnet", "text")
+MODALITIES_PREFIX = "modalities."
+
+
+def _check_modalities(value: Any) -> dict[str, dict[str, Any]]:
+    """The ``modalities`` setting: ``{name: {key: value}}`` with checked keys and values."""
+    if not isinstance(value, Mapping):
+        raise _fail("modalities", "a mapping {modality: {likelihood|nets|likelihood_scale|"
+                    "vocab_size: value}}", value)
+    out: dict[str, dict[str, Any]] = {}
+    for mod, overrides in value.items():
+        if not isinstance(overrides, Mapping):
+            raise _fail(f"modalities.{mod}", "a mapping {key: value}", overrides)
+        checked = {}
+        for key, v in overrides.items():
+            full = f"modalities.{mod}.{key}"
+            if key not in MODALITY_KEYS:
+                raise ValueError(f"unknown setting {full!r}; a modality can override "
+                                 f"{', '.join(MODALITY_KEYS)}")
+            if key == "nets":
+                if v not in MODALITY_NETS:
+                    raise _fail(full, f"one of {', '.join(MODALITY_NETS)}", v)
+            elif key == "vocab_size":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                    raise _fail(full, "an integer >= 2", v)
+            else:
+                try:
+                    v = check_value(key, v)
+                except ValueError as error:
+                    raise ValueError(str(error).replace(f"setting {key} ",
+                                                        f"setting {full} ")) from None
+            checked[str(key)] = v
+        out[str(mod)] = checked
+    return out
+
+
+def fold_modality_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with ``"modalities.<name>.<key>"`` entries merged into ``"modalities"``."""
+    out = {k: v for k, v in values.items() if not str(k).startswith(MODALITIES_PREFIX)}
+    dotted = {k: v for k, v in values.items() if str(k).startswith(MODALITIES_PREFIX)}
+    if not dotted:
+        return out
+    merged = {m: dict(o) for m, o in (out.get("modalities") or {}).items()} \
+        if isinstance(out.get("modalities") or {}, Mapping) else out["modalities"]
+    for key, v in dotted.items():
+        parts = str(key).split(".")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"unknown setting {key!r}; per-modality settings are written "
+                             "modalities.<name>.<key>, e.g. modalities.caption.likelihood")
+        merged.setdefault(parts[1], {})[parts[2]] = v
+    out["modalities"] = merged
+    return out
+
+
 def check_value(name: str, value: Any) -> Any:
     """``value`` for setting ``name``, checked (and normalised: lists become tuples)."""
+    if str(name).startswith(MODALITIES_PREFIX):
+        return fold_modality_settings({name: value})["modalities"]
     if name not in GROUP_OF:
         raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(GROUP_OF)}")
     cls = GROUPS[GROUP_OF[name]]
@@ -185,6 +254,8 @@ def check_value(name: str, value: Any) -> Any:
         if not (is_number and 0 <= value <= 1):
             raise _fail(name, "a number in [0, 1]", value)
         return float(value)
+    if kind == "modalities":
+        return _check_modalities(value)
     if kind == "bool" and not isinstance(value, bool):
         raise _fail(name, "true or false", value)
     if kind == "choice" and value not in meta["choices"]:
@@ -205,6 +276,7 @@ def make_settings(values: Mapping[str, Any], extra: Mapping[str, Any] | None = N
     value checked by :func:`check_value`. ``extra`` declares further settings (name ->
     default) of a registered model; their values must have the type of the default."""
     extra = dict(extra or {})
+    values = fold_modality_settings(values)
     grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
     extra_values = dict(extra)
     for name, value in values.items():

@@ -96,19 +96,89 @@ def build_networks(nets: str, event_shape: torch.Size, param_shape: torch.Size,
     raise ValueError(f"unknown network family {nets!r}; choose 'mlp' or 'resnet'")
 
 
-def build_modalities(dataset, settings: Mapping[str, Any]) -> list[Modality]:
-    """One :class:`Modality` per modality of ``dataset`` with the chosen networks/likelihood."""
+def modality_kind(dataset, name: str) -> str:
+    """``"tokens"`` (integer ids with a vocabulary), ``"image"`` (C, H, W with C in 1, 3) or
+    ``"vector"`` (anything else): from the dataset's ``kinds``/``vocab_sizes`` and shapes."""
+    kinds = getattr(dataset, "kinds", None) or {}
+    if name in kinds:
+        return kinds[name]
+    if name in (getattr(dataset, "vocab_sizes", None) or {}):
+        return "tokens"
+    return "image" if _is_image(torch.Size(dataset.event_shapes[name])) else "vector"
+
+
+def modality_choice(dataset, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What modality ``name`` is built with: ``{"kind", "nets", "likelihood",
+    "likelihood_scale", "vocab_size"}``.
+
+    Defaults by kind: images take ``settings["nets"]`` and ``settings["likelihood"]``
+    (Laplace); token sequences (integer ids) the text networks
+    (:mod:`pyro_mmvae.nets.text`) and a Categorical over the dataset's vocabulary; vectors of
+    a files dataset (which declares ``kinds``) MLPs and a Normal, other vectors the global
+    settings. ``settings["modalities"][name]`` overrides any of them.
+    """
+    kind = modality_kind(dataset, name)
+    vocab = (getattr(dataset, "vocab_sizes", None) or {}).get(name)
+    if kind == "tokens":
+        choice = {"nets": "text", "likelihood": "categorical"}
+    elif kind == "vector" and getattr(dataset, "kinds", None):
+        choice = {"nets": settings["nets"], "likelihood": "normal"}
+    else:
+        choice = {"nets": settings["nets"], "likelihood": settings["likelihood"]}
+    choice.update({"kind": kind, "likelihood_scale": settings["likelihood_scale"],
+                   "vocab_size": vocab})
+    choice.update((settings.get("modalities") or {}).get(name, {}))
+    if choice["likelihood"] == "categorical" and choice["vocab_size"] is None:
+        raise ValueError(f"modality {name!r} has a categorical likelihood but no known "
+                         f"vocabulary; set modalities.{name}.vocab_size=V (or store its token "
+                         "ids as integers)")
+    if choice["nets"] == "text" and choice["likelihood"] != "categorical":
+        raise ValueError(f"modality {name!r}: the text networks need the categorical "
+                         f"likelihood, not {choice['likelihood']!r}")
+    return choice
+
+
+def _likelihood_of(choice: Mapping[str, Any]):
     from pyro_mmvae.likelihoods import get_likelihood
 
+    kind = choice["likelihood"]
+    if kind in ("laplace", "normal"):
+        return get_likelihood(kind, scale=choice["likelihood_scale"])
+    if kind == "categorical":
+        return get_likelihood(kind, num_classes=choice["vocab_size"])
+    return get_likelihood(kind)
+
+
+def _modality_networks(choice: Mapping[str, Any], shape: torch.Size, param_shape: torch.Size,
+                       latent_dim: int, hidden: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """The (encoder, decoder) of a modality: text networks for token sequences, else
+    :func:`build_networks`."""
+    if choice["nets"] == "text" or (choice["kind"] == "tokens" and choice["nets"] == "mlp"
+                                    and choice["likelihood"] == "categorical"):
+        from pyro_mmvae.nets.text import TextDecoder, TextEncoder
+
+        if len(shape) != 1:
+            raise ValueError(f"the text networks need token sequences (L,), got {tuple(shape)}")
+        vocab = int(choice["vocab_size"])
+        return (TextEncoder(shape[0], vocab, latent_dim, hidden),
+                TextDecoder(latent_dim, shape[0], vocab, hidden))
+    return build_networks(choice["nets"], shape, param_shape, latent_dim, hidden)
+
+
+def build_modalities(dataset, settings: Mapping[str, Any]) -> list[Modality]:
+    """One :class:`Modality` per modality of ``dataset`` with the chosen networks/likelihood
+    (see :func:`modality_choice`)."""
+    unknown = set(settings.get("modalities") or {}) - set(dataset.modalities)
+    if unknown:
+        raise ValueError(f"setting modalities names unknown modalities {sorted(unknown)}; the "
+                         f"dataset has {list(dataset.modalities)}")
     modalities = []
     for name in dataset.modalities:
         shape = torch.Size(dataset.event_shapes[name])
-        kind = settings["likelihood"]
-        likelihood = (get_likelihood(kind, scale=settings["likelihood_scale"])
-                      if kind in ("laplace", "normal") else get_likelihood(kind))
-        encoder, decoder = build_networks(settings["nets"], shape,
-                                          likelihood.param_shape(shape),
-                                          settings["latent_dim"], tuple(settings["hidden"]))
+        choice = modality_choice(dataset, name, settings)
+        likelihood = _likelihood_of(choice)
+        encoder, decoder = _modality_networks(choice, shape, likelihood.param_shape(shape),
+                                              settings["latent_dim"], tuple(settings["hidden"]))
         modalities.append(Modality(name, shape, likelihood, encoder, decoder))
     return modalities
 
@@ -170,8 +240,10 @@ def build_joint_encoder(dataset, s: Settings) -> nn.Module:
     encoders = {}
     for name in dataset.modalities:
         shape = torch.Size(dataset.event_shapes[name])
-        encoders[name] = build_networks(s["nets"], shape, shape, s["joint_features"],
-                                        tuple(s["hidden"]))[0]
+        choice = modality_choice(dataset, name, s)
+        param_shape = _likelihood_of(choice).param_shape(shape)
+        encoders[name] = _modality_networks(choice, shape, param_shape, s["joint_features"],
+                                            tuple(s["hidden"]))[0]
     return JointEncoder.from_encoders(encoders, s["joint_features"], s["latent_dim"],
                                       hidden=(tuple(s["hidden"])[-1],))
 

@@ -1,8 +1,11 @@
-"""Data layer: in-memory multimodal datasets, MNIST IDX files, PolyMNIST and its offline mini
-version, and a name -> dataset registry."""
+"""Data layer: in-memory multimodal datasets, your own ``.npy`` files (``files:DIR``), MNIST IDX
+files, PolyMNIST and its offline mini version, the image–caption benchmark, and a name ->
+dataset registry."""
 
 from pyro_mmvae.data.backgrounds import load_backgrounds, procedural_backgrounds
-from pyro_mmvae.data.base import MultimodalTensorDataset
+from pyro_mmvae.data.base import MaskedBatch, MultimodalTensorDataset, missing_masks
+from pyro_mmvae.data.captions import captions_mini, make_captions
+from pyro_mmvae.data.files import FileDataset, load_files, write_files
 from pyro_mmvae.data.mini import mini_source_split, polymnist_mini
 from pyro_mmvae.data.mnist import load_mnist, read_idx
 from pyro_mmvae.data.polymnist import PolyMNIST, make_polymnist
@@ -16,7 +19,14 @@ from pyro_mmvae.data.registry import (
 
 __all__ = [
     "DATASETS",
+    "FileDataset",
+    "MaskedBatch",
     "MultimodalTensorDataset",
+    "captions_mini",
+    "load_files",
+    "make_captions",
+    "missing_masks",
+    "write_files",
     "PolyMNIST",
     "dataset_names",
     "default_data_root",

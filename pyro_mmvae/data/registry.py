@@ -1,4 +1,6 @@
-"""Datasets by name: ``load_dataset("polymnist-mini")`` (offline default) or ``"polymnist"``."""
+"""Datasets by name: ``load_dataset("polymnist-mini")`` (offline default), ``"polymnist"``,
+``"captions-mini"`` (offline image–caption set) or ``"files:DIR"`` (your own ``.npy`` files,
+see :mod:`pyro_mmvae.data.files`)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyro_mmvae.data.base import MultimodalTensorDataset
+from pyro_mmvae.data.captions import captions_mini
+from pyro_mmvae.data.files import PREFIX as FILES_PREFIX
+from pyro_mmvae.data.files import load_files
 from pyro_mmvae.data.mini import polymnist_mini
 from pyro_mmvae.data.polymnist import PolyMNIST
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("polymnist-mini", "polymnist")
+DATASETS: tuple[str, ...] = ("polymnist-mini", "polymnist", "captions-mini")
 #: Datasets added with :func:`register_dataset`: name -> loader(root, split).
 _REGISTERED: dict[str, Callable[[Path | None, str], MultimodalTensorDataset]] = {}
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -32,7 +37,16 @@ def load_dataset(
 
     ``"polymnist-mini"`` is built in memory and ignores ``root``. ``"polymnist"`` reads the
     official PNG layout under ``root`` (default: ``$PYRO_MMVAE_DATA_ROOT``).
+    ``"captions-mini"`` is built in memory. ``"files:DIR"`` memory-maps the ``.npy`` files of
+    ``DIR/<split>`` (:func:`pyro_mmvae.data.files.load_files`; ``root`` is ignored).
     """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if isinstance(name, str) and name.startswith(FILES_PREFIX):
+        path = name[len(FILES_PREFIX):]
+        if not path:
+            raise ValueError("dataset 'files:' needs a folder: files:DIR")
+        return load_files(path, split)
     if name not in dataset_names():
         raise ValueError(f"unknown dataset {name!r}; known datasets: "
                          f"{', '.join(dataset_names())}.")
@@ -42,6 +56,8 @@ def load_dataset(
         return _REGISTERED[name](Path(root) if root is not None else default_data_root(), split)
     if name == "polymnist-mini":
         return polymnist_mini(split)
+    if name == "captions-mini":
+        return captions_mini(split)
     root = root if root is not None else default_data_root()
     if root is None:
         raise ValueError(
@@ -52,7 +68,8 @@ def load_dataset(
 
 
 def dataset_names() -> tuple[str, ...]:
-    """The built-in datasets, then those added with :func:`register_dataset`."""
+    """The built-in datasets, then those added with :func:`register_dataset` (any
+    ``files:DIR`` is accepted too)."""
     return DATASETS + tuple(n for n in _REGISTERED if n not in DATASETS)
 
 
@@ -61,6 +78,8 @@ def register_dataset(
 ) -> None:
     """Make ``load_dataset(name, root, split)`` (and ``--dataset name``) call
     ``loader(root, split)``; ``root`` is the data root or None."""
+    if str(name).startswith(FILES_PREFIX):
+        raise ValueError(f"names starting with {FILES_PREFIX!r} are folders of files")
     if name in DATASETS:
         raise ValueError(f"{name!r} is a built-in dataset; choose another name")
     _REGISTERED[str(name)] = loader

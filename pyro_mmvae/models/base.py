@@ -163,6 +163,8 @@ class MultimodalVAE(nn.Module):
 
         ``present`` is a bool tensor ``(M, B)``; absent entries of ``data`` are replaced by
         zeros so that encoders stay finite (their strata and observations are masked out).
+        Without ``mask``, the ``mask`` attribute of ``data`` (a dataset's
+        :class:`~pyro_mmvae.data.base.MaskedBatch`) is used if it has one.
 
         Always checked (free, or one cheap reduction): names, shapes, batch sizes, an empty
         batch, dtypes (the model's float dtype; uint8 pixels are refused, see
@@ -175,6 +177,10 @@ class MultimodalVAE(nn.Module):
         """
         if not isinstance(data, Mapping):
             raise ValueError("data must be a dict mapping modality names to tensors")
+        if mask is None:  # a dataset's MaskedBatch carries its presence masks
+            mask = getattr(data, "mask", None)
+            if mask is not None:
+                mask = {k: v for k, v in mask.items() if data.get(k) is not None}
         unknown = set(data) - set(self.names)
         if mask is not None:
             unknown |= set(mask) - set(self.names)

@@ -8,6 +8,7 @@ from pyro_mmvae.nets.polymnist import (
     PolyMNISTResNetEncoder,
     ResidualBlock,
 )
+from pyro_mmvae.nets.text import TextClassifier, TextDecoder, TextEncoder
 
 __all__ = [
     "DigitClassifier",
@@ -18,4 +19,7 @@ __all__ = [
     "PolyMNISTResNetDecoder",
     "PolyMNISTResNetEncoder",
     "ResidualBlock",
+    "TextClassifier",
+    "TextDecoder",
+    "TextEncoder",
 ]

@@ -1,0 +1,425 @@
+"""Your own paired data from ``.npy`` files: ``load_dataset("files:DIR")``, ``--dataset files:DIR``.
+
+On-disk format (one folder per split)::
+
+    DIR/train/<name>.npy        one array per modality, first axis = sample (N, ...)
+    DIR/train/<name>.mask.npy   optional: bool (N,), True where the row observes <name>
+    DIR/train/<name>.vocab      optional: vocabulary size of a token modality (one integer)
+    DIR/train/labels.npy        optional: integer class labels (N,) (coherence, probes)
+    DIR/test/...                the same modalities
+
+What each modality is follows from its dtype and shape (override with ``--set
+modalities.<name>.likelihood=...``, see :mod:`pyro_mmvae.settings`):
+
+==========================  ==============  ===============================  ============
+array                       kind            networks                         likelihood
+==========================  ==============  ===============================  ============
+float or uint8 (N, C, H, W)  ``image``       MLP, inputs centred               Laplace
+with C in (1, 3)                                                              (sigmoid mean)
+other float (N, ...)        ``vector``      MLP                              Normal
+integer (N, L)              ``tokens``      embedding + MLP (``nets.text``)  Categorical
+==========================  ==============  ===============================  ============
+
+uint8 arrays are divided by 255; float images must lie in [0, 1]. Token ids lie in
+``[0, V)`` with ``V`` from ``<name>.vocab`` or the largest id + 1 (over both splits).
+
+Arrays are opened with ``numpy.load(mmap_mode="r")``: a batch reads its rows from disk and
+converts only them, so a dataset larger than memory trains (masks and labels, one byte or
+eight per row, are read into memory). Missing rows of a modality (mask False) may hold any
+value; they are zeroed in the batch and masked out of the model. Batches carry the masks
+as :class:`~pyro_mmvae.data.base.MaskedBatch` (``batch.mask``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyro_mmvae.data.base import MaskedBatch, _check_masks, _zero_absent, missing_masks
+
+PREFIX = "files:"
+LABELS = "labels"
+MASK_SUFFIX = ".mask.npy"
+VOCAB_SUFFIX = ".vocab"
+#: Rows per chunk when a whole array is scanned (value checks, vocabulary sizes).
+SCAN_ROWS = 4096
+
+
+def modality_kind(dtype: np.dtype, event_shape: Sequence[int]) -> str:
+    """``"image"``, ``"vector"`` or ``"tokens"`` for an array of ``dtype`` and event shape."""
+    shape = tuple(event_shape)
+    if np.issubdtype(dtype, np.integer) and dtype != np.uint8:
+        return "tokens"
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return "image"
+    return "vector"
+
+
+def _first_bad_row(array: np.ndarray, bad) -> int | None:
+    """The first row ``r`` of ``array`` where ``bad(chunk)`` (per-row bool) is True."""
+    for start in range(0, len(array), SCAN_ROWS):
+        rows = bad(np.asarray(array[start:start + SCAN_ROWS]))
+        if rows.any():
+            return start + int(np.flatnonzero(rows)[0])
+    return None
+
+
+def _per_row(values: np.ndarray) -> np.ndarray:
+    return values.reshape(len(values), -1).any(1)
+
+
+def _open_array(path: Path) -> np.ndarray:
+    """``numpy.load(path, mmap_mode="r")`` with errors that name the file and the row."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        if "pickle" not in str(error) and "object" not in str(error).lower():
+            raise ValueError(f"{path}: not a readable .npy array ({error})") from None
+        # an object array: usually ragged rows saved by numpy; find the first odd row
+        rows = np.load(path, allow_pickle=True)
+        lengths = [np.shape(row) for row in rows]
+        odd = next((i for i, s in enumerate(lengths) if s != lengths[0]), None)
+        where = (f"row {odd} has shape {lengths[odd]} but row 0 has {lengths[0]}"
+                 if odd is not None else "its rows are Python objects")
+        raise ValueError(f"{path}: ragged rows ({where}); store one array with equal-length "
+                         "rows (pad token sequences to one length with a padding id)") from None
+    if array.ndim < 1:
+        raise ValueError(f"{path}: needs a first axis of samples, got a scalar")
+    return array
+
+
+class FileDataset:
+    """A split of a ``files:`` dataset (see the module docstring); memory-mapped.
+
+    Args:
+        folder: the split folder (``DIR/train`` or ``DIR/test``).
+        name: the dataset name (``"files:DIR"``), recorded in run folders.
+        vocab_sizes: vocabulary sizes of token modalities (default: ``<name>.vocab`` files,
+            else the largest id + 1 of this split).
+    """
+
+    missing_ratio: float = 0.0
+
+    def __init__(self, folder: str | Path, name: str | None = None,
+                 vocab_sizes: Mapping[str, int] | None = None) -> None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder; a files dataset needs "
+                                    "DIR/train and DIR/test with one .npy file per modality")
+        self.folder = folder
+        self.name = name or f"{PREFIX}{folder.parent}"
+        paths = sorted(p for p in folder.glob("*.npy")
+                       if not p.name.endswith(MASK_SUFFIX) and p.stem != LABELS)
+        if not paths:
+            raise ValueError(f"{folder}: no modality arrays (<name>.npy) found")
+        self.paths = {p.stem: p for p in paths}
+        self.arrays = {name: _open_array(p) for name, p in self.paths.items()}
+        sizes = {name: len(a) for name, a in self.arrays.items()}
+        n = max(sizes.values())
+        for m, size in sizes.items():
+            if size != n:
+                longest = max(sizes, key=sizes.get)
+                raise ValueError(
+                    f"{self.paths[m]} has {size} rows but {self.paths[longest]} has {n}: "
+                    f"row {size} onwards has no {m!r}; every modality needs one row per "
+                    "sample (mark a missing row with <name>.mask.npy)")
+        self.kinds: dict[str, str] = {}
+        for m, array in self.arrays.items():
+            dtype = array.dtype
+            if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) \
+                    or dtype == np.bool_:
+                raise ValueError(
+                    f"{self.paths[m]}: dtype {dtype} is not supported; use float (vectors, "
+                    "images in [0, 1]), uint8 (images 0..255) or integer token ids (N, L)")
+            kind = modality_kind(dtype, array.shape[1:])
+            if kind == "tokens" and array.ndim != 2:
+                raise ValueError(f"{self.paths[m]}: integer arrays are token sequences and "
+                                 f"must be (N, L), got shape {array.shape}; store other "
+                                 "integer data as float")
+            self.kinds[m] = kind
+        self.masks = self._load_masks(n)
+        self._labels = self._load_labels(n)
+        self.has_labels = self._labels is not None
+        self.rows: np.ndarray | None = None  # None: every row, in order
+        self.vocab_sizes = self._vocabularies(vocab_sizes or {})
+
+    # ----------------------------------------------------------------------------- loading
+    def _load_masks(self, n: int) -> dict[str, Tensor] | None:
+        masks = {}
+        for m in self.arrays:
+            path = self.folder / f"{m}{MASK_SUFFIX}"
+            if not path.is_file():
+                continue
+            mask = np.load(path, allow_pickle=False)
+            if mask.dtype != np.bool_ or mask.shape != (n,):
+                raise ValueError(f"{path}: a mask must be bool of shape ({n},), got "
+                                 f"{mask.dtype} of shape {mask.shape}")
+            masks[m] = torch.from_numpy(mask.copy())
+        orphans = [p for p in self.folder.glob(f"*{MASK_SUFFIX}")
+                   if p.name[: -len(MASK_SUFFIX)] not in self.arrays]
+        if orphans:
+            raise ValueError(f"{orphans[0]}: a mask for a modality that has no array")
+        if not masks:
+            return None
+        try:
+            return _check_masks(masks, tuple(self.arrays), n, where=f" of {self.folder}")
+        except ValueError as error:
+            files = ", ".join(str(self.folder / f"{m}{MASK_SUFFIX}") for m in masks)
+            raise ValueError(f"{error} (masks: {files})") from None
+
+    def _load_labels(self, n: int) -> np.ndarray | None:
+        path = self.folder / f"{LABELS}.npy"
+        if not path.is_file():
+            return None
+        labels = np.load(path, allow_pickle=False)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{path}: labels must be integers of shape ({n},), got "
+                             f"{labels.dtype} of shape {labels.shape}")
+        bad = np.flatnonzero(labels < 0)
+        if bad.size:
+            raise ValueError(f"{path}: row {int(bad[0])} has a negative label {labels[bad[0]]}")
+        return labels.astype(np.int64)
+
+    def _vocabularies(self, given: Mapping[str, int]) -> dict[str, int]:
+        sizes = {}
+        for m, kind in self.kinds.items():
+            if kind != "tokens":
+                continue
+            path = self.folder / f"{m}{VOCAB_SUFFIX}"
+            if m in given:
+                sizes[m] = int(given[m])
+            elif path.is_file():
+                try:
+                    sizes[m] = int(path.read_text().strip())
+                except ValueError:
+                    raise ValueError(f"{path}: must hold one integer, the vocabulary size "
+                                     "of the token modality") from None
+            else:
+                high = max((int(np.asarray(self.arrays[m][s:s + SCAN_ROWS]).max())
+                            for s in range(0, len(self.arrays[m]), SCAN_ROWS)), default=1)
+                sizes[m] = max(2, high + 1)
+        return sizes
+
+    # ----------------------------------------------------------------------------- structure
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names (the array files' stems, sorted)."""
+        return tuple(self.arrays)
+
+    @property
+    def event_shapes(self) -> dict[str, torch.Size]:
+        """Shape of one sample of each modality."""
+        return {m: torch.Size(a.shape[1:]) for m, a in self.arrays.items()}
+
+    @property
+    def device(self) -> torch.device:
+        """The data stay on disk; batches are made on the CPU (then moved)."""
+        return torch.device("cpu")
+
+    @property
+    def labels(self) -> Tensor:
+        """Labels (N,) int64 (zeros when the folder has no ``labels.npy``)."""
+        n = len(self)
+        if self._labels is None:
+            return torch.zeros(n, dtype=torch.int64)
+        labels = self._labels if self.rows is None else self._labels[self.rows]
+        return torch.from_numpy(np.ascontiguousarray(labels))
+
+    def _index(self) -> np.ndarray:
+        return np.arange(len(self)) if self.rows is None else self.rows
+
+    def _row_masks(self, rows: np.ndarray) -> dict[str, Tensor] | None:
+        if self.masks is None:
+            return None
+        index = torch.from_numpy(rows)
+        return {m: v[index] for m, v in self.masks.items()}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.rows is None else len(self.rows)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{m}: {tuple(s)} {self.kinds[m]}"
+                           for m, s in self.event_shapes.items())
+        return f"FileDataset(name={self.name!r}, N={len(self)}, {shapes})"
+
+    def _read(self, rows: np.ndarray) -> dict[str, Tensor]:
+        """The modalities at file rows ``rows`` as tensors (uint8 / 255, integers as int64)."""
+        order = np.argsort(rows, kind="stable")  # read the memmap in file order, then undo
+        sorted_rows, inverse = rows[order], np.argsort(order, kind="stable")
+        out = {}
+        for m, array in self.arrays.items():
+            x = torch.from_numpy(np.ascontiguousarray(array[sorted_rows][inverse]))
+            if x.dtype == torch.uint8:
+                x = x.to(torch.float32).div_(255.0)
+            elif self.kinds[m] == "tokens":
+                x = x.long()
+            elif x.dtype != torch.float32:
+                x = x.float()
+            out[m] = x
+        return out
+
+    def __getitem__(self, index: int) -> tuple[dict[str, Tensor], int]:
+        n = len(self)
+        if not -n <= int(index) < n:
+            raise IndexError(f"index {index} is out of range for a dataset of {n} tuples.")
+        rows = self._index()[[int(index)]]
+        data = {m: x[0] for m, x in self._read(rows).items()}
+        mask = self._row_masks(rows)
+        label = int(self.labels[int(index)])
+        if mask is not None:
+            data = MaskedBatch(data, {m: v[0] for m, v in mask.items()})
+        return data, label
+
+    # ----------------------------------------------------------------------------- iteration
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None,
+                device: torch.device | str | None = None,
+                drop_last: bool = False) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """``(data, labels)`` batches, read from the memory-mapped files (see
+        :meth:`MultimodalTensorDataset.batches <pyro_mmvae.data.MultimodalTensorDataset.batches>`);
+        with masks ``data`` is a :class:`~pyro_mmvae.data.base.MaskedBatch`."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.numpy()
+        index, labels = self._index(), self.labels
+        target = torch.device(device) if device is not None else self.device
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            positions = order[start:start + batch_size]
+            rows = index[positions]
+            batch = {m: x.to(target) for m, x in self._read(rows).items()}
+            mask = self._row_masks(rows)
+            if mask is not None:
+                mask = {m: v.to(target) for m, v in mask.items()}
+                batch = MaskedBatch(_zero_absent(batch, mask), mask)
+            yield batch, labels[torch.from_numpy(positions)].to(target)
+
+    def _view(self, rows: np.ndarray, masks: dict[str, Tensor] | None) -> FileDataset:
+        """A dataset over file rows ``rows`` sharing the memory maps."""
+        out = object.__new__(FileDataset)
+        out.__dict__.update(self.__dict__)
+        out.rows = rows
+        out.masks = masks
+        return out
+
+    def subset(self, indices: Sequence[int] | Tensor) -> FileDataset:
+        """The tuples at ``indices`` (ints or a boolean mask), still memory-mapped."""
+        index = torch.as_tensor(indices)
+        if index.dtype == torch.bool:
+            if index.shape != (len(self),):
+                raise ValueError(f"a boolean mask must have shape ({len(self)},), got "
+                                 f"{tuple(index.shape)}.")
+            index = index.nonzero().squeeze(1)
+        if index.is_floating_point():
+            raise ValueError("subset indices must be integers or a boolean mask.")
+        index = index.reshape(-1).long()
+        n = len(self)
+        if index.numel() and (int(index.min()) < -n or int(index.max()) >= n):
+            raise IndexError(f"subset indices out of range for a dataset of {n} tuples.")
+        positions = index.remainder(n).numpy() if n else index.numpy()
+        return self._view(self._index()[positions], self.masks)
+
+    def to(self, device: torch.device | str) -> FileDataset:
+        """The data stay on disk: ``self`` (batches move to the device given to them)."""
+        return self
+
+    def presence(self) -> Tensor:
+        """Bool ``(M, N)``: which modality each row observes."""
+        if self.masks is None:
+            return torch.ones(len(self.modalities), len(self), dtype=torch.bool)
+        index = torch.from_numpy(self._index())
+        return torch.stack([self.masks[m][index] for m in self.modalities])
+
+    def with_missing(self, ratio: float, seed: int = 0) -> FileDataset:
+        """A copy dropping each observed modality of each row with probability ``ratio``
+        (seeded; a row always keeps one), see :func:`~pyro_mmvae.data.base.missing_masks`."""
+        kept = missing_masks(self.presence(), ratio, seed)
+        full = len(next(iter(self.arrays.values())))
+        masks = {}
+        for i, m in enumerate(self.modalities):
+            mask = torch.zeros(full, dtype=torch.bool)
+            mask[torch.from_numpy(self._index())] = kept[i]
+            masks[m] = mask
+        out = self._view(self.rows, masks)
+        out.missing_ratio = float(ratio)
+        return out
+
+    def complete(self) -> FileDataset:
+        """The rows that observe every modality."""
+        return self if self.masks is None else self.subset(self.presence().all(0))
+
+    # ----------------------------------------------------------------------------- checks
+    def validate(self) -> None:
+        """Scan every array once (in chunks): finite floats, float images in [0, 1], token ids
+        in ``[0, V)``; errors name the file and the first bad row."""
+        if len(self) == 0:
+            raise ValueError(f"{self.folder}: the dataset is empty (N = 0)")
+        for m, array in self.arrays.items():
+            path, kind = self.paths[m], self.kinds[m]
+            if np.issubdtype(array.dtype, np.floating):
+                row = _first_bad_row(array, lambda c: _per_row(~np.isfinite(c)))
+                if row is not None:
+                    raise ValueError(f"{path}: row {row} holds NaN or infinite values")
+                if kind == "image":
+                    row = _first_bad_row(array, lambda c: _per_row((c < 0) | (c > 1)))
+                    if row is not None:
+                        raise ValueError(f"{path}: row {row} has values outside [0, 1]; "
+                                         "float images must lie in [0, 1] (or store uint8)")
+            if kind == "tokens":
+                vocab = self.vocab_sizes[m]
+                row = _first_bad_row(array, lambda c, v=vocab: _per_row((c < 0) | (c >= v)))
+                if row is not None:
+                    raise ValueError(f"{path}: row {row} has token ids outside [0, {vocab}) "
+                                     f"(vocabulary size {vocab}; set it in {m}{VOCAB_SUFFIX})")
+
+
+def load_files(path: str | Path, split: str = "train") -> FileDataset:
+    """Split ``split`` of the files dataset in folder ``path`` (``path/train``, ``path/test``).
+
+    Both splits must have the same modalities; token vocabularies are the larger of the two
+    splits' (or the ``.vocab`` files), so train and test build the same model.
+    """
+    root = Path(path).expanduser().resolve()
+    name = f"{PREFIX}{root}"
+    splits = {s: root / s for s in ("train", "test")}
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder for dataset {name!r}")
+    if not splits[split].is_dir():
+        raise FileNotFoundError(f"{splits[split]}: missing; a files dataset needs the folders "
+                                f"{root}/train and {root}/test")
+    dataset = FileDataset(splits[split], name)
+    other_split = "test" if split == "train" else "train"
+    if splits[other_split].is_dir():
+        other = FileDataset(splits[other_split], name)
+        if other.event_shapes != dataset.event_shapes or other.kinds != dataset.kinds:
+            raise ValueError(f"{splits['train']} and {splits['test']} hold different "
+                             f"modalities: {dict(other.event_shapes)} vs "
+                             f"{dict(dataset.event_shapes)}")
+        vocab = {m: max(v, other.vocab_sizes[m]) for m, v in dataset.vocab_sizes.items()}
+        dataset.vocab_sizes = vocab
+    return dataset
+
+
+def write_files(folder: str | Path, data: Mapping[str, np.ndarray],
+                labels: np.ndarray | None = None,
+                masks: Mapping[str, np.ndarray] | None = None,
+                vocab_sizes: Mapping[str, int] | None = None) -> Path:
+    """Write one split in the files format: ``folder/<name>.npy`` per modality, and the
+    optional ``labels.npy``, ``<name>.mask.npy`` and ``<name>.vocab``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for m, x in data.items():
+        np.save(folder / f"{m}.npy", np.asarray(x))
+    for m, x in (masks or {}).items():
+        np.save(folder / f"{m}{MASK_SUFFIX}", np.asarray(x, dtype=bool))
+    for m, v in (vocab_sizes or {}).items():
+        (folder / f"{m}{VOCAB_SUFFIX}").write_text(f"{int(v)}\n")
+    if labels is not None:
+        np.save(folder / f"{LABELS}.npy", np.asarray(labels, dtype=np.int64))
+    return folder
