@@ -1,4 +1,4 @@
-"""Command line: ``pyro-mmvae train``, ``pyro-mmvae evaluate`` and ``pyro-mmvae make-polymnist``.
+"""Command line: ``pyro-mmvae train``, ``evaluate``, ``make-polymnist`` and ``make-captions``.
 
 ``pyro-mmvae`` with no arguments trains the default model (MMVAE) on the offline
 ``polymnist-mini`` dataset into ``./runs/``. Heavy modules (torch, pyro, the model zoo) are
@@ -32,17 +32,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 class LazyChoices:
     """Choices for argparse whose names are loaded on first use (keeps ``--help`` fast)."""
 
-    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, load: Callable[[], Sequence[str]], prefix: str | None = None) -> None:
         self._load = load
+        #: Any value starting with ``prefix`` is accepted too (``files:DIR``).
+        self.prefix = prefix
         self._names: tuple[str, ...] | None = None
 
     def names(self) -> tuple[str, ...]:
-        """The choices, loaded on the first call."""
+        """The choices, loaded on the first call (``PREFIX...`` last, when accepted)."""
         if self._names is None:
-            self._names = tuple(self._load())
+            self._names = tuple(self._load()) + ((f"{self.prefix}DIR",) if self.prefix else ())
         return self._names
 
     def __contains__(self, value: object) -> bool:
+        if self.prefix and isinstance(value, str) and value.startswith(self.prefix):
+            return True
         return value in self.names()
 
     def __iter__(self) -> Iterator[str]:
@@ -68,6 +72,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return value
 
 
@@ -107,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_make_polymnist(commands)
+    _add_make_captions(commands)
     return parser
 
 
@@ -128,6 +140,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write PolyMNIST (Sutter et al., ICLR 2021) as "
         "OUT/PolyMNIST/{train,test}/m{i}/{idx}.{label}.png.",
     ),
+    "make-captions": (
+        "write the MNIST image-caption benchmark as a files dataset",
+        "Write MNIST digits with captions (the digit's English word among random filler "
+        "words, as token ids) as OUT/{train,test}/{image,caption,labels}.npy; train with "
+        "--dataset files:OUT.",
+    ),
 }
 
 
@@ -143,8 +161,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--model", default="mmvae", choices=LazyChoices(_model_names),
                        metavar="NAME", help="one of %(choices)s (default: %(default)s)")
     train.add_argument("--dataset", default="polymnist-mini",
-                       choices=LazyChoices(_dataset_names), metavar="NAME",
-                       help="one of %(choices)s (default: %(default)s; bundled and offline)")
+                       choices=LazyChoices(_dataset_names, prefix="files:"), metavar="NAME",
+                       help="one of %(choices)s (default: %(default)s; bundled and offline); "
+                       "files:DIR reads your own .npy arrays from DIR/train and DIR/test "
+                       "(format: pyro_mmvae.data.files)")
     train.add_argument("--preset", help="named recipe of the model zoo (e.g. mmvae_polymnist)")
     train.add_argument("--data-root", metavar="DIR",
                        help="dataset folder (default: $PYRO_MMVAE_DATA_ROOT)")
@@ -173,6 +193,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--tensorboard", action="store_true",
                        help="write TensorBoard logs into RUN_DIR/tensorboard")
     train.add_argument("--seed", type=int, help="random seed (default: 0)")
+    train.add_argument("--missing-ratio", type=_ratio, metavar="R",
+                       help="drop each modality of each row with probability R (seeded by "
+                       "--seed, in train and test; a row keeps at least one modality)")
     train.add_argument("--out", metavar="RUN_DIR",
                        help="run folder (default: ./runs/{model}-{dataset}-{time})")
     train.add_argument("--resume", action="store_true",
@@ -278,6 +301,17 @@ def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
     make.set_defaults(handler=_run_make_polymnist)
 
 
+def _add_make_captions(commands: argparse._SubParsersAction) -> None:
+    make = _command(commands, "make-captions")
+    make.add_argument("--mnist-root", required=True, metavar="DIR",
+                      help="folder with the MNIST IDX files (.gz or raw)")
+    make.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    make.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    make.add_argument("--limit", type=_positive_int, metavar="N",
+                      help="use only the first N MNIST images of each split")
+    make.set_defaults(handler=_run_make_captions)
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -312,6 +346,7 @@ def _run_train(args: argparse.Namespace) -> int:
         decoder_batching=args.decoder_batching,
         tensorboard=args.tensorboard,
         break_lock=args.break_lock,
+        missing_ratio=args.missing_ratio,
     )
     main_process = not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
     if main_process:
@@ -427,6 +462,15 @@ def _run_make_polymnist(args: argparse.Namespace) -> int:
     )
     print(f"PolyMNIST written to {folder}")
     print(f"train on it with: pyro-mmvae train --dataset polymnist --data-root {args.out}")
+    return 0
+
+
+def _run_make_captions(args: argparse.Namespace) -> int:
+    from pyro_mmvae.data import make_captions
+
+    folder = make_captions(args.mnist_root, args.out, seed=args.seed, limit=args.limit)
+    print(f"image-caption dataset written to {folder}")
+    print(f"train on it with: pyro-mmvae train --dataset files:{folder}")
     return 0
 
 

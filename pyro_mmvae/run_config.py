@@ -59,6 +59,9 @@ class TrainConfig:
     tensorboard: bool = False
     #: Replace a stale run-folder lock left by a killed run (never a live one).
     break_lock: bool = False
+    #: Drop each observed modality of each row with this probability (train and test splits,
+    #: seeded by the run's seed; a row keeps one modality), see ``dataset.with_missing``.
+    missing_ratio: float | None = None
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
@@ -82,7 +85,16 @@ class TrainConfig:
         if self.seed is not None and (isinstance(self.seed, bool)
                                       or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.missing_ratio is not None:
+            check_missing_ratio(self.missing_ratio)
         as_stages(self.stages)  # raises on a malformed schedule
+
+
+def check_missing_ratio(value: Any) -> float:
+    """``value`` as a missing ratio in [0, 1), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"missing_ratio must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def _check_positive(name: str, value: Any, kind: type) -> None:
@@ -109,19 +121,22 @@ class RunHyper:
     lr_schedule: str
     clip_grad: float | None
     stages: tuple[Stage, ...] = ()
+    missing_ratio: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint's ``hyper`` entry."""
         return {"seed": self.seed, "lr": self.lr, "amsgrad": self.amsgrad,
                 "batch_size": self.batch_size, "epochs": self.epochs,
                 "precision": self.precision, "lr_schedule": self.lr_schedule,
-                "clip_grad": self.clip_grad, "stages": stages_to_json(self.stages)}
+                "clip_grad": self.clip_grad, "stages": stages_to_json(self.stages),
+                "missing_ratio": self.missing_ratio}
 
 
 
 #: Settings a resumed run must share with its checkpoint (``--resume`` with another value
 #: would silently make the folder describe a different run).
-_FIXED_ON_RESUME = ("seed", "batch_size", "precision", "lr_schedule", "clip_grad")
+_FIXED_ON_RESUME = ("seed", "batch_size", "precision", "lr_schedule", "clip_grad",
+                    "missing_ratio")
 
 
 def check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
@@ -179,6 +194,8 @@ def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
         lr_schedule=_pick(config.lr_schedule, base, "lr_schedule", "constant"),
         clip_grad=_pick(config.clip_grad, base, "clip_grad", None),
         stages=resolve_stages(stages, epochs),
+        missing_ratio=check_missing_ratio(_pick(config.missing_ratio, base, "missing_ratio",
+                                                0.0)),
     )
 
 

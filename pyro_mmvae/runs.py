@@ -50,8 +50,10 @@ SUMMARY_NAME = "summary.json"
 
 
 def default_run_dir(model: str, dataset: str, root: str | os.PathLike = "runs") -> Path:
-    """``root/{model}-{dataset}-{YYYYmmdd-HHMMSS}``."""
+    """``root/{model}-{dataset}-{YYYYmmdd-HHMMSS}`` (``files:DIR`` as ``files-{DIR's name}``)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if dataset.startswith("files:"):
+        dataset = "files-" + (Path(dataset[len("files:"):]).expanduser().resolve().name or "data")
     return Path(root) / f"{model}-{dataset}-{stamp}"
 
 
@@ -60,15 +62,30 @@ def resolve_data_root(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get(DATA_ROOT_ENV) or None
 
 
-def load_datasets(name: str, root: str | None = None) -> tuple[Any, Any]:
-    """The validated train and test splits of dataset ``name`` (see :mod:`pyro_mmvae.data`)."""
+def load_datasets(name: str, root: str | None = None, missing_ratio: float = 0.0,
+                  seed: int = 0) -> tuple[Any, Any]:
+    """The validated train and test splits of dataset ``name`` (see :mod:`pyro_mmvae.data`),
+    with modalities dropped at random when ``missing_ratio > 0`` (:func:`apply_missing`)."""
     from pyro_mmvae.data import load_dataset
 
     root = resolve_data_root(root)
     splits = load_dataset(name, root, "train"), load_dataset(name, root, "test")
     for split in splits:
         split.validate()
-    return splits
+    return apply_missing(splits, missing_ratio, seed)
+
+
+def apply_missing(splits: tuple[Any, Any], missing_ratio: float, seed: int) -> tuple[Any, Any]:
+    """``(train, test)`` with ``with_missing(missing_ratio, seed)`` and ``(..., seed + 1)``
+    (the run's seed: resuming and evaluating a run drop the same entries); unchanged at 0."""
+    if not missing_ratio:
+        return splits
+    train, test = splits
+    for split in splits:
+        if not hasattr(split, "with_missing"):
+            raise ValueError(f"dataset {getattr(split, 'name', split)!r} cannot drop "
+                             "modalities (it has no with_missing method)")
+    return train.with_missing(missing_ratio, seed), test.with_missing(missing_ratio, seed + 1)
 
 
 class RunFolder:
@@ -242,7 +259,9 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
     folder = RunFolder(run_dir)
     state = folder.load_checkpoint()
     config = state.get("config") or {}
-    train_ds, test_ds = load_datasets(state["dataset"], data_root or config.get("data_root"))
+    hyper = state.get("hyper") or {}
+    train_ds, test_ds = load_datasets(state["dataset"], data_root or config.get("data_root"),
+                                      hyper.get("missing_ratio") or 0.0, hyper.get("seed", 0))
     spec = build_model(state["model"], train_ds, state.get("preset"),
                        **dict(state.get("overrides") or {}))
     vae = spec.vae.to(device)

@@ -43,6 +43,8 @@ from pyro_mmvae import __version__
 from pyro_mmvae.checkpoint import (
     CheckpointError,
 )
+from pyro_mmvae.data.files import PREFIX as FILES_PREFIX
+from pyro_mmvae.data.files import files_dataset_name
 from pyro_mmvae.engine import (
     NonFiniteError,
     ProcessGroup,
@@ -80,6 +82,7 @@ from pyro_mmvae.runs import (
     METRICS_NAME,
     SUMMARY_NAME,
     RunFolder,
+    apply_missing,
     default_run_dir,
     extra_params,
     load_datasets,
@@ -312,6 +315,8 @@ def train(config: TrainConfig, progress: bool = True,
     process calls this; rank 0 writes the folder.
     """
     config.check()
+    if config.dataset.startswith(FILES_PREFIX):  # the run folder records an absolute path
+        config = dataclasses.replace(config, dataset=files_dataset_name(config.dataset))
     device = resolve_device(config.device)
     group = init_process_group(device)
     device = local_device(device, group)
@@ -367,6 +372,7 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     preset = config.preset if config.preset is not None else (resumed or {}).get("preset")
     spec = build_model(config.model, train_ds, preset, **overrides)
     hyper = resolve_hyper(config, spec, preset, overrides, resumed)
+    train_ds, test_ds = apply_missing((train_ds, test_ds), hyper.missing_ratio, hyper.seed)
     if resumed and hyper.epochs < resumed["epoch"]:
         raise ValueError(
             f"the checkpoint has already trained {resumed['epoch']} epochs, more than the "
@@ -452,6 +458,7 @@ def _summary(loop: _Loop | None) -> dict[str, Any]:
         "device": str(loop.device),
         "processes": loop.group.world_size,
         "seed": loop.hyper.seed,
+        "missing_ratio": loop.hyper.missing_ratio,
         "parameters": sum(p.numel() for p in loop.vae.parameters()),
         "run_dir": str(loop.folder.path),
         "library_version": __version__,

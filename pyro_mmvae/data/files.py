@@ -379,6 +379,13 @@ class FileDataset:
                                      f"(vocabulary size {vocab}; set it in {m}{VOCAB_SUFFIX})")
 
 
+def files_dataset_name(name: str) -> str:
+    """``"files:DIR"`` with DIR made absolute (what run folders record)."""
+    if not name.startswith(PREFIX) or not name[len(PREFIX):]:
+        raise ValueError(f"expected files:DIR, got {name!r}")
+    return f"{PREFIX}{Path(name[len(PREFIX):]).expanduser().resolve()}"
+
+
 def load_files(path: str | Path, split: str = "train") -> FileDataset:
     """Split ``split`` of the files dataset in folder ``path`` (``path/train``, ``path/test``).
 

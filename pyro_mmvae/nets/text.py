@@ -24,7 +24,7 @@ class TextEncoder(nn.Module):
                  hidden: Sequence[int] = (400, 400), embed_dim: int = 32) -> None:
         super().__init__()
         self.length, self.vocab_size, self.latent_dim, self.embed_dim = _check_positive_dims(
-            [length, vocab_size, latent_dim, embed_dim], "length, vocab_size, latent_dim, embed_dim")
+            [length, vocab_size, latent_dim, embed_dim], "sizes")
         self.in_shape = (self.length,)
         hidden = _check_positive_dims(hidden, "hidden widths")
         self.embed = nn.Embedding(self.vocab_size, self.embed_dim)
