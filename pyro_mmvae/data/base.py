@@ -145,6 +145,13 @@ class MultimodalTensorDataset(Dataset):
         data = {m: x[index] for m, x in self.data.items()}
         return MultimodalTensorDataset(data, self.labels[index], name=self.name)
 
+    def head(self, size: int | None) -> MultimodalTensorDataset:
+        """The first ``size`` tuples (the dataset itself when ``size`` is None or not
+        smaller than it)."""
+        if size is None or len(self) <= size:
+            return self
+        return self.subset(torch.arange(size))
+
     def to(self, device: torch.device | str) -> MultimodalTensorDataset:
         """Return a dataset with the stored (still uint8) tensors on ``device``.
 
