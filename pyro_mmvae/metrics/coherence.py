@@ -81,7 +81,7 @@ def _generate_cached(vae: Any, batch: dict[str, Tensor], plan: Plan, chunk: int
     out = {}
     for t, parts in latents.items():
         images = _decode(vae, t, torch.cat([latent for _, latent in parts]), chunk)
-        for (sources, latent), image in zip(parts, images.split([len(p) for _, p in parts]),
+        for (sources, _), image in zip(parts, images.split([len(p) for _, p in parts]),
                                             strict=True):
             out[sources, t] = image
     return out

@@ -41,11 +41,14 @@ import pyro
 import torch
 from torch import Tensor
 
+from pyro_mmvae.jsonutil import jsonable
 from pyro_mmvae.metrics.coherence import (
+    ENGINES,
     conditional_coherence,
-    evaluation_mode,
+    cross_generate,
     unconditional_coherence,
 )
+from pyro_mmvae.metrics.common import evaluation_mode, head, progress_bar
 from pyro_mmvae.metrics.frechet import (
     frechet_distances,
     have_pytorch_fid,
@@ -56,6 +59,7 @@ from pyro_mmvae.metrics.likelihood import (
     dataset_log_likelihood,
     likelihood_subsets,
     likelihood_summary,
+    parse_proposals,
     supports_unstratified,
 )
 from pyro_mmvae.metrics.probe import latent_probe
@@ -96,6 +100,14 @@ class EvalSettings:
     :param fid_weights: path of the FID Inception weights file (enables Inception FID).
     :param batch_size: batch size of coherence, generation and feature extraction.
     :param seed: seed of every random choice (restored afterwards).
+    :param proposal: importance proposals for the likelihoods: ``"model"``, ``"mixture"``,
+        ``"refined"`` or ``"all"`` (every one, the best by k-hat reported on top; see
+        :mod:`pyro_mmvae.metrics.likelihood`).
+    :param refine_steps: gradient steps of the ``"refined"`` proposal per batch.
+    :param engine: cross-generation engine of coherence and quality (``"auto"``: each
+        batch encoded once, subset posteriors from cached experts; ``"generate"``: one
+        ``vae.generate`` call per subset).
+    :param progress: progress bars on stderr.
     """
 
     num_samples: int = 1000
@@ -113,6 +125,10 @@ class EvalSettings:
     fid_weights: str | None = None
     batch_size: int = 256
     seed: int = 0
+    proposal: str = "all"
+    refine_steps: int = 50
+    engine: str = "auto"
+    progress: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -127,6 +143,11 @@ class EvalSettings:
                 raise ValueError(f"{name} must be >= 1 (or None for all), got {value}")
         if self.likelihood_subsets < 0:
             raise ValueError(f"likelihood_subsets must be >= 0, got {self.likelihood_subsets}")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        parse_proposals(self.proposal)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
 
 def parse_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -160,27 +181,6 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _head(dataset: Any, size: int | None) -> Any:
-    if size is None or len(dataset) <= size:
-        return dataset
-    return dataset.subset(torch.arange(size))
-
-
-def _jsonable(value: Any) -> Any:
-    """Tensors/arrays -> lists, NaN/inf -> None, dict keys -> str, recursively."""
-    if isinstance(value, (Tensor, np.ndarray)):
-        return _jsonable(value.tolist())
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _mean(values: Mapping[str, float]) -> float | None:
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else None
@@ -193,14 +193,16 @@ def _timed(results: dict[str, Any], name: str, start: float) -> None:
 # ---------------------------------------------------------------------- metrics
 def _coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
                device: torch.device) -> dict[str, Any]:
-    data = _head(test_ds, settings.coherence_points)
+    data = head(test_ds, settings.coherence_points)
     conditional = conditional_coherence(
         vae, data, classifiers, subset_sizes=None, batch_size=settings.batch_size,
-        device=device, max_subsets_per_size=settings.coherence_subsets)
+        device=device, max_subsets_per_size=settings.coherence_subsets,
+        engine=settings.engine, progress=settings.progress)
     num = settings.unconditional_samples or min(len(test_ds), settings.quality_points
                                                 or len(test_ds))
     unconditional = unconditional_coherence(vae, classifiers, num_samples=num,
-                                            batch_size=settings.batch_size)
+                                            batch_size=settings.batch_size,
+                                            progress=settings.progress)
     accuracy = dict(classifiers.test_accuracy)
     unconditional["classifier_accuracy"] = accuracy
     return {
@@ -215,21 +217,18 @@ def _coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
 
 
 def _quality_batches(vae: Any, train_ds: Any, test_part: Any, names: Sequence[str],
-                     batch_size: int, device: torch.device
+                     batch_size: int, device: torch.device, engine: str = "auto"
                      ) -> Iterator[tuple[str, dict[str, Tensor]]]:
     """``(set, {modality: images})`` batches: test images (the reference), leave-one-out
     generations of every modality from all the others, training images, prior samples."""
     n = len(test_part)
+    plan = [(tuple(s for s in vae.names if s != t), [t]) for t in names]
     for batch, _ in test_part.batches(batch_size, device=device):
         yield REFERENCE, {m: batch[m] for m in names}
         if len(vae.names) > 1:
-            generated = {}
-            for target in names:
-                sources = [s for s in vae.names if s != target]
-                generated[target] = vae.generate({s: batch[s] for s in sources},
-                                                 sources=sources, targets=[target])[target]
-            yield "conditional_leave_one_out", generated
-    for batch, _ in _head(train_ds, n).batches(batch_size, device=device):
+            generated = cross_generate(vae, batch, plan, engine)
+            yield "conditional_leave_one_out", {t[0]: generated[s, t[0]] for s, t in plan}
+    for batch, _ in head(train_ds, n).batches(batch_size, device=device):
         yield "train_vs_test", {m: batch[m] for m in names}
     for start in range(0, n, batch_size):
         samples = vae.sample(min(batch_size, n - start))
@@ -245,16 +244,20 @@ def _quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, settings: 
     names = [n for n in vae.names if n in classifiers.names]
     if not names:
         raise ValueError("no modality of the model has a classifier; quality needs images")
-    test_part = _head(test_ds, settings.quality_points)
+    test_part = head(test_ds, settings.quality_points)
     extractors: dict[str, Any] = {
         "classifier": lambda m, x: classifiers.features(m, x).float().cpu()}
     inception = _inception_network(settings, device)
     if not isinstance(inception, str):
         extractors["inception"] = lambda m, x: inception_features(inception, x).float()
     features: dict[str, dict[str, dict[str, list[Tensor]]]] = {k: {} for k in extractors}
-    with evaluation_mode(vae):
+    steps = math.ceil(len(test_part) / settings.batch_size)
+    steps *= 3 + (len(vae.names) > 1)
+    with evaluation_mode(vae), progress_bar(steps, "quality", settings.progress,
+                                            unit="batch") as bar:
         for label, images in _quality_batches(vae, train_ds, test_part, names,
-                                              settings.batch_size, device):
+                                              settings.batch_size, device, settings.engine):
+            bar.update()
             for key, extract in extractors.items():
                 for m, x in images.items():
                     part = extract(m, x.float().clamp(0, 1))
@@ -319,7 +322,8 @@ def _likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.de
         raw = dataset_log_likelihood(
             vae, test_ds, subsets, num_samples=settings.num_samples,
             batch_size=settings.likelihood_batch_size, chunk_size=settings.chunk_size,
-            max_points=settings.max_points, device=device)
+            max_points=settings.max_points, device=device, proposals=settings.proposal,
+            progress=settings.progress, refine_steps=settings.refine_steps)
     except NotImplementedError as err:
         return {"skipped": f"{type(vae).__name__} cannot be importance-sampled: {err}"}, None
     return likelihood_summary(raw), raw
@@ -330,7 +334,8 @@ def _probe(vae: Any, train_ds: Any, test_ds: Any, settings: EvalSettings,
     return latent_probe(vae, train_ds, test_ds, max_subsets_per_size=settings.probe_subsets,
                         max_train_points=settings.probe_train_points,
                         max_test_points=settings.probe_test_points,
-                        batch_size=settings.batch_size, device=device, seed=settings.seed)
+                        batch_size=settings.batch_size, device=device, seed=settings.seed,
+                        progress=settings.progress)
 
 
 # ---------------------------------------------------------------------- figures
@@ -428,7 +433,7 @@ def evaluate_model(
             results["figures"] = _figures(vae, test_ds, results, raw_likelihood,
                                           Path(out_dir), classifiers, device)
             _timed(results, "figures", start)
-    return _jsonable(results)
+    return jsonable(results)
 
 
 def _load_run(run_dir: Path, device: torch.device, data_root: str | None

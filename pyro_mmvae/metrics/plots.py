@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from pyro_mmvae.metrics.coherence import evaluation_mode
+from pyro_mmvae.metrics.common import evaluation_mode
 
 GRID_PADDING = 2
 
