@@ -353,8 +353,9 @@ def test_better_proposals_repair_a_narrow_guide_and_the_best_is_chosen():
     data = sample_data(vae, 16, seed=4)
     exact = vae.exact_log_p(data, NAMES)
     pyro.set_rng_seed(0)
-    result = dataset_log_likelihood(vae, MultimodalTensorDataset(data, torch.zeros(16, dtype=torch.long)),
-                                    num_samples=2000, batch_size=8, proposals="all")
+    dataset = MultimodalTensorDataset(data, torch.zeros(16, dtype=torch.long))
+    result = dataset_log_likelihood(vae, dataset, num_samples=2000, batch_size=8,
+                                    proposals="all")
     errors = {p: float((r["joint"].log_likelihood - exact).abs().mean())
               for p, r in result["proposals"].items()}
     k_above = {p: float((r["joint"].pareto_k > 0.7).double().mean())
@@ -373,8 +374,8 @@ def test_better_proposals_repair_a_narrow_guide_and_the_best_is_chosen():
     assert set(summary["proposals"]) == {"model", "mixture", "refined"}
     info = summary["proposals"]["refined"]["info"]
     assert info["bound_end"] > info["bound_start"]  # the gradient steps raised the bound
-    only_model = likelihood_summary(dataset_log_likelihood(
-        vae, MultimodalTensorDataset(data, torch.zeros(16, dtype=torch.long)), num_samples=200, batch_size=8))
+    only_model = likelihood_summary(dataset_log_likelihood(vae, dataset, num_samples=200,
+                                                           batch_size=8))
     assert only_model["best_proposal"] == "model"
     assert any("k-hat > 0.7" in w and "'model'" in w for w in only_model["warnings"])
 

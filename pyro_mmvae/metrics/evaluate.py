@@ -30,8 +30,9 @@ import datetime
 import math
 import os
 import platform
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,7 +370,11 @@ def _figures(vae: Any, test_ds: Any, results: dict[str, Any], raw_likelihood: An
             probe=probe, num_classes=classifiers.num_classes if classifiers else None))
     if raw_likelihood is not None:
         joint = raw_likelihood["joint"]
-        diagnostics = {"log p(X)": (joint.pareto_k, joint.ess, joint.num_samples)}
+        proposals = raw_likelihood.get("proposals") or {}
+        diagnostics = {f"log p(X), {name}": (r["joint"].pareto_k, r["joint"].ess,
+                                             r["joint"].num_samples)
+                       for name, r in proposals.items()} if len(proposals) > 1 else {
+            "log p(X)": (joint.pareto_k, joint.ess, joint.num_samples)}
         for key, estimate in raw_likelihood["subsets"].items():
             diagnostics[f"log p({key})"] = (estimate.pareto_k, estimate.ess,
                                             estimate.num_samples)
@@ -388,6 +393,7 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     classifiers: Any | None = None,
     out_dir: str | Path | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run ``metrics`` (default: all of :data:`METRICS`) on a trained multimodal VAE.
@@ -398,7 +404,8 @@ def evaluate_model(
     ``out_dir`` the figures are written there. Returns a JSON-ready dict: one entry per
     metric, ``settings``, ``seconds`` per metric and ``figures``. A metric the model cannot
     support (e.g. likelihoods of a guide without ``stratify=False``) is reported as
-    ``{"skipped": reason}``.
+    ``{"skipped": reason}``. ``on_result`` is called with the JSON-ready results so far
+    each time a metric (and the figures) is done, e.g. to save them as they come.
     """
     settings = dataclasses.replace(settings or EvalSettings(), **overrides)
     settings.check()
@@ -410,6 +417,7 @@ def evaluate_model(
     if classifiers is None and needs_classifiers:
         from pyro_mmvae.metrics.classifiers import get_classifiers
 
+        _say(settings, "digit classifiers: loading them from the cache (trained on first use)")
         classifiers = get_classifiers(train_ds, test_ds, device=device)
     results: dict[str, Any] = {"metrics": list(chosen), "settings": dataclasses.asdict(settings)}
     if classifiers is not None:
@@ -428,12 +436,27 @@ def evaluate_model(
             elif name == "probe":
                 results[name] = _probe(vae, train_ds, test_ds, settings, device)
             _timed(results, name, start)
+            _say(settings, f"{name}: done in {results['seconds'][name]} s")
+            _report(results, on_result)
         if out_dir is not None:
             start = time.perf_counter()
             results["figures"] = _figures(vae, test_ds, results, raw_likelihood,
                                           Path(out_dir), classifiers, device)
             _timed(results, "figures", start)
+            _report(results, on_result)
     return jsonable(results)
+
+
+def _report(results: dict[str, Any], on_result: Callable[[dict[str, Any]], None] | None
+            ) -> None:
+    if on_result is not None:
+        on_result(jsonable(results))
+
+
+def _say(settings: EvalSettings, message: str) -> None:
+    """A status line on stderr while progress is shown."""
+    if settings.progress:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _load_run(run_dir: Path, device: torch.device, data_root: str | None
@@ -477,6 +500,21 @@ def _machine(device: torch.device) -> str:
            f"{torch.get_num_threads()} torch threads"
 
 
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure a file can be written there, before any
+    computation (PermissionError naming the folder otherwise)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".eval-write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write the evaluation to {folder} ({err.strerror or err}); pass --out DIR "
+            "(out_dir=...) to write eval.json and the figures elsewhere") from err
+
+
 def evaluate_run(
     run_dir: str | Path,
     metrics: str | Sequence[str] | None = None,
@@ -485,30 +523,41 @@ def evaluate_run(
     data_root: str | None = None,
     settings: EvalSettings | None = None,
     write: bool = True,
+    out_dir: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Evaluate the model trained in ``run_dir`` and write ``run_dir/eval.json`` + figures.
+    """Evaluate the model trained in ``run_dir`` and write ``eval.json`` + figures.
 
     The model is rebuilt as the trainer built it (model name, preset and overrides stored
     in ``checkpoint.pt``) and its parameters loaded; the datasets come from the checkpoint's
     dataset name and data root (``data_root`` or ``$PYRO_MMVAE_DATA_ROOT`` override it).
     ``num_samples`` is K for the likelihoods; other bounds are fields of
     :class:`EvalSettings`, given as ``settings`` or keyword ``overrides``.
+
+    Files go to ``out_dir`` (default: ``run_dir``), which must be writable: that is checked
+    before anything is computed. ``eval.json`` is rewritten atomically as each metric is
+    done (``"complete": false`` until the end), so an interrupted evaluation keeps what it
+    finished. ``write=False`` writes nothing.
     """
     from pyro_mmvae import __version__
     from pyro_mmvae.checkpoint import save_json
     from pyro_mmvae.train import resolve_device
 
     run_dir = Path(run_dir)
+    folder = Path(out_dir) if out_dir is not None else run_dir
     chosen = parse_metrics(metrics)
     settings = dataclasses.replace(settings or EvalSettings(), num_samples=num_samples,
                                    **overrides)
     settings.check()
     torch_device = resolve_device(device)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}; pass the --out folder of a "
+                                "`pyro-mmvae train` run")
+    if write:
+        _check_writable(folder)
     start = time.perf_counter()
+    _say(settings, f"loading the run in {run_dir}")
     vae, train_ds, test_ds, state = _load_run(run_dir, torch_device, data_root)
-    results = evaluate_model(vae, train_ds, test_ds, chosen, settings, torch_device,
-                             out_dir=run_dir if write else None)
     header = {
         "run_dir": str(run_dir),
         "model": state["model"],
@@ -519,10 +568,17 @@ def evaluate_run(
         "device": str(torch_device),
         "machine": _machine(torch_device),
         "library_version": __version__,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "total_seconds": round(time.perf_counter() - start, 2),
     }
-    results = {**header, **results}
+
+    def save_partial(partial: dict[str, Any]) -> None:
+        save_json(folder / EVAL_NAME, {**header, "complete": False, **partial})
+
+    results = evaluate_model(vae, train_ds, test_ds, chosen, settings, torch_device,
+                             out_dir=folder if write else None,
+                             on_result=save_partial if write else None)
+    header["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    header["total_seconds"] = round(time.perf_counter() - start, 2)
+    results = {**header, "complete": True, **results}
     if write:
-        save_json(run_dir / EVAL_NAME, results)
+        save_json(folder / EVAL_NAME, results)
     return results
