@@ -193,8 +193,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                           f"{','.join(METRIC_NAMES)} (default: all)")
     evaluate.add_argument("--num-samples", type=_positive_int, default=1000, metavar="K",
                           help="importance samples per data point (default: %(default)s)")
-    evaluate.add_argument("--max-points", type=_count_or_all, default=1000, metavar="N|all",
-                          help="test points for the likelihoods (default: %(default)s)")
+    evaluate.add_argument("--max-points", type=_count_or_all, default=100, metavar="N|all",
+                          help="test points for the likelihoods, each estimated with every "
+                          "chosen proposal (default: %(default)s)")
     evaluate.add_argument("--chunk-size", type=_positive_int, metavar="C",
                           help="importance samples per chunk (default: 4096 latents a chunk)")
     evaluate.add_argument("--proposal", choices=PROPOSAL_NAMES, default="all",

@@ -468,5 +468,6 @@ def refine_proposal(
     with torch.no_grad():
         final = float(bound().mean())
     info = {"steps": steps, "num_particles": num_particles, "lr": lr,
-            "bound_start": history[0] if history else final, "bound_end": final}
+            "bound_start": history[0] if history else final, "bound_end": final,
+            "loc": loc.detach(), "scale": log_scale.detach().exp()}
     return proposal, info

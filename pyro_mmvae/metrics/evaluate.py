@@ -74,6 +74,7 @@ FIGURES = {
     "pareto_k": "eval_pareto_k.png",
 }
 GRID_EXAMPLES = 8
+UNCONDITIONAL_EXAMPLES = 16
 REFERENCE = "test"  # the image set every Fréchet distance is measured against
 
 __all__ = ["EVAL_NAME", "FIGURES", "METRICS", "EvalSettings", "evaluate_model", "evaluate_run",
@@ -112,7 +113,7 @@ class EvalSettings:
     """
 
     num_samples: int = 1000
-    max_points: int | None = 1000
+    max_points: int | None = 100
     chunk_size: int | None = None
     likelihood_batch_size: int = 64
     likelihood_subsets: int = 0
@@ -357,11 +358,12 @@ def _figures(vae: Any, test_ds: Any, results: dict[str, Any], raw_likelihood: An
         except ValueError as err:  # e.g. modalities that are not images
             figures[key] = {"skipped": str(err)}
 
-    batch, _ = next(iter(test_ds.batches(GRID_EXAMPLES, device=device)))
+    batch, labels = next(iter(test_ds.batches(GRID_EXAMPLES, device=device)))
     attempt("conditional_grid",
-            lambda p: save_cross_generation_grid(vae, batch, p, num_examples=GRID_EXAMPLES))
+            lambda p: save_cross_generation_grid(vae, batch, p, num_examples=GRID_EXAMPLES,
+                                                 labels=labels))
     attempt("unconditional_grid",
-            lambda p: save_unconditional_grid(vae, p, num_samples=GRID_EXAMPLES))
+            lambda p: save_unconditional_grid(vae, p, num_samples=UNCONDITIONAL_EXAMPLES))
     coherence = results.get("coherence")
     if coherence:
         probe = (results.get("probe") or {}).get("by_subset_size")

@@ -280,7 +280,7 @@ def _merge_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
     """Average the numeric entries of the per-batch proposal infos (refinement bounds)."""
     if not infos or not infos[0]:
         return infos[0] if infos else {}
-    out = dict(infos[0])
+    out = {k: v for k, v in infos[0].items() if not isinstance(v, Tensor)}
     for key, value in infos[0].items():
         if isinstance(value, float) and key.startswith("bound"):
             out[key] = float(np.mean([i[key] for i in infos]))
