@@ -293,24 +293,15 @@ class ImportanceEstimate:
         }
 
 
-def log_marginal(
-    model: Callable,
-    guide: Callable,
-    *args: Any,
-    num_samples: int = 1000,
-    chunk_size: int | None = None,
-    max_plate_nesting: int = 2,
-    data_plate: str = "data",
-    **kwargs: Any,
-) -> ImportanceEstimate:
+def log_marginal(model: Callable, guide: Callable, *args: Any, **kwargs: Any
+                 ) -> ImportanceEstimate:
     r""":math:`\log \hat p(X_b) = \log \frac1K \sum_k w_{kb}` for any Pyro model/guide pair.
 
-    See :func:`importance_log_weights` for the requirements on the programs; the returned
+    Takes the arguments of :func:`importance_log_weights` (``num_samples``, ``chunk_size``,
+    ``max_plate_nesting``, ``data_plate`` and the programs' own); the returned
     :class:`ImportanceEstimate` also gives :math:`\hat k` and the ESS per data point.
     """
-    lw = importance_log_weights(model, guide, *args, num_samples=num_samples,
-                                chunk_size=chunk_size, max_plate_nesting=max_plate_nesting,
-                                data_plate=data_plate, **kwargs)
+    lw = importance_log_weights(model, guide, *args, **kwargs)
     return ImportanceEstimate(lw.detach().double().cpu())
 
 

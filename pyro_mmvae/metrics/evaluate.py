@@ -12,14 +12,18 @@ object with the same methods: ``names``, ``generate``, ``sample``, ``model``/``g
   distance of real images as a floor (:mod:`pyro_mmvae.metrics.frechet`); Inception FID
   when ``fid_weights`` names the FID Inception weights file.
 * ``"likelihood"``: importance-sampled :math:`\log p(X)`, :math:`\log p(X_S)` and
-  :math:`\log p(X_{\bar S} \mid X_S)` per data point with PSIS :math:`\hat k` and ESS
-  (:mod:`pyro_mmvae.metrics.likelihood`).
+  :math:`\log p(X_{\bar S} \mid X_S)` per data point with PSIS :math:`\hat k` and ESS, for
+  each chosen proposal (the model's q, a defensive mixture, a refined per-point Normal), the
+  best by :math:`\hat k` on top and a warning when :math:`\hat k > 0.7` for more than 10 %
+  of the points (:mod:`pyro_mmvae.metrics.likelihood`).
 * ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by |S|
   (:mod:`pyro_mmvae.metrics.probe`).
 
 :func:`evaluate_run` rebuilds a trained run from ``RUN_DIR/checkpoint.pt`` and writes
-``RUN_DIR/eval.json`` (atomically) and the figures ``eval_conditional_grid.png``,
-``eval_unconditional_grid.png``, ``eval_coherence.png`` and ``eval_pareto_k.png``.
+``eval.json`` (atomically, after each metric) and the figures ``eval_conditional_grid.png``,
+``eval_unconditional_grid.png``, ``eval_coherence.png`` and ``eval_pareto_k.png`` to the run
+folder or ``out_dir``, having checked first that it can write there. With
+``progress=True`` each metric shows a progress bar on stderr.
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ class EvalSettings:
     """How much work each metric does; ``None`` means "all of it".
 
     :param num_samples: K, importance samples per data point for the likelihoods.
-    :param max_points: test points for the likelihoods (the first ones).
+    :param max_points: test points for the likelihoods (the first ones; each is estimated
+        with every chosen proposal).
     :param chunk_size: particles decoded at once (default: 4096 latents per chunk).
     :param likelihood_batch_size: data points per likelihood batch.
     :param likelihood_subsets: source subsets S per size 1..M−1 for which log p(X_S) and
