@@ -62,7 +62,7 @@ from pyro_mmvae.metrics import (
     get_classifiers,
     unconditional_coherence,
 )
-from pyro_mmvae.metrics.coherence import evaluation_mode
+from pyro_mmvae.metrics.common import evaluation_mode
 from pyro_mmvae.metrics.likelihood import dataset_log_likelihood, likelihood_summary
 from pyro_mmvae.zoo import build_model
 
