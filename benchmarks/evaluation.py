@@ -18,9 +18,10 @@ repository); ``--dataset polymnist-mini`` has tuples of the same shape built in 
 is all a timing needs. ``--engines cached,generate`` times conditional coherence with the
 cached-expert engine and with one ``vae.generate`` call per subset (the figures must agree),
 beside the *bound*: decoding and classifying the same number of images alone, in large
-batches, with their FLOPs counted by torch. The model is MMVAE with the PolyMNIST ResNet networks (preset
-``mmvae_polymnist``), untrained unless ``--run-dir`` names a trained run of it: evaluation
-cost does not depend on the weights. Timed, each on the stated number of test points and
+batches, with their FLOPs counted by torch. The model is MMVAE with the PolyMNIST ResNet
+networks (preset ``mmvae_polymnist``; ``--model``/``--preset`` choose another), untrained
+unless ``--run-dir`` names a trained run of it: evaluation cost does not depend on the
+weights. Timed, each on the stated number of test points and
 extrapolated linearly to the 10,000 of the test set (all metrics are per-datapoint loops):
 
 * conditional coherence for every source subset of every size 1..4 (30 subsets, 75

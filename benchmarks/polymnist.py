@@ -125,7 +125,7 @@ def train_model(args: argparse.Namespace, train_ds, test_ds, overrides: dict[str
     the trainer's summary."""
     config = TrainConfig(model=args.model, dataset="polymnist", preset=args.preset,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         device=args.device, seed=args.seed, out=str(run_dir), evaluate=False,
+                         device=args.device, seed=args.seed, out=str(run_dir),
                          settings=overrides)
     summary = train(config, progress=False, datasets=(train_ds, test_ds))
     spec = build_model(args.model, train_ds, args.preset, **overrides)

@@ -24,7 +24,7 @@ import torch
 from pyro_mmvae import __version__
 
 CHECKPOINT_FORMAT = "pyro_mmvae-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: one torch optimiser state (the training engine)
 REQUIRED_KEYS = (
     "format",
     "version",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ class LazyChoices:
         self._names: tuple[str, ...] | None = None
 
     def names(self) -> tuple[str, ...]:
+        """The choices, loaded on the first call."""
         if self._names is None:
             self._names = tuple(self._load())
         return self._names
@@ -51,15 +53,15 @@ class LazyChoices:
 
 
 def _model_names() -> tuple[str, ...]:
-    from pyro_mmvae.zoo import MODELS
+    from pyro_mmvae.zoo import model_names
 
-    return MODELS
+    return model_names()
 
 
 def _dataset_names() -> tuple[str, ...]:
-    from pyro_mmvae.data import DATASETS
+    from pyro_mmvae.data import dataset_names
 
-    return DATASETS
+    return dataset_names()
 
 
 def _positive_int(text: str) -> int:
@@ -131,8 +133,24 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        help="samples of z per data point")
     train.add_argument("--estimator", choices=("elbo", "iwae", "dreg"),
                        help="objective: ELBO, importance-weighted bound, or IWAE with DReG")
+    train.add_argument("--beta", type=_positive_float, metavar="BETA",
+                       help="weight of the KL (prior-ratio) terms; same as --set beta=BETA")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--precision", choices=("32", "bf16", "16"),
+                       help="precision of the networks (autocast; distributions and the "
+                       "objective stay fp32); default 32")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the encoders and decoders")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
+                       help="learning-rate schedule over the run (default: constant)")
+    train.add_argument("--clip-grad", type=_positive_float, metavar="NORM",
+                       help="clip the gradients' global 2-norm to NORM")
+    train.add_argument("--decoder-batching", choices=("auto", "stacked", "split"),
+                       default="auto", help="decode all particles/strata in one call "
+                       "(stacked) or one call per batch (split); auto picks by device")
+    train.add_argument("--tensorboard", action="store_true",
+                       help="write TensorBoard logs into RUN_DIR/tensorboard")
+    train.add_argument("--seed", type=int, help="random seed (default: 0)")
     train.add_argument("--out", metavar="RUN_DIR",
                        help="run folder (default: ./runs/{model}-{dataset}-{time})")
     train.add_argument("--resume", action="store_true",
@@ -263,9 +281,13 @@ def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from pyro_mmvae.engine.distributed import launched_by_torchrun
     from pyro_mmvae.train import TrainConfig, default_run_dir, train
 
     out = args.out or str(default_run_dir(args.model, args.dataset))
+    settings = dict(args.settings)
+    if args.beta is not None:
+        settings["beta"] = args.beta
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
@@ -280,14 +302,39 @@ def _run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=out,
         resume=args.resume,
-        evaluate=args.evaluate,
         stages=args.stages,
-        settings=dict(args.settings),
+        settings=settings,
+        precision=args.precision,
+        compile=args.compile,
+        lr_schedule=args.lr_schedule,
+        clip_grad=args.clip_grad,
+        decoder_batching=args.decoder_batching,
+        tensorboard=args.tensorboard,
     )
-    print(f"run folder: {out}", flush=True)
+    main_process = not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        print(f"run folder: {out}", flush=True)
     summary = train(config, progress=args.progress)
+    if not main_process:
+        return 0
+    if args.evaluate:
+        summary = _evaluate_training(summary, out, args.device)
     _print_summary(summary, out)
     return 0
+
+
+def _evaluate_training(summary: dict, out: str, device: str) -> dict:
+    """Coherence and the generation grid of a finished run, added to its summary.json."""
+    from pyro_mmvae.engine.device import resolve_device
+    from pyro_mmvae.metrics.quick import training_report
+    from pyro_mmvae.runs import RunFolder, load_run
+
+    torch_device = resolve_device(device)
+    with RunFolder(out).locked():
+        run = load_run(out, torch_device)
+        summary = {**summary, **training_report(run, torch_device)}
+        run.folder.write_summary(summary)
+    return summary
 
 
 def _print_summary(summary: dict, out: str) -> None:

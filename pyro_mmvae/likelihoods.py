@@ -4,14 +4,14 @@ A likelihood turns the decoder's output ``params`` (shape ``(*batch, *param_shap
 Pyro distribution whose event shape is the modality's event shape, gives the decoder mean
 used for generation, and checks that data lie in its support.
 
-=============  ============================  ===================  =======================
-likelihood     decoder output                support of x         mean
-=============  ============================  ===================  =======================
-Laplace(b)     location, ``event_shape``     real                 location
-Normal(σ)      location, ``event_shape``     real                 location
-Bernoulli      logits, ``event_shape``       [0, 1] (BCE)         sigmoid(logits)
-Categorical(C) logits, ``event_shape + (C,)`` integers in [0, C)  argmax of the logits
-=============  ============================  ===================  =======================
+==============  ==============================  ==================  ====================
+likelihood      decoder output                  support of x        mean
+==============  ==============================  ==================  ====================
+Laplace(b)      location, ``event_shape``       real                location
+Normal(σ)       location, ``event_shape``       real                location
+Bernoulli       logits, ``event_shape``         [0, 1] (BCE)        sigmoid(logits)
+Categorical(C)  logits, ``event_shape + (C,)``  integers in [0, C)  argmax of the logits
+==============  ==============================  ==================  ====================
 
 Laplace and Normal use a fixed scale (PolyMNIST recipes: Laplace with scale 0.75).
 Bernoulli accepts grey values in [0, 1] and then is the usual binary cross-entropy.

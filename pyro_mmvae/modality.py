@@ -8,6 +8,7 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 
+from pyro_mmvae.engine.networks import run_network
 from pyro_mmvae.likelihoods import Likelihood, get_likelihood
 
 
@@ -45,9 +46,11 @@ class Modality(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.weight = float(weight)
+        self.decoder_batching = "stacked"
 
     @property
     def param_shape(self) -> torch.Size:
+        """Shape of the decoder output per data point, as the likelihood needs it."""
         return self.likelihood.param_shape(self.event_shape)
 
     def check(self, x: Tensor) -> None:
@@ -61,13 +64,18 @@ class Modality(nn.Module):
         self.likelihood.check_support(x, self.name)
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Run the encoder on ``x`` (B, *event_shape)."""
-        return self.encoder(x)
+        """Run the encoder on ``x``, shape ``(B, *event_shape)``, in the active network
+        precision (:func:`~pyro_mmvae.engine.networks.network_precision`)."""
+        return run_network(self.encoder, x)
 
     def decode(self, z: Tensor) -> Tensor:
         """Decoder parameters for latents of any leading shape, ``(*lead, D) -> (*lead, *P)``."""
         lead = z.shape[:-1]
-        out = self.decoder(z.reshape(-1, z.size(-1)))
+        flat = z.reshape(-1, z.size(-1))
+        if self.decoder_batching == "split" and z.dim() > 2 and flat.size(0) > z.size(-2):
+            out = torch.cat([run_network(self.decoder, rows) for rows in flat.split(z.size(-2))])
+        else:
+            out = run_network(self.decoder, flat)
         return out.reshape(*lead, *self.param_shape)
 
     def distribution(self, z: Tensor) -> TorchDistribution:

@@ -1,33 +1,34 @@
-"""The SVI training loop: device, seeding, progress, per-epoch metrics, checkpoints, exact resume.
+"""The training loop: epochs of engine steps, per-epoch metrics, checkpoints, exact resume.
 
 :func:`train` fits a model of :mod:`pyro_mmvae.zoo` to a dataset of :mod:`pyro_mmvae.data`
-with :class:`pyro.infer.SVI` and Adam, and writes into a run folder::
-
-    RUN_DIR/metrics.jsonl         one JSON line per epoch (train/test loss per datapoint)
-    RUN_DIR/checkpoint.pt         everything needed to continue (parameters, Adam, RNG states)
-    RUN_DIR/summary.json          final figures (losses, coherence, parameter count, ...)
-    RUN_DIR/cross_generation.png  conditional generations of the first test batch
+and writes a run folder (:mod:`pyro_mmvae.runs`). Each step is
+``elbo.differentiable_loss(vae.model, vae.guide, batch)``, ``backward`` and one torch Adam
+step (:class:`pyro_mmvae.engine.TrainStep`), optionally with network mixed precision
+(``precision``), ``torch.compile`` (``compile``), gradient clipping, a learning-rate schedule
+and, under ``torchrun``, data-parallel training over several processes.
 
 Losses are the negative ELBO (or the objective chosen by ``estimator``) divided by the
 number of data points, in nats. Resuming with ``resume=True`` restores parameters,
-optimizer moments and every RNG, so ``N`` epochs in one go and ``k`` epochs plus a resumed
-``N - k`` give identical parameters on the CPU.
+optimiser moments, the schedule and every RNG, so ``N`` epochs in one go and ``k`` epochs
+plus a resumed ``N - k`` give identical parameters on the CPU.
 
 Training stages (:mod:`pyro_mmvae.stages`) freeze groups of parameters for some epochs, e.g.
 TELBO's two stages. Set them with ``TrainConfig(stages=["0.5:mods.*.encoder",
 "rest:joint_encoder,mods.*.decoder"])`` (CLI: ``--stage``, repeatable) or let the model's
 default (``spec.train_defaults["stages"]``) apply; a frozen parameter gets no gradient and no
 Adam step, and ``--resume`` continues the schedule.
+
+The trainer does not evaluate: ``pyro-mmvae train`` runs the evaluation of
+:mod:`pyro_mmvae.metrics.evaluate` on the run folder afterwards. Training runs in a private
+Pyro param store (:meth:`pyro.params.param_store.ParamStoreDict.scope`), so the user's own
+``pyro.param`` values and other models are left alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
-import os
-import random
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,20 +39,37 @@ from typing import Any
 import numpy as np
 import pyro
 import pyro.distributions
-import pyro.optim
 import torch
-from pyro import poutine
-from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from pyro_mmvae import __version__
-from pyro_mmvae.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    check_checkpoint_matches,
-    load_checkpoint,
-    save_checkpoint,
-    save_json,
+from pyro_mmvae.checkpoint import CheckpointError
+from pyro_mmvae.engine import (
+    LR_SCHEDULES,
+    NonFiniteError,
+    ProcessGroup,
+    TrainStep,
+    build_lr_schedule,
+    build_optimizer,
+    check_precision,
+    compile_networks,
+    init_process_group,
+    network_precision,
+)
+from pyro_mmvae.engine.device import resolve_device
+from pyro_mmvae.engine.distributed import all_gather_object, all_reduce_sum, local_device, shard
+from pyro_mmvae.engine.networks import DECODER_BATCHING, set_decoder_batching
+from pyro_mmvae.engine.optim import restore_lr
+from pyro_mmvae.runs import (
+    CHECKPOINT_NAME,
+    DATA_ROOT_ENV,
+    METRICS_NAME,
+    SUMMARY_NAME,
+    RunFolder,
+    default_run_dir,
+    extra_params,
+    load_datasets,
+    restore_parameters,
 )
 from pyro_mmvae.stages import (
     Stage,
@@ -65,38 +83,37 @@ from pyro_mmvae.stages import (
 )
 
 ESTIMATORS = ("elbo", "iwae", "dreg")
-DEVICES = ("auto", "cpu", "cuda")
-DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-SUMMARY_NAME = "summary.json"
-GRID_NAME = "cross_generation.png"
 MAX_TEST_POINTS = 2000
-GRID_ROWS = 8
+TENSORBOARD_NAME = "tensorboard"
 
 __all__ = [
+    "CHECKPOINT_NAME",
+    "DATA_ROOT_ENV",
+    "METRICS_NAME",
+    "SUMMARY_NAME",
+    "CheckpointError",
     "TrainConfig",
     "TrainingError",
-    "CheckpointError",
-    "train",
+    "default_run_dir",
+    "epoch_generator",
+    "get_rng_state",
     "resolve_device",
     "seed_everything",
-    "get_rng_state",
     "set_rng_state",
-    "epoch_generator",
-    "default_run_dir",
+    "train",
 ]
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN or infinite)."""
+    """Training cannot go on (e.g. the loss or a gradient became NaN or infinite)."""
 
 
 @dataclass
 class TrainConfig:
     """Settings of one training run; ``None`` takes the model preset's default.
 
-    When resuming, ``None`` takes the value the checkpoint was trained with instead.
+    When resuming, ``None`` takes the value the checkpoint was trained with instead; a value
+    that contradicts the checkpoint (another seed, batch size, model setting...) is an error.
     """
 
     model: str = "mmvae"
@@ -109,13 +126,24 @@ class TrainConfig:
     num_particles: int | None = None
     estimator: str | None = None
     device: str = "auto"
-    seed: int = 0
+    seed: int | None = None
     out: str | None = None
     resume: bool = False
-    evaluate: bool = True
     stages: Sequence[Any] | None = None
     #: Model settings of the zoo (``beta``, ``alpha``, ``latent_dim``, ...) over the preset.
     settings: dict[str, Any] = field(default_factory=dict)
+    #: Network precision: ``"32"``, ``"bf16"`` or ``"16"`` (see :mod:`pyro_mmvae.engine`).
+    precision: str | None = None
+    #: ``torch.compile`` the networks.
+    compile: bool = False
+    #: ``constant``, ``cosine`` or ``linear`` (decay to 0 over the run), stepped per step.
+    lr_schedule: str | None = None
+    #: Clip the gradients' global 2-norm to this value.
+    clip_grad: float | None = None
+    #: ``auto`` (by device), ``stacked`` or ``split``: how decoders batch particles/strata.
+    decoder_batching: str = "auto"
+    #: Write TensorBoard logs into ``RUN_DIR/tensorboard``.
+    tensorboard: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
@@ -123,10 +151,22 @@ class TrainConfig:
         _check_positive("batch_size", self.batch_size, int)
         _check_positive("num_particles", self.num_particles, int)
         _check_positive("lr", self.lr, float)
+        _check_positive("clip_grad", self.clip_grad, float)
         if self.estimator is not None and self.estimator not in ESTIMATORS:
             raise ValueError(
                 f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}"
             )
+        if self.precision is not None:
+            check_precision(self.precision)
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose "
+                             f"one of {', '.join(LR_SCHEDULES)}")
+        if self.decoder_batching not in ("auto", *DECODER_BATCHING):
+            raise ValueError(f"unknown decoder batching {self.decoder_batching!r}; choose "
+                             f"auto, {', '.join(DECODER_BATCHING)}")
+        if self.seed is not None and (isinstance(self.seed, bool)
+                                      or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
         as_stages(self.stages)  # raises on a malformed schedule
 
 
@@ -145,30 +185,24 @@ class _Hyper:
 
     preset: str | None
     overrides: dict[str, Any]
+    seed: int
     lr: float
     amsgrad: bool
     batch_size: int
     epochs: int
+    precision: str
+    lr_schedule: str
+    clip_grad: float | None
     stages: tuple[Stage, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seed": self.seed, "lr": self.lr, "amsgrad": self.amsgrad,
+                "batch_size": self.batch_size, "epochs": self.epochs,
+                "precision": self.precision, "lr_schedule": self.lr_schedule,
+                "clip_grad": self.clip_grad, "stages": stages_to_json(self.stages)}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; ``cuda`` needs a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r} was requested but PyTorch sees no CUDA GPU; "
-                "use --device cpu (or auto)"
-            )
-        return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
 
 
 def seed_everything(seed: int) -> None:
@@ -178,11 +212,18 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The sampling seed of data-parallel process ``rank`` (rank 0 keeps ``seed``)."""
+    return seed if rank == 0 else (seed * 1_000_003 + 7919 * rank) % (2**32)
+
+
 def get_rng_state() -> dict[str, Any]:
-    """The states of the Python, NumPy, torch and CUDA generators, in a torch.load-safe form."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    """The states of the Python, NumPy, torch and CUDA generators, in a torch.load-safe form
+    (:func:`pyro.util.get_rng_state` with NumPy's state as tensors)."""
+    state = pyro.util.get_rng_state()
+    name, keys, pos, has_gauss, cached = state["numpy"]
     return {
-        "python": random.getstate(),
+        "python": state["random"],
         "numpy": {
             "name": str(name),
             "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -190,7 +231,7 @@ def get_rng_state() -> dict[str, Any]:
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),
         },
-        "torch": torch.get_rng_state(),
+        "torch": state["torch"],
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
@@ -198,18 +239,13 @@ def get_rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the generators from :func:`get_rng_state` (CUDA only when GPUs are present)."""
     version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["name"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
+    pyro.util.set_rng_state({
+        "random": (version, tuple(internal), gauss),
+        "numpy": (np_state["name"], np_state["keys"].numpy().astype(np.uint32),
+                  np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]),
+        "torch": state["torch"],
+    })
     cuda_states = state.get("cuda")
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
@@ -222,12 +258,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return generator
 
 
-def default_run_dir(model: str, dataset: str, root: str | os.PathLike = "runs") -> Path:
-    """``root/{model}-{dataset}-{YYYYmmdd-HHMMSS}``."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{model}-{dataset}-{stamp}"
-
-
 def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
@@ -236,44 +266,43 @@ def _batch_size_of(data: dict[str, torch.Tensor]) -> int:
     return int(next(iter(data.values())).shape[0])
 
 
-def _load_dataset(name: str, root: str | None, split: str) -> Any:
-    from pyro_mmvae.data import load_dataset
-
-    return load_dataset(name, root, split)
-
-
-def _build_model(name: str, dataset: Any, preset: str | None, **overrides: Any) -> Any:
-    from pyro_mmvae.zoo import build_model
-
-    return build_model(name, dataset, preset=preset, **overrides)
+def _head(dataset: Any, size: int) -> Any:
+    """The first ``size`` points of ``dataset`` (all of it when it is smaller)."""
+    return dataset if len(dataset) <= size else dataset.subset(torch.arange(size))
 
 
-# --------------------------------------------------------------------------- setup
+# --------------------------------------------------------------------------- settings
+
+#: Settings a resumed run must share with its checkpoint (``--resume`` with another value
+#: would silently make the folder describe a different run).
+_FIXED_ON_RESUME = ("seed", "batch_size", "precision", "lr_schedule", "clip_grad")
 
 
-def _load_resume_state(config: TrainConfig, path: Path) -> dict[str, Any] | None:
-    """The checkpoint to continue from, or None for a fresh run (which must not clobber one)."""
-    if not config.resume:
-        if path.exists():
-            raise ValueError(
-                f"{path.parent} already holds a checkpoint; pass --resume to continue that "
-                "run, or choose another --out"
-            )
-        return None
-    state = load_checkpoint(path)
-    check_checkpoint_matches(
-        state, model=config.model, dataset=config.dataset, preset=config.preset
-    )
-    return state
+def _check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
+    """Raise CheckpointError if ``config`` contradicts the checkpoint it resumes."""
+    from pyro_mmvae.checkpoint import check_checkpoint_matches
 
-
-def _load_datasets(config: TrainConfig) -> tuple[Any, Any]:
-    root = config.data_root or os.environ.get(DATA_ROOT_ENV) or None
-    train_ds = _load_dataset(config.dataset, root, "train")
-    test_ds = _load_dataset(config.dataset, root, "test")
-    train_ds.validate()
-    test_ds.validate()
-    return train_ds, test_ds
+    check_checkpoint_matches(resumed, model=config.model, dataset=config.dataset,
+                             preset=config.preset)
+    saved = resumed.get("hyper") or {}
+    clashes = [f"--{key.replace('_', '-')} {getattr(config, key)} (the run used "
+               f"{saved[key]})" for key in _FIXED_ON_RESUME
+               if getattr(config, key) is not None and key in saved
+               and getattr(config, key) != saved[key]]
+    stored = resumed.get("overrides") or {}
+    asked = dict(config.settings)
+    asked.update({k: getattr(config, k) for k in ("num_particles", "estimator")
+                  if getattr(config, k) is not None})
+    clashes += [f"{key}={value!r} (the run used {stored.get(key)!r})"
+                for key, value in asked.items() if key in stored and stored[key] != value]
+    clashes += [f"{key}={value!r} (the run did not set it)"
+                for key, value in asked.items() if key not in stored]
+    if clashes:
+        raise CheckpointError(
+            f"--resume continues the run as it was started; this call changes "
+            f"{'; '.join(clashes)}. Drop those options to resume, or choose another --out "
+            "for a new run"
+        )
 
 
 def _model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dict[str, Any]:
@@ -286,13 +315,14 @@ def _model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dic
     return overrides
 
 
-def _resolve_hyper(
-    config: TrainConfig,
-    spec: Any,
-    preset: str | None,
-    overrides: dict[str, Any],
-    resumed: dict[str, Any] | None,
-) -> _Hyper:
+def _pick(config_value: Any, saved: dict[str, Any], key: str, default: Any) -> Any:
+    if config_value is not None:
+        return config_value
+    return saved.get(key, default)
+
+
+def _resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
+                   overrides: dict[str, Any], resumed: dict[str, Any] | None) -> _Hyper:
     """Config value if given, else the checkpoint's (when resuming), else the preset default."""
     base = dict(spec.train_defaults)
     if resumed:
@@ -300,109 +330,93 @@ def _resolve_hyper(
     missing = [k for k in ("lr", "amsgrad", "batch_size", "epochs") if k not in base]
     if missing:
         raise ValueError(f"model spec train_defaults lacks {', '.join(missing)}")
-    epochs = int(config.epochs if config.epochs is not None else base["epochs"])
+    epochs = int(_pick(config.epochs, base, "epochs", None))
     stages = as_stages(config.stages if config.stages is not None else base.get("stages"))
     return _Hyper(
         preset=preset,
         overrides=overrides,
-        lr=float(config.lr if config.lr is not None else base["lr"]),
+        seed=int(_pick(config.seed, base, "seed", 0)),
+        lr=float(_pick(config.lr, base, "lr", None)),
         amsgrad=bool(base["amsgrad"]),
-        batch_size=int(config.batch_size if config.batch_size is not None else base["batch_size"]),
+        batch_size=int(_pick(config.batch_size, base, "batch_size", None)),
         epochs=epochs,
+        precision=check_precision(_pick(config.precision, base, "precision", "32")),
+        lr_schedule=_pick(config.lr_schedule, base, "lr_schedule", "constant"),
+        clip_grad=_pick(config.clip_grad, base, "clip_grad", None),
         stages=resolve_stages(stages, epochs),
     )
 
 
-def _first_batch(dataset: Any, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    data, _ = next(iter(dataset.batches(batch_size, device=device)))
-    return data
-
-
-def _extra_params(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unconstrained values of param-store entries that are not parameters of ``vae``."""
-    module_params = {id(p) for p in vae.parameters()}
-    return {
-        name: value.detach().cpu().clone()
-        for name, value in pyro.get_param_store().named_parameters()
-        if id(value) not in module_params
-    }
-
-
-def _restore_extra_params(
-    vae: torch.nn.Module, extras: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
-) -> None:
-    """Register ``pyro.param`` sites by tracing guide and model once, then set their values.
-
-    The trace runs in eval mode (no batch-norm statistics change); RNG is restored later.
-    """
-    vae.eval()
-    guide_trace = poutine.trace(vae.guide).get_trace(batch)
-    poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(batch)
-    vae.train()
-    params = dict(pyro.get_param_store().named_parameters())
-    for name, value in extras.items():
-        if name not in params:
-            raise CheckpointError(
-                f"checkpoint holds Pyro parameter {name!r} that this model does not create; "
-                "it was written by another version of the model"
-            )
-        with torch.no_grad():
-            params[name].copy_(value.to(params[name].device))
-
-
-def _optim_state_with_lr(optim_state: dict[str, Any], lr: float) -> dict[str, Any]:
-    """Per-parameter Adam states with the learning rate replaced (a resume may lower it)."""
-    patched = {}
-    for name, state in optim_state.items():
-        groups = [dict(group, lr=lr) for group in state["param_groups"]]
-        patched[name] = dict(state, param_groups=groups)
-    return patched
-
-
-def _restore(
-    resumed: dict[str, Any], vae: torch.nn.Module, optim: Any, batch: dict, lr: float
-) -> list[dict[str, Any]]:
-    """Load parameters, Adam moments and RNG states of a checkpoint; return its history."""
-    extras = resumed.get("extra_params") or {}
-    if extras:
-        _restore_extra_params(vae, extras, batch)
-    try:
-        vae.load_state_dict(resumed["vae_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            "checkpoint parameters do not fit the model built for this run "
-            f"({str(exc).splitlines()[0]}); resume with the same --preset and settings"
-        ) from exc
-    optim.set_state(_optim_state_with_lr(resumed["optim_state"], lr))
-    set_rng_state(resumed["rng_state"])
-    return [dict(record) for record in resumed["history"]]
+def _decoder_batching(choice: str, device: torch.device) -> str:
+    """``auto``: ``split`` on the CPU (one decoder call per B latents measured faster there),
+    ``stacked`` on GPUs (one big call)."""
+    if choice != "auto":
+        return choice
+    return "stacked" if device.type == "cuda" else "split"
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+class _TensorBoard:
+    """Losses per step and epoch, and prior-sample grids per epoch (rank 0 only)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install "
+                             "'pyro_mmvae[tensorboard]'") from exc
+        self.writer = SummaryWriter(str(folder))
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        self.writer.add_scalar("loss/train_step", loss, step)
+        self.writer.add_scalar("lr", lr, step)
+
+    def epoch(self, epoch: int, record: dict[str, Any], vae: Any) -> None:
+        self.writer.add_scalar("loss/train", record["train_loss"], epoch)
+        self.writer.add_scalar("loss/test", record["test_loss"], epoch)
+        sample = getattr(vae, "sample", None)
+        if sample is not None:
+            from torchvision.utils import make_grid
+
+            vae.eval()
+            with torch.no_grad():
+                generated = sample(16)
+            vae.train()
+            for name, images in generated.items():
+                if images.dim() == 4 and images.size(1) in (1, 3):
+                    grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=8)
+                    self.writer.add_image(f"prior_samples/{name}", grid, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 @dataclass
 class _Loop:
     """State shared by the epochs of one run."""
 
-    svi: SVI
-    elbo: Any
+    step: TrainStep
     vae: torch.nn.Module
-    optim: Any
+    elbo: Any
     train_ds: Any
-    test_ds: Any
     test_subset: Any
     hyper: _Hyper
     config: TrainConfig
     device: torch.device
-    run_dir: Path
+    group: ProcessGroup
+    folder: RunFolder
     progress: bool
     history: list[dict[str, Any]]
+    extras: dict[str, torch.Tensor]
+    tensorboard: _TensorBoard | None = None
     validate_next_step: bool = True
 
     @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_ds) / self.hyper.batch_size)
 
     def run(self) -> None:
         """Train from the epoch after the last one in ``history`` up to ``hyper.epochs``."""
@@ -418,9 +432,13 @@ class _Loop:
                 "time": _now(),
             }
             self.history.append(record)
-            _append_jsonl(self.run_dir / METRICS_NAME, record)
-            save_checkpoint(self.checkpoint_path, self.checkpoint_state(epoch))
-            if self.progress:
+            state = self.checkpoint_state(epoch)  # every rank joins the RNG gather
+            if self.group.is_main:
+                self.folder.append_metrics(record)
+                self.folder.save_checkpoint(state)
+                if self.tensorboard is not None:
+                    self.tensorboard.epoch(epoch, record, self.vae)
+            if self.progress and self.group.is_main:
                 tqdm.write(
                     f"epoch {epoch}/{self.hyper.epochs}  train {train_loss:.3f}  "
                     f"test {test_loss:.3f}  ({record['seconds']:.1f} s)"
@@ -428,162 +446,108 @@ class _Loop:
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over the training set; returns the mean loss per data point."""
-        batch_size = self.hyper.batch_size
         batches = self.train_ds.batches(
-            batch_size,
+            self.hyper.batch_size,
             shuffle=True,
-            generator=epoch_generator(self.config.seed, epoch),
+            generator=epoch_generator(self.hyper.seed, epoch),
             device=self.device,
         )
         total, count = 0.0, 0
         if hasattr(self.vae, "start_epoch"):
             self.vae.start_epoch(epoch - 1)  # KL warm-up schedules count epochs from 0
         self.apply_stage(epoch)
-        steps = math.ceil(len(self.train_ds) / batch_size)
         desc = f"epoch {epoch}/{self.hyper.epochs}"
-        with tqdm(total=steps, desc=desc, disable=not self.progress, leave=False) as bar:
+        show = self.progress and self.group.is_main
+        first_step = (epoch - 1) * self.steps_per_epoch
+        with tqdm(total=self.steps_per_epoch, desc=desc, disable=not show, leave=False) as bar:
             for step, (data, _) in enumerate(batches, start=1):
-                loss = self.step(data)
                 size = _batch_size_of(data)
-                self.check_finite(loss / size, epoch, f"step {step}")
+                if size < self.group.world_size:
+                    continue  # a last batch too small to shard: every rank skips it
+                loss = self.train_step(data, epoch, step)
                 total, count = total + loss, count + size
+                if self.tensorboard is not None:
+                    lr = self.step.optimizer.param_groups[0]["lr"]
+                    self.tensorboard.step(first_step + step, loss / size, lr)
                 bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
                 bar.update()
         return total / count
 
-    def step(self, data: dict[str, torch.Tensor]) -> float:
-        """``svi.step`` with Pyro validation on for the first step of the run only."""
-        if not self.validate_next_step:
-            return self._svi_step(data)
-        pyro.enable_validation(True)
+    def train_step(self, data: dict[str, torch.Tensor], epoch: int, step: int) -> float:
+        """One engine step, with Pyro validation on for the first step of the run only."""
+        validate = self.validate_next_step
+        if validate:
+            pyro.enable_validation(True)
         try:
-            return self._svi_step(data)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*requires_grad=False")
+                return self.step(data)
+        except NonFiniteError as error:
+            raise TrainingError(f"{error} at epoch {epoch}, step {step}; "
+                                f"{self.restart_hint()}") from error
         finally:
-            pyro.enable_validation(False)
-            self.validate_next_step = False
-
-    def _svi_step(self, data: dict[str, torch.Tensor]) -> float:
-        if not self.hyper.stages:
-            return float(self.svi.step(data))
-        with warnings.catch_warnings():  # pyro.module notes each frozen parameter it skips
-            warnings.filterwarnings("ignore", message=".*requires_grad=False")
-            return float(self.svi.step(data))
+            if validate:
+                pyro.enable_validation(False)
+                self.validate_next_step = False
 
     def test_loss(self, epoch: int) -> float:
         """Mean loss per data point on (at most MAX_TEST_POINTS of) the test set, no grad."""
-        total, count = 0.0, 0
+        totals = torch.zeros(2, dtype=torch.float64)
         self.vae.eval()
         try:
-            with torch.no_grad():
-                batches = self.test_subset.batches(self.hyper.batch_size, device=self.device)
-                for data, _ in batches:
-                    total += float(self.elbo.loss(self.vae.model, self.vae.guide, data))
-                    count += _batch_size_of(data)
+            with torch.no_grad(), network_precision(self.hyper.precision, self.device):
+                for data, _ in self.test_subset.batches(self.hyper.batch_size,
+                                                        device=self.device):
+                    if _batch_size_of(data) < self.group.world_size:
+                        continue
+                    local = shard(data, self.group)
+                    loss = float(self.elbo.loss(self.vae.model, self.vae.guide, local))
+                    totals += torch.tensor([loss, _batch_size_of(local)], dtype=torch.float64)
         finally:
             self.vae.train()
+        total, count = all_reduce_sum(totals, self.group).tolist()
         loss = total / count
-        self.check_finite(loss, epoch, "the test-set evaluation")
+        if not math.isfinite(loss):
+            raise TrainingError(f"the test loss became {loss} at epoch {epoch}; "
+                                f"{self.restart_hint()}")
         return loss
 
-    def check_finite(self, loss: float, epoch: int, where: str) -> None:
-        """Raise TrainingError if ``loss`` is NaN or infinite, pointing at the last checkpoint."""
-        if math.isfinite(loss):
-            return
+    def restart_hint(self) -> str:
+        """Where to continue from after a non-finite value."""
         if self.history:
             last = self.history[-1]["epoch"]
-            hint = (
-                f"the last good checkpoint is {self.checkpoint_path} (epoch {last}); "
-                "continue it with --resume and a lower --lr"
-            )
-        else:
-            hint = "no checkpoint was written yet; start again with a lower --lr"
-        raise TrainingError(f"loss became {loss} at epoch {epoch}, {where}; {hint}")
-
-    def optim_state(self) -> dict[str, Any]:
-        """Adam states by parameter name, including those restored from a checkpoint but not
-        used since (parameters frozen by the current training stage)."""
-        pending = getattr(self.optim, "_state_waiting_to_be_consumed", {})
-        return {**pending, **self.optim.get_state()}
+            return (f"the last good checkpoint is {self.folder.checkpoint_path} (epoch "
+                    f"{last}); continue it with --resume and a lower --lr")
+        return "no checkpoint was written yet; start again with a lower --lr"
 
     def apply_stage(self, epoch: int) -> None:
         """Freeze the parameters of the stage ``epoch`` belongs to (unfreeze the others)."""
         if self.hyper.stages:
             freeze(self.vae, frozen_patterns(self.hyper.stages, epoch, self.hyper.epochs))
+            self.step.refresh()
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         """Everything that ``--resume`` needs to continue exactly after ``epoch``."""
+        rng_states = all_gather_object(get_rng_state(), self.group)
+        step = self.step
         return {
             "model": self.config.model,
             "dataset": self.config.dataset,
             "preset": self.hyper.preset,
             "overrides": dict(self.hyper.overrides),
-            "hyper": {
-                "lr": self.hyper.lr,
-                "amsgrad": self.hyper.amsgrad,
-                "batch_size": self.hyper.batch_size,
-                "epochs": self.hyper.epochs,
-                "stages": stages_to_json(self.hyper.stages),
-            },
+            "hyper": self.hyper.to_json(),
             "config": dataclasses.asdict(self.config),
             "epoch": epoch,
+            "world_size": self.group.world_size,
             "vae_state": self.vae.state_dict(),
-            "extra_params": _extra_params(self.vae),
-            "optim_state": self.optim_state(),
-            "rng_state": get_rng_state(),
+            "extra_params": {k: v.detach().cpu().clone() for k, v in self.extras.items()},
+            "optim_state": step.optimizer.state_dict(),
+            "scheduler_state": None if step.scheduler is None else step.scheduler.state_dict(),
+            "scaler_state": None if step.scaler is None else step.scaler.state_dict(),
+            "rng_state": rng_states[0],
+            "rank_rng_states": rng_states,
             "history": [dict(record) for record in self.history],
         }
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-
-
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(record) + "\n" for record in records)
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def _evaluate(
-    vae: torch.nn.Module, train_ds: Any, test_ds: Any, device: torch.device, run_dir: Path
-) -> dict[str, Any]:
-    """Single-source cross-modal coherence (classifiers trained or loaded from the cache)
-    on the test set, and the cross-generation grid of the first test points."""
-    from pyro_mmvae.metrics import (
-        conditional_coherence,
-        get_classifiers,
-        save_cross_generation_grid,
-    )
-
-    classifiers = get_classifiers(train_ds, test_ds, device=device)
-    coherence = conditional_coherence(
-        vae, test_ds, classifiers, subset_sizes=(1,), device=device
-    )
-    with torch.no_grad():
-        batch = _first_batch(test_ds, GRID_ROWS, device)
-        save_cross_generation_grid(vae, batch, run_dir / GRID_NAME, num_examples=GRID_ROWS)
-    return {
-        "conditional_coherence": coherence.get("mean_single_source"),
-        "coherence_matrix": _jsonable(coherence.get("single_source_matrix")),
-        "classifier_accuracy": _jsonable(coherence.get("classifier_accuracy")),
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    """Tensors/arrays -> nested lists, numbers -> float, dicts and lists recursively."""
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
 
 
 # --------------------------------------------------------------------------- entry point
@@ -591,89 +555,138 @@ def _jsonable(value: Any) -> Any:
 
 def train(config: TrainConfig, progress: bool = True,
           datasets: tuple[Any, Any] | None = None) -> dict[str, Any]:
-    """Fit ``config.model`` to ``config.dataset`` with SVI + Adam; return the run summary.
+    """Fit ``config.model`` to ``config.dataset``; return the run summary.
 
     ``datasets`` = ``(train, test)`` trains on these (e.g. a subset of a dataset) instead of
     loading ``config.dataset`` by name; ``config.dataset`` still names the data in the run
     folder and the checkpoint. Each epoch appends to ``metrics.jsonl`` and rewrites
-    ``checkpoint.pt`` atomically; a NaN or infinite loss stops the run with
-    :class:`TrainingError` and leaves the last checkpoint intact. The summary is also
-    written to ``summary.json``.
+    ``checkpoint.pt`` atomically; a NaN or infinite loss or gradient stops the run with
+    :class:`TrainingError` before any parameter changes and leaves the last checkpoint
+    intact. The summary is also written to ``summary.json``. Under ``torchrun`` every
+    process calls this; rank 0 writes the folder.
     """
     config.check()
     device = resolve_device(config.device)
-    run_dir = Path(config.out) if config.out else default_run_dir(config.model, config.dataset)
-    resumed = _load_resume_state(config, run_dir / CHECKPOINT_NAME)
+    group = init_process_group(device)
+    device = local_device(device, group)
+    folder = RunFolder(config.out or default_run_dir(config.model, config.dataset))
+    resumed = folder.start(config.resume)
+    if resumed is not None:
+        _check_resume(config, resumed)
+    if group.is_main:
+        folder.create()
     was_validating = pyro.distributions.is_validation_enabled()
     loop = None
-    try:
-        loop = _setup(config, resumed, device, run_dir, progress, datasets)
-        loop.run()
-    finally:
-        pyro.enable_validation(was_validating)
-        if loop is not None:
-            unfreeze(loop.vae)
-    return _finish(loop)
+    with folder.locked(group.is_main), pyro.get_param_store().scope():
+        try:
+            loop = _setup(config, resumed, device, group, folder, progress, datasets)
+            loop.run()
+        finally:
+            pyro.enable_validation(was_validating)
+            if loop is not None:
+                unfreeze(loop.vae)
+                set_pyro_registration(loop.vae, True)
+                if loop.tensorboard is not None:
+                    loop.tensorboard.close()
+        summary = _summary(loop)
+        if group.is_main:
+            folder.write_summary(summary)
+    return summary
 
 
-def _setup(
-    config: TrainConfig,
-    resumed: dict[str, Any] | None,
-    device: torch.device,
-    run_dir: Path,
-    progress: bool,
-    datasets: tuple[Any, Any] | None = None,
-) -> _Loop:
-    """Seed, load data, build the model and SVI, restore a checkpoint when resuming."""
-    seed_everything(config.seed)
-    pyro.clear_param_store()
-    train_ds, test_ds = _load_datasets(config) if datasets is None else datasets
+def set_pyro_registration(vae: torch.nn.Module, enabled: bool) -> None:
+    """Turn the models' ``pyro.module`` call on or off (the engine optimises the module's
+    parameters directly; registering ~70 tensors with Pyro on every step is wasted work)."""
+    if hasattr(vae, "pyro_register"):
+        vae.pyro_register = enabled
+
+
+def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.device,
+           group: ProcessGroup, folder: RunFolder, progress: bool,
+           datasets: tuple[Any, Any] | None = None) -> _Loop:
+    """Seed, load data, build the model and the engine, restore a checkpoint when resuming."""
+    from pyro_mmvae.zoo import build_model
+
+    if resumed and resumed.get("world_size", 1) != group.world_size:
+        raise CheckpointError(
+            f"the checkpoint was trained by {resumed.get('world_size', 1)} process(es); "
+            f"resume it with the same number (this run has {group.world_size})")
+    seed = config.seed if config.seed is not None else (resumed or {}).get("hyper", {}).get(
+        "seed", 0)
+    seed_everything(seed)
+    train_ds, test_ds = (load_datasets(config.dataset, config.data_root)
+                         if datasets is None else datasets)
     overrides = _model_overrides(config, resumed)
     preset = config.preset if config.preset is not None else (resumed or {}).get("preset")
-    spec = _build_model(config.model, train_ds, preset, **overrides)
+    spec = build_model(config.model, train_ds, preset, **overrides)
     hyper = _resolve_hyper(config, spec, preset, overrides, resumed)
     if resumed and hyper.epochs < resumed["epoch"]:
         raise ValueError(
             f"the checkpoint has already trained {resumed['epoch']} epochs, more than the "
             f"{hyper.epochs} asked for; pass --epochs {resumed['epoch']} or more"
         )
+    if device.type == "cuda":  # in-memory data lives on the GPU: no per-step host copies
+        train_ds, test_ds = train_ds.to(device), test_ds.to(device)
     vae = spec.vae.to(device)
+    set_decoder_batching(vae, _decoder_batching(config.decoder_batching, device))
     check_patterns(vae, hyper.stages)
     vae.train()
-    optim = pyro.optim.Adam({"lr": hyper.lr, "amsgrad": hyper.amsgrad})
-    svi = SVI(vae.model, vae.guide, optim, loss=spec.elbo)
+    batch = next(iter(train_ds.batches(min(hyper.batch_size, len(train_ds)), device=device)))[0]
+    if resumed:
+        extras = restore_parameters(vae, resumed, batch)
+    else:
+        extras = extra_params(vae, batch)
+    if extras and group.distributed:
+        raise ValueError("data-parallel training averages the gradients of module "
+                         f"parameters only; this model also has pyro.param sites "
+                         f"{sorted(extras)}: make them nn.Parameters of the module")
+    set_pyro_registration(vae, False)
+    params = [*vae.named_parameters(), *extras.items()]
+    optimizer = build_optimizer([p for _, p in params], hyper.lr, hyper.amsgrad, device)
+    scheduler = build_lr_schedule(optimizer, hyper.lr_schedule,
+                                  hyper.epochs * math.ceil(len(train_ds) / hyper.batch_size))
+    if config.compile:
+        compile_networks(vae)
+    step = TrainStep(vae, spec.elbo, params, optimizer, device, precision=hyper.precision,
+                     clip_grad=hyper.clip_grad, scheduler=scheduler, group=group)
     history: list[dict[str, Any]] = []
     if resumed:
-        batch = _first_batch(train_ds, hyper.batch_size, device)
-        history = _restore(resumed, vae, optim, batch, hyper.lr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(run_dir / METRICS_NAME, history)
-    return _Loop(
-        svi=svi,
-        elbo=spec.elbo,
-        vae=vae,
-        optim=optim,
-        train_ds=train_ds,
-        test_ds=test_ds,
-        test_subset=_head(test_ds, MAX_TEST_POINTS),
-        hyper=hyper,
-        config=config,
-        device=device,
-        run_dir=run_dir,
-        progress=progress,
-        history=history,
-    )
+        history = _restore_engine(resumed, step, hyper.lr, group)
+    else:
+        seed_everything(rank_seed(seed, group.rank))
+    if group.is_main:
+        folder.write_metrics(history)
+    tensorboard = (_TensorBoard(folder.path / TENSORBOARD_NAME)
+                   if config.tensorboard and group.is_main else None)
+    return _Loop(step=step, vae=vae, elbo=spec.elbo, train_ds=train_ds,
+                 test_subset=_head(test_ds, MAX_TEST_POINTS), hyper=hyper, config=config,
+                 device=device, group=group, folder=folder, progress=progress,
+                 history=history, extras=extras, tensorboard=tensorboard)
 
 
-def _head(dataset: Any, size: int) -> Any:
-    """The first ``size`` points of ``dataset`` (all of it when it is smaller)."""
-    return dataset if len(dataset) <= size else dataset.subset(torch.arange(size))
+def _restore_engine(resumed: dict[str, Any], step: TrainStep, lr: float,
+                    group: ProcessGroup) -> list[dict[str, Any]]:
+    """Load the optimiser (with the learning rate of this run), schedule, loss scaler and
+    RNG states of a checkpoint; return its history."""
+    try:
+        step.optimizer.load_state_dict(resumed["optim_state"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint's optimiser state does not fit this model "
+                              f"({exc}); it was written by another version") from exc
+    restore_lr(step.optimizer, step.scheduler, lr, resumed.get("scheduler_state"))
+    if step.scaler is not None and resumed.get("scaler_state"):
+        step.scaler.load_state_dict(resumed["scaler_state"])
+    states = resumed.get("rank_rng_states") or [resumed["rng_state"]]
+    set_rng_state(states[group.rank])
+    return [dict(record) for record in resumed["history"]]
 
 
-def _finish(loop: _Loop) -> dict[str, Any]:
-    """Evaluate (if asked), then write and return the summary."""
+def _summary(loop: _Loop | None) -> dict[str, Any]:
+    """The run summary of a finished loop."""
+    if loop is None:
+        return {}
     last = loop.history[-1] if loop.history else {}
-    summary: dict[str, Any] = {
+    return {
         "model": loop.config.model,
         "dataset": loop.config.dataset,
         "preset": loop.hyper.preset,
@@ -681,23 +694,19 @@ def _finish(loop: _Loop) -> dict[str, Any]:
         "epochs": loop.hyper.epochs,
         "batch_size": loop.hyper.batch_size,
         "lr": loop.hyper.lr,
+        "lr_schedule": loop.hyper.lr_schedule,
+        "clip_grad": loop.hyper.clip_grad,
+        "precision": loop.hyper.precision,
+        "compile": loop.config.compile,
         "stages": stages_to_json(loop.hyper.stages) or None,
         "final_loss": last.get("train_loss"),
         "final_test_loss": last.get("test_loss"),
         "seconds": sum(record["seconds"] for record in loop.history),
         "device": str(loop.device),
-        "seed": loop.config.seed,
+        "processes": loop.group.world_size,
+        "seed": loop.hyper.seed,
         "parameters": sum(p.numel() for p in loop.vae.parameters()),
-        "conditional_coherence": None,
-        "coherence_matrix": None,
-        "classifier_accuracy": None,
-        "run_dir": str(loop.run_dir),
+        "run_dir": str(loop.folder.path),
         "library_version": __version__,
         "finished": _now(),
     }
-    if loop.config.evaluate:
-        summary.update(
-            _evaluate(loop.vae, loop.train_ds, loop.test_ds, loop.device, loop.run_dir)
-        )
-    save_json(loop.run_dir / SUMMARY_NAME, summary)
-    return summary

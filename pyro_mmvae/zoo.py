@@ -1,22 +1,22 @@
 """The model zoo: build any model of the library for a dataset, by name and preset.
 
-=========  ============================  ======================  ====================
-name       joint posterior               objective               paper
-=========  ============================  ======================  ====================
-mmvae      MoE, stratified over experts  ``MixtureELBO``         Shi et al. 2019
-mvae       PoE + prior expert            ``SubsampledELBO``      Wu & Goodman 2018
-mopoe      MoPoE, stratified or single   ``MoPoEELBO``           Sutter et al. 2021
-mmvae_plus MoE over z; private w_m,      ``MMVAEPlusELBO``       Palumbo et al. 2023
-           learned auxiliary priors r_m
-mmvae_     as mmvae_plus, cross-modal    ``MMVAEPlusELBO``       Palumbo et al. 2023
-private    w_d from q_d(w_d|x_d)                                 (baseline)
-jmvae      joint encoder (PoE of q_m     ``JMVAEELBO``           Suzuki et al. 2016
-           for subsets)
-telbo      joint encoder, two stages     ``TELBOELBO``           Vedantam et al. 2018
-mvtcae     PoE                           ``MVTCAEELBO``          Hwang et al. 2021
-crmvae     PoE + reconstructions from    ``CRMVAEELBO``          seed 000 (MultiVae's
-           each q_m                                              name)
-=========  ============================  ======================  ====================
+=============  ============================  ==================  ======================
+name           joint posterior               objective           paper
+=============  ============================  ==================  ======================
+mmvae          MoE, stratified over experts  ``MixtureELBO``     Shi et al. 2019
+mvae           PoE + prior expert            ``SubsampledELBO``  Wu & Goodman 2018
+mopoe          MoPoE, stratified or single   ``MoPoEELBO``       Sutter et al. 2021
+mmvae_plus     MoE over z; private w_m,      ``MMVAEPlusELBO``   Palumbo et al. 2023
+               learned auxiliary priors r_m
+mmvae_private  as mmvae_plus, cross-modal    ``MMVAEPlusELBO``   Palumbo et al. 2023
+               w_d from q_d(w_d|x_d)                             (baseline)
+jmvae          joint encoder (PoE of q_m     ``JMVAEELBO``       Suzuki et al. 2016
+               for subsets)
+telbo          joint encoder, two stages     ``TELBOELBO``       Vedantam et al. 2018
+mvtcae         PoE                           ``MVTCAEELBO``      Hwang et al. 2021
+crmvae         PoE + reconstructions from    ``CRMVAEELBO``      seed 000 (MultiVae's
+               each q_m                                          name)
+=============  ============================  ==================  ======================
 
 ``build_model(name, dataset, preset=None, **overrides)`` returns a :class:`ModelSpec`: the
 Pyro model/guide pair (``spec.vae.model``, ``spec.vae.guide``), its ELBO, and the training
@@ -400,6 +400,36 @@ DATASET_MODEL_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
                                   "stages": ((0.75, ("mods.*.encoder",)),
                                              (None, ("joint_encoder", "mods.*.decoder")))},
 }
+
+
+def register_model(
+    name: str,
+    builder: Callable[[Any, dict[str, Any]], tuple[nn.Module, ELBO]],
+    defaults: dict[str, Any] | None = None,
+    replace: bool = False,
+) -> None:
+    """Add model ``name`` to the zoo (``build_model``, ``train``, ``pyro-mmvae --model``).
+
+    ``builder(dataset, settings)`` returns the ``(vae, elbo)`` pair: ``vae`` an
+    ``nn.Module`` with ``model`` and ``guide`` Pyro programs, ``elbo`` a
+    :class:`pyro.infer.ELBO` with ``differentiable_loss``. ``settings`` are the zoo's
+    :data:`DEFAULTS` (``lr``, ``batch_size``, ``epochs``, ``latent_dim``, ...) updated with
+    ``defaults`` (the model's own settings, which ``--set KEY=VALUE`` can then change).
+    """
+    global MODELS
+    if not str(name).replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"model name {name!r} must be letters, digits, '_' or '-'")
+    if name in BUILDERS and not replace:
+        raise ValueError(f"model {name!r} is already in the zoo; pass replace=True to "
+                         "replace it")
+    BUILDERS[name] = builder
+    MODEL_DEFAULTS[name] = dict(defaults or {})
+    MODELS = tuple(BUILDERS)
+
+
+def model_names() -> tuple[str, ...]:
+    """Every model of the zoo, those added with :func:`register_model` included."""
+    return tuple(BUILDERS)
 
 
 def resolve_settings(name: str, preset: str | None = None, dataset_name: str | None = None,

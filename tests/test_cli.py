@@ -16,6 +16,7 @@ import torch
 from pyro_mmvae import cli
 from pyro_mmvae import train as train_module
 from pyro_mmvae.checkpoint import CheckpointError
+from pyro_mmvae.data import registry
 from pyro_mmvae.train import TrainingError
 
 torch.set_num_threads(1)
@@ -107,11 +108,17 @@ def test_no_arguments_trains_the_default_model(monkeypatch, tmp_path, capsys):
         seen["config"] = config
         return {"final_loss": 1.5, "model": config.model, "seconds": 0.1}
 
+    def fake_evaluation(summary, out, device):
+        seen["evaluated"] = out
+        return summary
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(cli, "_evaluate_training", fake_evaluation)
     assert cli.main([]) == 0
     config = seen["config"]
-    assert (config.model, config.dataset, config.evaluate) == ("mmvae", "polymnist-mini", True)
+    assert (config.model, config.dataset) == ("mmvae", "polymnist-mini")
+    assert seen["evaluated"] == config.out  # the CLI evaluates after training
     assert config.out.startswith("runs/mmvae-polymnist-mini-")
     out = capsys.readouterr().out
     assert f"run folder: {config.out}" in out and "1.500" in out
@@ -174,15 +181,15 @@ def test_missing_data_root_exits_2(tmp_path, capsys):
 @needs_zoo
 @needs_data
 def test_train_end_to_end(tmp_path, monkeypatch, capsys):
-    real_load = train_module._load_dataset
+    def small(root, split):
+        dataset = registry.load_dataset("polymnist-mini", root, split)
+        return dataset.subset(torch.arange(48))
 
-    def small(name, root, split):
-        dataset = real_load(name, root, split)
-        return dataset.subset(torch.arange(min(len(dataset), 48)))
-
-    monkeypatch.setattr(train_module, "_load_dataset", small)
+    monkeypatch.setattr(registry, "_REGISTERED", {})
+    registry.register_dataset("mini48", small)
     run = tmp_path / "run"
-    argv = ["train", "--epochs", "2", "--batch-size", "16", "--device", "cpu",
+    argv = ["train", "--dataset", "mini48", "--epochs", "2", "--batch-size", "16",
+            "--device", "cpu",
             "--out", str(run), "--no-evaluate", "--no-progress"]
     assert cli.main(argv) == 0
     summary = json.loads((run / "summary.json").read_text())

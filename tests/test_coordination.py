@@ -3,15 +3,15 @@ model with fixed noise, the Gaussian KL, training stages (TELBO) and missing mod
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pyro
 import pytest
 import torch
 from torch import nn
 
-from pyro_mmvae import train as train_module
+from pyro_mmvae import zoo
 from pyro_mmvae.checkpoint import load_checkpoint
+from pyro_mmvae.data import registry
 from pyro_mmvae.data.base import MultimodalTensorDataset
 from pyro_mmvae.infer import CRMVAEELBO, JMVAEELBO, MVTCAEELBO, TELBOELBO, gaussian_kl
 from pyro_mmvae.modality import Modality
@@ -327,25 +327,34 @@ def tiny_dataset(split, size=32):
 BUILT: dict = {}
 
 
-def tiny_telbo(name, dataset, preset=None, **overrides):
+def tiny_telbo(dataset, settings):
     vae = make_vae("encoder", "own", stop=True)
     BUILT.update(vae=vae, initial=copy.deepcopy(vae.state_dict()))
-    stages = ((1, ("mods.*.encoder",)), (None, ("joint_encoder", "mods.*.decoder")))
-    return SimpleNamespace(vae=vae, elbo=TELBOELBO(), train_defaults={
-        "lr": 0.05, "amsgrad": False, "batch_size": 8, "epochs": 2, "stages": stages})
+    return vae, TELBOELBO()
+
+
+TINY_TELBO_DEFAULTS = {
+    "lr": 0.05, "amsgrad": False, "batch_size": 8, "epochs": 2,
+    "stages": ((1, ("mods.*.encoder",)), (None, ("joint_encoder", "mods.*.decoder")))}
+
+
+@pytest.fixture
+def tiny_world(monkeypatch):
+    """The tiny TELBO and its data, registered the way a user adds their own."""
+    monkeypatch.setattr(zoo, "BUILDERS", dict(zoo.BUILDERS))
+    monkeypatch.setattr(zoo, "MODEL_DEFAULTS", dict(zoo.MODEL_DEFAULTS))
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    zoo.register_model("tiny", tiny_telbo, TINY_TELBO_DEFAULTS)
+    registry.register_dataset("tiny", lambda _root, split: tiny_dataset(split))
 
 
 def vae_state(run_dir):
     return load_checkpoint(run_dir / "checkpoint.pt")["vae_state"]
 
 
-def test_telbo_stages_freeze_bit_for_bit_and_resume_across_stages(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "_load_dataset", lambda _n, _r, split: tiny_dataset(split))
-    monkeypatch.setattr(train_module, "_build_model", tiny_telbo)
-
+def test_telbo_stages_freeze_bit_for_bit_and_resume_across_stages(tmp_path, tiny_world):
     def config(out, **kw):
-        return TrainConfig(model="tiny", dataset="tiny", device="cpu", out=str(out),
-                           evaluate=False, **kw)
+        return TrainConfig(model="tiny", dataset="tiny", device="cpu", out=str(out), **kw)
 
     train(config(tmp_path / "straight", epochs=2), progress=False)
     straight = vae_state(tmp_path / "straight")
@@ -371,11 +380,9 @@ def test_telbo_stages_freeze_bit_for_bit_and_resume_across_stages(tmp_path, monk
     assert all(p.requires_grad for p in BUILT["vae"].parameters())  # unfrozen after training
 
 
-def test_stage_pattern_that_matches_nothing_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "_load_dataset", lambda _n, _r, split: tiny_dataset(split))
-    monkeypatch.setattr(train_module, "_build_model", tiny_telbo)
+def test_stage_pattern_that_matches_nothing_is_refused(tmp_path, tiny_world):
     config = TrainConfig(model="tiny", dataset="tiny", device="cpu", out=str(tmp_path / "r"),
-                         evaluate=False, stages=["1:decoders_typo"])
+                         stages=["1:decoders_typo"])
     with pytest.raises(ValueError, match="decoders_typo"):
         train(config, progress=False)
 

@@ -8,10 +8,8 @@ import time
 import pytest
 import torch
 
-import pyro_mmvae.train as train_module
-from pyro_mmvae.data import MultimodalTensorDataset, load_dataset
-from pyro_mmvae.train import TrainConfig, train
-from pyro_mmvae.zoo import build_model
+from pyro_mmvae import cli
+from pyro_mmvae.data import MultimodalTensorDataset, load_dataset, registry
 
 torch.set_num_threads(1)
 CHANCE = 0.1
@@ -27,13 +25,13 @@ def small_mini(split: str) -> MultimodalTensorDataset:
 
 @pytest.mark.parametrize("model", ["mmvae", "mopoe"])
 def test_training_beats_chance_coherence(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "_load_dataset", lambda name, root, split: small_mini(split))
-    monkeypatch.setattr(
-        train_module, "_build_model",
-        lambda name, ds, preset, **kw: build_model(name, ds, preset, hidden=(128,),
-                                                   latent_dim=10, **kw))
-    config = TrainConfig(model=model, epochs=8, batch_size=64, lr=2e-3, out=str(tmp_path / "run"))
-    summary = train(config, progress=False)
+    monkeypatch.setattr(registry, "_REGISTERED", {})
+    registry.register_dataset("mini3", lambda _root, split: small_mini(split))
+    argv = ["train", "--model", model, "--dataset", "mini3", "--epochs", "8", "--batch-size",
+            "64", "--lr", "2e-3", "--set", "hidden=[128]", "--set", "latent_dim=10",
+            "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert cli.main(argv) == 0
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
     lines = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 8
     assert lines[-1]["train_loss"] < lines[0]["train_loss"] - 50

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import pyro_mmvae.train as train_module
 from pyro_mmvae import cli
-from pyro_mmvae.data import MultimodalTensorDataset, load_dataset
+from pyro_mmvae.data import MultimodalTensorDataset, load_dataset, registry
 from pyro_mmvae.metrics import EvalSettings, evaluate_model
 from pyro_mmvae.metrics.evaluate import FIGURES, parse_metrics
 from pyro_mmvae.metrics.frechet import have_pytorch_fid
@@ -40,16 +39,21 @@ def tiny_model(name, dataset, preset, **overrides):
     return build_model(name, dataset, preset, hidden=(64,), latent_dim=6, **overrides)
 
 
+TINY_SETTINGS = {"hidden": (64,), "latent_dim": 6}
+
+
 @pytest.fixture
 def patched(monkeypatch):
-    monkeypatch.setattr(train_module, "_load_dataset", lambda name, root, split: tiny_mini(split))
-    monkeypatch.setattr(train_module, "_build_model", tiny_model)
+    """``polymnist-mini-tiny`` as a registered dataset (runs restore it by name)."""
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    registry.register_dataset("polymnist-mini-tiny", lambda _root, split: tiny_mini(split))
 
 
 def trained_run(model: str, folder: Path) -> Path:
     out = folder / f"run-{model}"
-    train(TrainConfig(model=model, epochs=1, batch_size=64, out=str(out), evaluate=False,
-                      device="cpu"), progress=False)
+    train(TrainConfig(model=model, dataset="polymnist-mini-tiny", epochs=1, batch_size=64,
+                      out=str(out), device="cpu", settings=dict(TINY_SETTINGS)),
+          progress=False)
     return out
 
 

@@ -9,7 +9,6 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 from torch.nn.functional import softplus
 
-import pyro_mmvae.train as train_module
 from pyro_mmvae.cli import build_parser
 from pyro_mmvae.data import MultimodalTensorDataset
 from pyro_mmvae.distributions import StratifiedMixture
@@ -444,14 +443,10 @@ def test_cli_accepts_the_models_and_the_preset():
 
 
 def test_short_training_run_through_the_trainer(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "_load_dataset",
-                        lambda name, root, split: fake_polymnist(96 if split == "train" else 32,
-                                                                 seed=int(split == "test")))
-    monkeypatch.setattr(train_module, "_build_model",
-                        lambda name, ds, preset, **kw: build_model(
-                            name, ds, preset, hidden=(32,), latent_dim=4, private_dim=2, **kw))
+    data = fake_polymnist(96), fake_polymnist(32, seed=1)
     config = TrainConfig(model="mmvae_plus", epochs=3, batch_size=32, lr=3e-3,
-                         out=str(tmp_path / "run"), evaluate=False)
-    summary = train(config, progress=False)
+                         out=str(tmp_path / "run"),
+                         settings={"hidden": (32,), "latent_dim": 4, "private_dim": 2})
+    summary = train(config, progress=False, datasets=data)
     assert summary["model"] == "mmvae_plus" and summary["epochs"] == 3
     assert math.isfinite(summary["final_loss"])

@@ -1,7 +1,8 @@
-"""Tests of the SVI loop (pyro_mmvae.train) and checkpoint files (pyro_mmvae.checkpoint).
+"""Tests of the training loop (pyro_mmvae.train) and checkpoint files (pyro_mmvae.checkpoint).
 
-They run on a tiny two-modality dataset and a tiny Pyro VAE defined here, so they do not depend
-on the model zoo; `train` is pointed at them by replacing its dataset/model loaders.
+They run on a tiny two-modality dataset and a tiny Pyro VAE defined here (with a constrained
+``pyro.param`` beside its module parameters), added to the zoo with ``register_model`` and to
+the datasets with ``register_dataset`` — the way a user adds their own.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyro_mmvae import train as train_module
+from pyro_mmvae import zoo
 from pyro_mmvae.checkpoint import (
     CheckpointError,
     check_checkpoint_matches,
@@ -27,15 +28,14 @@ from pyro_mmvae.checkpoint import (
     save_checkpoint,
     save_json,
 )
+from pyro_mmvae.data import registry
 from pyro_mmvae.data.base import MultimodalTensorDataset
+from pyro_mmvae.engine import TrainStep
 from pyro_mmvae.train import TrainConfig, TrainingError, train
 
 torch.set_num_threads(1)
 
 LATENT = 2
-ZOO_BUILD = train_module._build_model  # the real model zoo (the tests below swap in TinyVAE)
-
-
 class TinyVAE(nn.Module):
     """z ~ N(0, I); x_m ~ N(W_m z + b_m, sigma) with a learned pyro.param sigma (constrained)."""
 
@@ -77,28 +77,26 @@ def tiny_dataset(split: str, size: int = 48) -> MultimodalTensorDataset:
     return MultimodalTensorDataset(data, labels, name="tiny")
 
 
-def tiny_spec(name: str, dataset, preset=None, **overrides) -> SimpleNamespace:
-    if name != "tiny":
-        raise ValueError(f"unknown model {name!r}")
-    return SimpleNamespace(
-        vae=TinyVAE(dataset.event_shapes),
-        elbo=Trace_ELBO(num_particles=overrides.get("num_particles", 1)),
-        train_defaults={"lr": 0.02, "amsgrad": False, "batch_size": 16, "epochs": 3},
-    )
+def build_tiny(dataset, settings) -> tuple[nn.Module, Trace_ELBO]:
+    return TinyVAE(dataset.event_shapes), Trace_ELBO(num_particles=settings["num_particles"])
+
+
+TINY_DEFAULTS = {"lr": 0.02, "amsgrad": False, "batch_size": 16, "epochs": 3}
 
 
 @pytest.fixture(autouse=True)
 def tiny_world(monkeypatch):
-    monkeypatch.setattr(
-        train_module, "_load_dataset", lambda _name, _root, split: tiny_dataset(split)
-    )
-    monkeypatch.setattr(train_module, "_build_model", tiny_spec)
+    monkeypatch.setattr(zoo, "BUILDERS", dict(zoo.BUILDERS))
+    monkeypatch.setattr(zoo, "MODEL_DEFAULTS", dict(zoo.MODEL_DEFAULTS))
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    zoo.register_model("tiny", build_tiny, TINY_DEFAULTS)
+    registry.register_dataset("tiny", lambda _root, split: tiny_dataset(split))
 
 
 def config(out, **kwargs) -> TrainConfig:
     kwargs.setdefault("epochs", 3)
     return TrainConfig(
-        model="tiny", dataset="tiny", device="cpu", out=str(out), evaluate=False, **kwargs
+        model="tiny", dataset="tiny", device="cpu", out=str(out), **kwargs
     )
 
 
@@ -107,8 +105,10 @@ def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def store_snapshot() -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+def snapshot(run_dir) -> dict[str, torch.Tensor]:
+    """Every trained value of a run: module parameters and extra pyro.param sites."""
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    return {**state["vae_state"], **state["extra_params"]}
 
 
 def test_short_run_lowers_loss_and_writes_files(tmp_path):
@@ -132,12 +132,12 @@ def test_short_run_lowers_loss_and_writes_files(tmp_path):
 
 def test_resume_gives_identical_parameters(tmp_path):
     train(config(tmp_path / "straight", epochs=4), progress=False)
-    straight = store_snapshot()
+    straight = snapshot(tmp_path / "straight")
 
     train(config(tmp_path / "split", epochs=2), progress=False)
-    halfway = store_snapshot()
+    halfway = snapshot(tmp_path / "split")
     summary = train(config(tmp_path / "split", epochs=4, resume=True), progress=False)
-    resumed = store_snapshot()
+    resumed = snapshot(tmp_path / "split")
 
     assert set(straight) == set(resumed) and "tiny_sigma" in resumed
     assert not all(torch.equal(halfway[k], resumed[k]) for k in resumed)
@@ -198,7 +198,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 def test_checkpoint_version_is_checked(tmp_path):
     train(config(tmp_path, epochs=1), progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["format"] == "pyro_mmvae-checkpoint" and state["version"] == 1
+    assert state["format"] == "pyro_mmvae-checkpoint" and state["version"] == 2
     state["version"] = 99
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="version 99"):
@@ -208,15 +208,15 @@ def test_checkpoint_version_is_checked(tmp_path):
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     train(config(tmp_path, epochs=2), progress=False)
     before = (tmp_path / "checkpoint.pt").read_bytes()
-    real_step = pyro.infer.SVI.step
+    real_loss = TrainStep.loss
     calls = {"n": 0}
 
-    def step_then_nan(self, *args, **kwargs):
+    def loss_then_nan(self, batch):
         calls["n"] += 1
-        loss = real_step(self, *args, **kwargs)
-        return float("nan") if calls["n"] == 2 else loss
+        loss = real_loss(self, batch)
+        return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(pyro.infer.SVI, "step", step_then_nan)
+    monkeypatch.setattr(TrainStep, "loss", loss_then_nan)
     with pytest.raises(TrainingError, match=r"nan at epoch 3, step 2.*checkpoint.pt \(epoch 2\)"):
         train(config(tmp_path, epochs=4, resume=True), progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
@@ -224,21 +224,59 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_infinite_loss_before_any_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(pyro.infer.SVI, "step", lambda self, *a, **k: float("inf"))
+    real_loss = TrainStep.loss
+    monkeypatch.setattr(TrainStep, "loss", lambda self, b: real_loss(self, b) * float("inf"))
     with pytest.raises(TrainingError, match="epoch 1, step 1; no checkpoint"):
         train(config(tmp_path), progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_non_finite_gradient_names_the_parameter_and_changes_nothing(tmp_path, monkeypatch):
+    """A finite loss with a NaN gradient (e.g. a masked NaN) stops before the optimiser step."""
+    real_loss = TrainStep.loss
+    seen = {}
+
+    def poisoned(self, batch):
+        loss = real_loss(self, batch)
+        weight = self.vae.decoders["m1"].weight
+        seen["before"] = weight.detach().clone()
+        seen["weight"] = weight
+        return loss + _nan_grad(weight)
+
+    monkeypatch.setattr(TrainStep, "loss", poisoned)
+    with pytest.raises(TrainingError, match=r"decoders\.m1\.weight.*not updated"):
+        train(config(tmp_path, epochs=1), progress=False)
+    assert torch.equal(seen["weight"].detach(), seen["before"])
+
+
+def _nan_grad(x: torch.Tensor) -> torch.Tensor:
+    """Zero in value, NaN in gradient."""
+
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(value):
+            return value.new_zeros(())
+
+        @staticmethod
+        def backward(ctx, grad):
+            return torch.full(ctx.shape, float("nan"))
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.shape = inputs[0].shape
+
+    return NanGrad.apply(x)
+
+
 def test_only_the_first_step_is_validated(tmp_path, monkeypatch):
     seen = []
-    real_step = pyro.infer.SVI.step
+    real_call = TrainStep.__call__
 
-    def recording_step(self, *args, **kwargs):
+    def recording_step(self, batch):
         seen.append(pyro.distributions.is_validation_enabled())
-        return real_step(self, *args, **kwargs)
+        return real_call(self, batch)
 
-    monkeypatch.setattr(pyro.infer.SVI, "step", recording_step)
+    monkeypatch.setattr(TrainStep, "__call__", recording_step)
     pyro.enable_validation(True)
     train(config(tmp_path, epochs=1), progress=False)
     assert seen == [True, False, False]
@@ -262,7 +300,7 @@ def test_resume_may_lower_the_learning_rate(tmp_path):
     train(config(tmp_path, epochs=1), progress=False)
     train(config(tmp_path, epochs=2, lr=1e-3, resume=True), progress=False)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    groups = [g for s in state["optim_state"].values() for g in s["param_groups"]]
+    groups = state["optim_state"]["param_groups"]
     assert groups and all(g["lr"] == 1e-3 for g in groups)
     assert state["hyper"]["lr"] == 1e-3 and state["hyper"]["batch_size"] == 16
     with pytest.raises(ValueError, match="already trained 2 epochs"):
@@ -288,12 +326,11 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
 def test_zoo_settings_and_explicit_datasets(tmp_path, monkeypatch):
     """``TrainConfig.settings`` reach the zoo (and the checkpoint); ``datasets=`` replaces
     loading by name; an unknown setting is refused by name."""
-    monkeypatch.setattr(train_module, "_build_model", ZOO_BUILD)
-    monkeypatch.setattr(train_module, "_load_dataset", _no_loading)
+    monkeypatch.setattr(registry, "_REGISTERED", {"tiny": _no_loading})
     data = (tiny_dataset("train"), tiny_dataset("test"))
     settings = {"latent_dim": 3, "hidden": (8,), "beta": 2.0}
     cfg = TrainConfig(model="mvae", dataset="tiny", device="cpu", out=str(tmp_path / "run"),
-                      evaluate=False, epochs=1, batch_size=16, settings=settings)
+                      epochs=1, batch_size=16, settings=settings)
     summary = train(cfg, progress=False, datasets=data)
     assert summary["overrides"] == settings
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
@@ -301,7 +338,7 @@ def test_zoo_settings_and_explicit_datasets(tmp_path, monkeypatch):
     assert state["vae_state"]["_prior_loc"].shape == (3,)
     assert state["vae_state"]["mods.m0.decoder.trunk.0.weight"].shape == (8, 3)
     bad = TrainConfig(model="mvae", dataset="tiny", device="cpu", out=str(tmp_path / "bad"),
-                      evaluate=False, epochs=1, settings={"no_such_setting": 1})
+                      epochs=1, settings={"no_such_setting": 1})
     with pytest.raises(ValueError, match="no_such_setting"):
         train(bad, progress=False, datasets=data)
 

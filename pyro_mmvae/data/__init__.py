@@ -6,12 +6,19 @@ from pyro_mmvae.data.base import MultimodalTensorDataset
 from pyro_mmvae.data.mini import mini_source_split, polymnist_mini
 from pyro_mmvae.data.mnist import load_mnist, read_idx
 from pyro_mmvae.data.polymnist import PolyMNIST, make_polymnist
-from pyro_mmvae.data.registry import DATASETS, default_data_root, load_dataset
+from pyro_mmvae.data.registry import (
+    DATASETS,
+    dataset_names,
+    default_data_root,
+    load_dataset,
+    register_dataset,
+)
 
 __all__ = [
     "DATASETS",
     "MultimodalTensorDataset",
     "PolyMNIST",
+    "dataset_names",
     "default_data_root",
     "load_backgrounds",
     "load_dataset",
@@ -21,4 +28,5 @@ __all__ = [
     "polymnist_mini",
     "procedural_backgrounds",
     "read_idx",
+    "register_dataset",
 ]

@@ -26,7 +26,7 @@ class MultimodalTensorDataset(Dataset):
     """A dataset of N aligned tuples ``({modality: x_m}, label)`` held as whole tensors.
 
     Args:
-        data: modality name -> tensor (N, *event_shape); uint8 images (N, C, H, W), returned as
+        data: modality name -> tensor ``(N, *event_shape)``; uint8 images (N, C, H, W), returned as
             float32 ``x / 255``, or float tensors, returned as they are.
         labels: N integer class labels (stored as int64).
         name: dataset name (e.g. ``"polymnist"``).

@@ -30,6 +30,7 @@ from pyro.poutine.util import is_validation_enabled
 from torch import Tensor
 from torch.distributions import constraints
 
+#: Distribution families of the unimodal experts.
 FAMILIES = ("normal", "laplace")
 MIN_SCALE = 1e-4
 MAX_SCALE = 1e4
@@ -208,6 +209,7 @@ class StratifiedMixture(TorchDistribution):
 
     @property
     def num_experts(self) -> int:
+        """The number of experts M (strata)."""
         return self.loc.size(0)
 
     @property

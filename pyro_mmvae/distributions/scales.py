@@ -31,6 +31,7 @@ def softmax_scale(raw: Tensor) -> Tensor:
     return F.softmax(raw, dim=-1) * raw.size(-1) + EPS
 
 
+#: Scale parameterisations by name: ``"softplus"`` and ``"softmax"`` (the official MMVAE code's).
 SCALE_PARAMETERISATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "softplus": softplus_scale,
     "softmax": softmax_scale,

@@ -23,7 +23,8 @@ def source_subsets(
     max_subsets_per_size: int | None = None,
     seed: int = 0,
 ) -> list[tuple[str, ...]]:
-    """Source subsets S with |S| in ``subset_sizes`` (default 1..M-1), in combination order.
+    """Source subsets S with :math:`|S|` in ``subset_sizes`` (default 1..M-1), in combination
+    order.
 
     With ``max_subsets_per_size`` at most that many subsets of each size are kept, picked
     uniformly at random with ``seed`` (deterministic), keeping their combination order.
@@ -54,7 +55,7 @@ def subset_key(subset: Sequence[str]) -> str:
 
 
 def subset_size(key: str) -> int:
-    """|S| of a key made by :func:`subset_key` (``"m0+m2" -> 2``)."""
+    """:math:`|S|` of a key made by :func:`subset_key` (``"m0+m2" -> 2``)."""
     return len(key.split(SUBSET_SEPARATOR))
 
 

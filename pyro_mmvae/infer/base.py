@@ -36,6 +36,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import is_validation_enabled, site_is_subsample
 from torch import Tensor
 
+#: The estimators of :class:`MultimodalELBO`: ``"elbo"``, ``"iwae"`` and ``"dreg"``.
 ESTIMATORS = ("elbo", "iwae", "dreg")
 
 

@@ -8,7 +8,7 @@ All four are weighted sums of the same few per-datapoint pieces, which
 piece                formula (per data point)                                     from
 ===================  ===========================================================  ==========
 ``joint_rec``        :math:`R = \sum_m \lambda_m \log p(x_m|z),\ z \sim q(z|X)`   observe
-``unimodal_rec[m]``  :math:`R_m = \sum_{n \in T_m} \lambda_n \log p(x_n|z),`        sites of
+``unimodal_rec[m]``  :math:`R_m = \sum_{n \in T_m} \lambda_n \log p(x_n|z),`      sites of
                      :math:`z \sim q_m(z|x_m)`, :math:`T_m = \{m\}` or all        strata 1..M
 ``joint_kl``         :math:`\mathrm{KL}(q(z|X) \,\|\, p(z))`                       guide z
 ``coordination_kl``  :math:`C_m = \mathrm{KL}(q(z|X) \,\|\, q_m(z|x_m))`            guide z
@@ -85,6 +85,7 @@ class CoordinationTerms:
 
     @property
     def num_modalities(self) -> int:
+        """The number of modalities M."""
         return self.present.size(0)
 
 

@@ -257,6 +257,7 @@ class ImportanceEstimate:
 
     @property
     def num_samples(self) -> int:
+        """The number of importance samples K."""
         return int(self.log_weights.size(0))
 
     @property

@@ -64,10 +64,12 @@ class ModalityClassifiers:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes the classifiers predict."""
         return next(iter(self.nets.values())).num_classes
 
     @property
     def device(self) -> torch.device:
+        """The device the classifiers' parameters live on."""
         return next(self.nets.parameters()).device
 
     def to(self, device: torch.device | str) -> ModalityClassifiers:

@@ -8,8 +8,8 @@ for a non-empty source subset S and a target t not in S,
           \qquad \hat x_t^{(i)} = \mathbb{E}\, p_\theta(x_t \mid z = \mathbb{E}_{q(z|X_S^{(i)})} z),
 
 i.e. the decoder mean at the posterior mean (``vae.generate``), classified by the target's
-classifier :math:`f_t` and compared with the label. Reported per (S, t), averaged by |S|,
-as the single-source matrix and as leave-one-out (|S| = M - 1) figures.
+classifier :math:`f_t` and compared with the label. Reported per (S, t), averaged by :math:`|S|`,
+as the single-source matrix and as leave-one-out (:math:`|S| = M - 1`) figures.
 
 Unconditional coherence: draw :math:`z \sim p(z)` (``vae.sample``), generate every modality
 and count the samples whose M predicted classes agree. A collapsed generator (one blob for
@@ -57,7 +57,7 @@ def _check_classifiers(names: Sequence[str], classifiers: ModalityClassifiers) -
 # ---------------------------------------------------------------------- cross generation
 def supports_cached_generation(vae: Any) -> bool:
     """Whether ``vae`` builds its subset posteriors from cached experts (the library's
-    models: :meth:`~pyro_mmvae.models.MultimodalVAE.generation_latents`)."""
+    models: :meth:`~pyro_mmvae.models.base.MultimodalVAE.generation_latents`)."""
     return all(callable(getattr(vae, a, None)) for a in ("encode_experts", "generation_latents"))
 
 
@@ -245,6 +245,7 @@ def unconditional_coherence(
 
     ``vae.sample(n)`` gives the decoder means for z ~ p(z) (and w ~ p(w) where the model has
     private latents). Beside the coherence the result reports
+
       - ``class_histogram``: frequency of each predicted class, pooled over all modalities
         (sums to 1), and ``class_histogram_by_modality``;
       - ``class_entropy`` (nats) of the pooled histogram and ``class_entropy_normalised``

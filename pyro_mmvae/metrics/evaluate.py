@@ -16,7 +16,7 @@ object with the same methods: ``names``, ``generate``, ``sample``, ``model``/``g
   each chosen proposal (the model's q, a defensive mixture, a refined per-point Normal), the
   best by :math:`\hat k` on top and a warning when :math:`\hat k > 0.7` for more than 10 %
   of the points (:mod:`pyro_mmvae.metrics.likelihood`).
-* ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by |S|
+* ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by :math:`|S|`
   (:mod:`pyro_mmvae.metrics.probe`).
 
 :func:`evaluate_run` rebuilds a trained run from ``RUN_DIR/checkpoint.pt`` and writes
@@ -69,8 +69,11 @@ from pyro_mmvae.metrics.likelihood import (
 )
 from pyro_mmvae.metrics.probe import latent_probe
 
+#: The metric groups of :func:`evaluate_model`, in the order they run.
 METRICS: tuple[str, ...] = ("coherence", "quality", "likelihood", "probe")
+#: File name of the evaluation results written into the run folder.
 EVAL_NAME = "eval.json"
+#: File names of the figures written into the run folder, by figure.
 FIGURES = {
     "conditional_grid": "eval_conditional_grid.png",
     "unconditional_grid": "eval_unconditional_grid.png",
@@ -469,35 +472,10 @@ def _say(settings: EvalSettings, message: str) -> None:
 def _load_run(run_dir: Path, device: torch.device, data_root: str | None
               ) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Rebuild the trained model of a run folder and load its datasets."""
-    from pyro_mmvae import train as train_module
-    from pyro_mmvae.checkpoint import CheckpointError, load_checkpoint
+    from pyro_mmvae.runs import load_run
 
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run folder at {run_dir}; pass the --out folder of a "
-                                "`pyro-mmvae train` run")
-    state = load_checkpoint(run_dir / train_module.CHECKPOINT_NAME)
-    config = state.get("config") or {}
-    root = data_root or config.get("data_root") or os.environ.get(train_module.DATA_ROOT_ENV)
-    train_ds = train_module._load_dataset(state["dataset"], root or None, "train")
-    test_ds = train_module._load_dataset(state["dataset"], root or None, "test")
-    spec = train_module._build_model(state["model"], train_ds, state.get("preset"),
-                                     **dict(state.get("overrides") or {}))
-    vae = spec.vae.to(device)
-    pyro.clear_param_store()
-    extras = state.get("extra_params") or {}
-    if extras:
-        batch = next(iter(train_ds.batches(2, device=device)))[0]
-        train_module._restore_extra_params(vae, extras, batch)
-    try:
-        vae.load_state_dict(state["vae_state"])
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise CheckpointError(
-            f"the checkpoint's parameters do not fit model {state['model']!r} as this version "
-            f"builds it with preset {state.get('preset')!r} and overrides "
-            f"{dict(state.get('overrides') or {})} ({detail[:300]})") from exc
-    vae.eval()
-    return vae, train_ds, test_ds, state
+    run = load_run(run_dir, device, data_root)
+    return run.vae, run.train_ds, run.test_ds, run.state
 
 
 def _machine(device: torch.device) -> str:
@@ -548,7 +526,7 @@ def evaluate_run(
     """
     from pyro_mmvae import __version__
     from pyro_mmvae.checkpoint import save_json
-    from pyro_mmvae.train import resolve_device
+    from pyro_mmvae.engine.device import resolve_device
 
     run_dir = Path(run_dir)
     folder = Path(out_dir) if out_dir is not None else run_dir

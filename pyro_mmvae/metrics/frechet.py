@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+#: File name of pytorch-fid's Inception weights (the user supplies the file; nothing is downloaded).
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_FEATURES = 2048
 

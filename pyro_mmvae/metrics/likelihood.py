@@ -228,6 +228,7 @@ class ConditionalEstimate:
 
     @property
     def log_likelihood(self) -> Tensor:
+        r""":math:`\log p(X_T \mid X_S)` per data point, ``(B,)``: joint minus given."""
         return self.joint.log_likelihood - self.given.log_likelihood
 
     def summary(self) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def save_coherence_plot(
     probe: Mapping[Any, float] | None = None,
     num_classes: int | None = 10,
 ) -> Path:
-    """Line plot: conditional coherence against the number of inputs |S|.
+    """Line plot: conditional coherence against the number of inputs :math:`|S|`.
 
     ``coherence`` is the result of :func:`conditional_coherence`: its ``by_subset_size``
     gives the line and ``by_subset`` the individual (S, t) pairs (grey dots). Dashed lines:

@@ -82,7 +82,7 @@ def latent_probe(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    r"""Linear-probe accuracy of the label from :math:`\mathbb{E}[z \mid X_S]`, by |S|.
+    r"""Linear-probe accuracy of the label from :math:`\mathbb{E}[z \mid X_S]`, by :math:`|S|`.
 
     Subset sizes default to 1..M (M: all modalities). At most ``max_subsets_per_size``
     subsets of each size (seeded choice) and the first ``max_train_points`` /

@@ -16,6 +16,7 @@ Shapes: the guide may draw z with extra leading batch dimensions — vectorised 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.params.param_store import param_with_module_name
 from pyro.poutine.util import is_validation_enabled
 from torch import Tensor, nn
 
@@ -56,6 +56,21 @@ class Strata:
         if self.members is None:
             return present
         return self.members.t().unsqueeze(-1) & present.unsqueeze(1)
+
+
+_INSTANCES: dict[str, itertools.count] = {}
+
+
+def _has_data(data: Data) -> bool:
+    """Whether ``data`` holds at least one modality tensor."""
+    return isinstance(data, Mapping) and any(v is not None for v in data.values()) or (
+        data is not None and not isinstance(data, Mapping))
+
+
+def _instance_name(base: str) -> str:
+    """``base`` for the first model of a class name, then ``base_1``, ``base_2``, ..."""
+    number = next(_INSTANCES.setdefault(base, itertools.count()))
+    return base if number == 0 else f"{base}_{number}"
 
 
 class MultimodalVAE(nn.Module):
@@ -96,6 +111,8 @@ class MultimodalVAE(nn.Module):
         if not beta > 0:
             raise ValueError(f"beta must be positive, got {beta}")
         self.mods = nn.ModuleDict({m.name: m for m in modalities})
+        self.pyro_name = _instance_name(type(self).pyro_name)
+        self.pyro_register = True
         self.latent_dim = int(latent_dim)
         self.posterior_family = posterior
         self.scale_param = scale_param
@@ -109,10 +126,12 @@ class MultimodalVAE(nn.Module):
     # ----------------------------------------------------------------- input handling
     @property
     def names(self) -> tuple[str, ...]:
+        """The modality names, in order."""
         return tuple(self.mods.keys())
 
     @property
     def modalities(self) -> dict[str, Modality]:
+        """The modalities by name."""
         return dict(self.mods.items())
 
     def prepare(self, data: Data, mask: Mask = None) -> tuple[dict[str, Tensor], Tensor]:
@@ -203,42 +222,69 @@ class MultimodalVAE(nn.Module):
         else:
             self.current_beta = self.beta
 
-    def model(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
-              stratify: bool = True) -> None:
-        r"""Generative model: :math:`z \sim p(z)` and ``x_<name>`` observed in the data plate.
+    def model(self, data: Data = None, mask: Mask = None, subsets: Tensor | None = None,
+              stratify: bool = True, *, batch_size: int | None = None,
+              sample_missing: bool = False) -> None:
+        r"""Generative model: latents from :meth:`sample_latents` (:math:`z \sim p(z)`) and
+        ``x_<name>`` observed in the data plate.
 
         ``subsets`` (bool ``(k, M)``) are extra strata for objectives that sub-sample modality
         subsets (MVAE); the model and the guide must receive the same ones. With
         ``stratify=False`` there is no strata plate: one z per data point, as importance
         sampling of :math:`\log p(X)` needs.
+
+        Generation the Pyro way (:class:`pyro.infer.Predictive`): with no data and
+        ``batch_size=n`` every ``x_<name>`` is *sampled* from :math:`p(x_m|z)`,
+        :math:`z \sim p(z)`; with ``sample_missing=True`` (implies ``stratify=False``) the
+        modalities absent from ``data`` are sampled instead of left out, so
+        ``Predictive(vae.model, guide=vae.guide, num_samples=k)(partial, sample_missing=True)``
+        draws them given :math:`z \sim q(z|X_{\text{present}})` — cross-modal generation.
         """
         self.register()
-        skip = self.absent_names(data) if not stratify else ()
-        data, present = self.prepare(data, mask)
-        strata = self.layout(present, subsets) if stratify else None
+        if not _has_data(data):
+            data, present = self.empty_batch(batch_size)
+            strata, skip, sample = None, (), self.names
+        else:
+            absent = self.absent_names(data)
+            stratify = stratify and not sample_missing
+            data, present = self.prepare(data, mask)
+            strata = self.layout(present, subsets) if stratify else None
+            skip = absent if not stratify and not sample_missing else ()
+            sample = absent if sample_missing else ()
         with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
-            with poutine.scale(scale=self.current_beta):
-                z = pyro.sample("z", self.prior())
+            latents = self.sample_latents(present, strata)
             reconstruct = present if strata is None else strata.reconstruct_mask(present)
             members = None if strata is None else strata.members
-            self.observe(z, data, reconstruct, members, skip=skip)
+            self.observe(latents, data, reconstruct, members, skip=skip, sample=sample)
+
+    def sample_latents(self, present: Tensor, strata: Strata | None) -> Tensor | dict[str, Tensor]:
+        r"""The model's latent sites inside the data (and strata) plate: :math:`z \sim p(z)`,
+        scaled by :math:`\beta`. Returns what the decoders read: one tensor for all
+        modalities, or a dict by modality name (e.g. ``[z, w_m]`` in MMVAE+)."""
+        with poutine.scale(scale=self.current_beta):
+            return pyro.sample("z", self.prior())
+
+    def empty_batch(self, batch_size: int | None) -> tuple[dict[str, Tensor], Tensor]:
+        """``({}, present)`` for a batch of ``batch_size`` rows with no observation (all
+        modalities are sampled)."""
+        if batch_size is None or isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ValueError("the model needs data, or batch_size=N (a positive int) to "
+                             "sample every modality from the prior, as pyro.infer.Predictive "
+                             "does: Predictive(vae.model, num_samples=k)(batch_size=N)")
+        device = self._prior_loc.device
+        return {}, torch.ones(len(self.mods), int(batch_size), dtype=torch.bool, device=device)
 
     def register(self) -> None:
-        """``pyro.module(self.pyro_name, self)``, taking the name over from any other model
-        whose parameters Pyro's param store still holds under it.
+        """``pyro.module(self.pyro_name, self)``: expose the parameters to Pyro's param store
+        (what :class:`pyro.infer.SVI` optimises).
 
-        Pyro would otherwise hand SVI the stored parameters of the earlier model (same
-        names), and this one would silently never train.
+        Every model instance has its own ``pyro_name`` (``mmvae``, ``mmvae_1``, ...), so two
+        models, and the user's own parameters, coexist in one param store. The library's
+        training engine optimises the module's parameters directly and switches this off
+        (``pyro_register = False``) while it trains.
         """
-        first = next(iter(self.named_parameters()), None)
-        if first is not None:
-            key = param_with_module_name(self.pyro_name, first[0])
-            store = pyro.get_param_store()
-            if key in store and store[key] is not first[1]:
-                prefix = param_with_module_name(self.pyro_name, "")
-                for name in [n for n in store.keys() if n.startswith(prefix)]:
-                    del store[name]
-        pyro.module(self.pyro_name, self)
+        if self.pyro_register:
+            pyro.module(self.pyro_name, self)
 
     def absent_names(self, data: Data) -> tuple[str, ...]:
         """Modalities left out of ``data`` altogether (or given as None): an unstratified
@@ -247,23 +293,32 @@ class MultimodalVAE(nn.Module):
             return ()
         return tuple(n for n in self.names if data.get(n) is None)
 
-    def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
-                members: Tensor | None = None, skip: Collection[str] = ()) -> None:
+    def observe(self, latents: Tensor | dict[str, Tensor], data: dict[str, Tensor],
+                reconstruct: Tensor, members: Tensor | None = None,
+                skip: Collection[str] = (), sample: Collection[str] = ()) -> None:
         """One observe site per modality, weighted by :math:`\\lambda_m`.
 
+        ``latents`` is what the decoders read (one tensor, or one per modality name).
         ``reconstruct[m]`` (``(B,)`` or ``(S, B)``) masks the rows, or the strata and rows,
         in which modality m is scored. With ``members`` (bool ``(S, M)``), modality m's
         decoder runs only on the strata that reconstruct it (MVAE's unimodal ELBOs would
         otherwise decode every modality in every stratum). Modalities in ``skip`` (absent
-        from the whole batch) get no site and no decoder pass.
+        from the whole batch) get no site and no decoder pass; those in ``sample`` are drawn
+        from the likelihood instead of observed.
         """
         for i, (name, mod) in enumerate(self.mods.items()):
             if name in skip:
                 continue
-            params = self._decode_strata(mod, z, None if members is None else members[:, i])
+            latent = latents[name] if isinstance(latents, dict) else latents
+            params = self._decode_strata(mod, latent,
+                                         None if members is None else members[:, i])
             fn = mod.likelihood.distribution(params, len(mod.event_shape))
-            with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
-                pyro.sample(f"x_{name}", fn, obs=data[name])
+            with poutine.scale(scale=mod.weight):
+                if name in sample:
+                    pyro.sample(f"x_{name}", fn)
+                    continue
+                with poutine.mask(mask=reconstruct[i]):
+                    pyro.sample(f"x_{name}", fn, obs=data[name])
 
     @staticmethod
     def _decode_strata(mod: Modality, z: Tensor, rows: Tensor | None) -> Tensor:
@@ -283,13 +338,15 @@ class MultimodalVAE(nn.Module):
         return full.index_copy(dim, index, params)
 
     def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
-              stratify: bool = True) -> None:
+              stratify: bool = True, *, batch_size: int | None = None,
+              sample_missing: bool = False) -> None:
         """Draw z from the model's inference network (see :meth:`latent_posterior`).
 
         With ``stratify=False`` z is drawn once per data point from the full posterior of
         the present modalities and scored by its density: a proper importance proposal.
         """
         self.register()
+        stratify = stratify and not sample_missing
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
         qz = self.latent_posterior(data, present, strata, stratify)

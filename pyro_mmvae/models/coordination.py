@@ -52,6 +52,7 @@ from torch.distributions import constraints
 from torch.func import functional_call
 
 from pyro_mmvae.distributions.experts import component_distribution, product_of_experts
+from pyro_mmvae.engine.networks import run_network
 from pyro_mmvae.modality import Modality
 from pyro_mmvae.models.base import Data, MultimodalVAE, Strata
 
@@ -114,6 +115,7 @@ class CoordinatedPosterior(TorchDistribution):
 
     @property
     def num_modalities(self) -> int:
+        """The number of modalities M."""
         return self.expert_loc.size(0)
 
     def expand(self, batch_shape, _instance=None):
@@ -215,7 +217,7 @@ class CoordinationVAE(MultimodalVAE):
         return torch.where(rows, j_loc, p_loc), torch.where(rows, j_scale, p_scale)
 
     def _encode_joint(self, data: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        loc, raw_scale = self.joint_encoder(data)
+        loc, raw_scale = run_network(self.joint_encoder, data)
         return loc, self.scale_fn(raw_scale)
 
     def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
@@ -240,13 +242,13 @@ class CoordinationVAE(MultimodalVAE):
                                     stratified=strata is not None, unimodal=unimodal)
 
     def guide(self, data: Data, mask=None, subsets: Tensor | None = None,
-              stratify: bool = True) -> None:
+              stratify: bool = True, **kwargs) -> None:
         r"""The base guide; the latent site also records ``infer["kl_warmup"]``
         :math:`= \beta_t / \beta` (the warm-up factor, for weights other than β)."""
         factor = self.current_beta / self.beta
         configured = poutine.infer_config(
             super().guide, lambda site: {"kl_warmup": factor} if site["name"] == "z" else {})
-        configured(data, mask, subsets, stratify)
+        configured(data, mask, subsets, stratify, **kwargs)
 
     def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
         """:math:`q(z|X_S)`: the joint posterior of the sources (see :meth:`joint_params`)."""
@@ -281,11 +283,12 @@ class CoordinationVAE(MultimodalVAE):
 
     # ------------------------------------------------------------------ observations
     def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
-                members: Tensor | None = None, skip: Collection[str] = ()) -> None:
+                members: Tensor | None = None, skip: Collection[str] = (),
+                sample: Collection[str] = ()) -> None:
         """Observe sites as in the base class; with ``decoder_stop_gradient`` strata 1..M
         decode with detached decoder parameters."""
         if not (self.decoder_stop_gradient and members is not None and members.size(0) > 1):
-            super().observe(z, data, reconstruct, members, skip)
+            super().observe(z, data, reconstruct, members, skip, sample)
             return
         for i, (name, mod) in enumerate(self.mods.items()):
             params = self._decode_detached_strata(mod, z, members[:, i])
@@ -302,7 +305,8 @@ class CoordinationVAE(MultimodalVAE):
         index = rows[1:].cpu().nonzero().squeeze(1).to(z.device)
         chosen = rest.index_select(dim, index)
         detached = {k: v.detach() for k, v in mod.decoder.named_parameters()}
-        flat = functional_call(mod.decoder, detached, (chosen.reshape(-1, chosen.size(-1)),))
+        flat = run_network(functional_call, mod.decoder, detached,
+                           (chosen.reshape(-1, chosen.size(-1)),))
         params = flat.reshape(*chosen.shape[:-1], *mod.param_shape)
         full = params.new_zeros(rest.shape[:-1] + params.shape[chosen.dim() - 1:])
         return torch.cat([joint, full.index_copy(dim, index, params)], dim=dim)

@@ -185,31 +185,21 @@ class MMVAEPlus(MMVAE):
         return own.expand(-1, present.size(1))
 
     # ------------------------------------------------------------------ Pyro programs
-    def model(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
-              stratify: bool = True) -> None:
-        r""":math:`z \sim p(z)`, :math:`w_m \sim p(w_m)`, ``x_<name>`` observed given
-        ``[z, w_<name>]``; the prior of :math:`w_d` is masked to stratum d."""
-        self.register()
-        skip = self.absent_names(data) if not stratify else ()
-        data, present = self.prepare(data, mask)
-        strata = self.layout(present, subsets) if stratify else None
-        with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
-            with poutine.scale(scale=self.current_beta):
-                z = pyro.sample("z", self.prior())
-                private = {}
-                for i, name in enumerate(self.names):
-                    with poutine.mask(mask=self._private_mask(i, present, strata)):
-                        private[name] = pyro.sample(f"w_{name}", self.private_prior())
-            reconstruct = present if strata is None else strata.reconstruct_mask(present)
-            for i, (name, mod) in enumerate(self.mods.items()):
-                if name in skip:
-                    continue
-                latent = concat_latents(z, private[name])
-                with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
-                    pyro.sample(f"x_{name}", mod.distribution(latent), obs=data[name])
+    def sample_latents(self, present: Tensor, strata: Strata | None) -> dict[str, Tensor]:
+        r""":math:`z \sim p(z)` and :math:`w_m \sim p(w_m)` (the prior of :math:`w_d` masked
+        to stratum d); modality m decodes ``[z, w_m]``."""
+        with poutine.scale(scale=self.current_beta):
+            z = pyro.sample("z", self.prior())
+            latents = {}
+            for i, name in enumerate(self.names):
+                with poutine.mask(mask=self._private_mask(i, present, strata)):
+                    w = pyro.sample(f"w_{name}", self.private_prior())
+                latents[name] = concat_latents(z, w)
+        return latents
 
     def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
-              stratify: bool = True) -> None:
+              stratify: bool = True, *, batch_size: int | None = None,
+              sample_missing: bool = False) -> None:
         r"""Stratum r: :math:`z \sim q_r(z|x_r)` scored by :math:`q_\Phi(z|X)`,
         :math:`w_r \sim q_r(w_r|x_r)`, :math:`\tilde w_d` (d != r) from :meth:`private_guide`.
 
@@ -218,6 +208,7 @@ class MMVAEPlus(MMVAE):
         proposal; z is then not reparameterised).
         """
         self.register()
+        stratify = stratify and not sample_missing
         data, present = self.prepare(data, mask)
         strata = self.layout(present, subsets) if stratify else None
         loc_z, scale_z, loc_w, scale_w = self.encode_all(data)

@@ -84,6 +84,7 @@ class JointEncoder(nn.Module):
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The modality names the encoder reads, in order."""
         return tuple(self.features.keys())
 
     @classmethod

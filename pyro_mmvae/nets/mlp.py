@@ -16,7 +16,7 @@ OUTPUT_ACTIVATIONS = (None, "sigmoid")
 
 
 def check_trailing_shape(x: Tensor, expected: Sequence[int], net: str) -> None:
-    """Raise ValueError unless ``x`` has shape (B, *expected)."""
+    """Raise ValueError unless ``x`` has shape ``(B, *expected)``."""
     expected = tuple(int(s) for s in expected)
     if not isinstance(x, Tensor):
         raise ValueError(f"{net} expects a torch.Tensor, got {type(x).__name__}.")
@@ -59,7 +59,7 @@ def _mlp_trunk(
 
 
 class MLPEncoder(nn.Module):
-    """x (B, *in_shape) -> (loc (B, D), raw_scale (B, D)).
+    """``x (B, *in_shape) -> (loc (B, D), raw_scale (B, D))``.
 
     The input is standardised as ``(x - input_offset) / input_scale``, flattened, passed
     through ``Linear -> activation`` layers of widths ``hidden`` and then two linear heads.
@@ -101,7 +101,7 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """z (N, D) -> (N, *out_shape): the likelihood's location parameter per element.
+    """``z (N, D) -> (N, *out_shape)``: the likelihood's location parameter per element.
 
     ``Linear -> ReLU`` layers of widths ``hidden`` then a linear layer to
     ``prod(out_shape)`` values, reshaped. ``output_activation="sigmoid"`` squashes to

@@ -5,10 +5,12 @@ The layout follows the ResNet networks of the MMVAE+ reference implementation
 compromises", ICLR; public code srl-ethz/mmvaeplus), which in turn use the residual blocks
 of Mescheder et al. 2018. It is re-written here, not copied.
 
-Residual block ``ResidualBlock(c_in, c_out)`` (pre-activation, no normalisation):
+Residual block ``ResidualBlock(c_in, c_out)`` (pre-activation, no normalisation)::
+
     h   = conv3x3(c_in -> c_mid)(leaky_relu_0.2(x)),   c_mid = min(c_in, c_out)
     dx  = conv3x3(c_mid -> c_out)(leaky_relu_0.2(h))
     out = shortcut(x) + 0.1 * dx
+
 where ``shortcut`` is the identity when c_in == c_out and a bias-free 1x1 convolution
 otherwise. All 3x3 convolutions have stride 1 and padding 1 (size preserving); the
 0.1 factor keeps every block close to its shortcut at initialisation.

@@ -1,0 +1,158 @@
+r"""How the networks run: mixed precision (autocast) and ``torch.compile``.
+
+Mixed precision in this library is applied to the **networks only**: encoders, decoders and
+joint encoders run under :func:`torch.autocast` in ``bfloat16`` or ``float16``, their outputs
+are cast back to ``float32``, and everything probabilistic — the distributions, their
+log-densities, the Pyro traces and the objective — stays in ``float32``. This is the usual
+recipe (the log-likelihood of a 3x28x28 image sums 2352 terms; in bf16 its rounding error
+alone would be about 2352 * 2^-8 nats).
+
+.. code-block:: python
+
+    with network_precision("bf16", "cpu"):
+        loss = elbo.differentiable_loss(vae.model, vae.guide, batch)
+    loss.backward()
+
+``float16`` needs loss scaling (:func:`grad_scaler`); ``bfloat16`` does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+#: Precisions accepted by :func:`network_precision` (``--precision`` on the command line).
+PRECISIONS = ("32", "bf16", "16")
+_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+
+#: How :meth:`pyro_mmvae.modality.Modality.decode` batches latents with leading
+#: particle/stratum dimensions:
+#: ``"stacked"`` runs the decoder once on all of them, ``"split"`` once per slice of
+#: ``B`` latents (the same FLOPs; which is faster depends on the device, see
+#: ``benchmarks/throughput.py``).
+DECODER_BATCHING = ("stacked", "split")
+
+#: ``(device_type, dtype)`` of the active autocast scope of the networks, or None.
+_AUTOCAST: contextvars.ContextVar[tuple[str, torch.dtype] | None] = contextvars.ContextVar(
+    "pyro_mmvae_network_autocast", default=None
+)
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` as one of :data:`PRECISIONS` (``"fp32"``/``"32"`` etc. accepted)."""
+    text = str(precision).lower().removeprefix("fp").removeprefix("float")
+    text = {"bfloat16": "bf16", "b16": "bf16"}.get(text, text)
+    if text not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return text
+
+
+@contextlib.contextmanager
+def network_precision(precision: str, device_type: str | torch.device = "cpu") -> Iterator[None]:
+    """Run every network called through :func:`run_network` in ``precision`` inside the block.
+
+    :param precision: ``"32"`` (no autocast), ``"bf16"`` or ``"16"``.
+    :param device_type: ``"cpu"`` or ``"cuda"`` (a :class:`torch.device` is accepted).
+    """
+    precision = check_precision(precision)
+    device_type = torch.device(device_type).type
+    state = None if precision == "32" else (device_type, _DTYPES[precision])
+    token = _AUTOCAST.set(state)
+    try:
+        yield
+    finally:
+        _AUTOCAST.reset(token)
+
+
+def _to_float32(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_to_float32(v) for v in value)
+    if isinstance(value, list):
+        return [_to_float32(v) for v in value]
+    return value
+
+
+def run_network(network: Callable[..., Any], *args: Any) -> Any:
+    """``network(*args)``, under autocast when a :func:`network_precision` scope is active.
+
+    Floating outputs come back as ``float32`` so that the distributions built from them are
+    evaluated in full precision.
+    """
+    state = _AUTOCAST.get()
+    if state is None:
+        return network(*args)
+    device_type, dtype = state
+    with torch.autocast(device_type=device_type, dtype=dtype):
+        out = network(*args)
+    return _to_float32(out)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A :class:`torch.amp.GradScaler` for float16 training, None otherwise."""
+    if check_precision(precision) != "16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` has fast bfloat16 matrix units (CUDA: compute capability >= 8;
+    CPU: AMX-BF16 or AVX512-BF16, as reported by oneDNN)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if check is not None:
+        try:
+            return bool(check())
+        except (RuntimeError, AttributeError):
+            return False
+    return bool(mkldnn and mkldnn.is_available() and _cpu_flag("avx512_bf16", "amx_bf16"))
+
+
+def _cpu_flag(*flags: str) -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError:
+        return False
+    return any(flag in text for flag in flags)
+
+
+def network_modules(vae: nn.Module) -> list[nn.Module]:
+    """The encoders, decoders and joint encoder of ``vae`` (the modules worth compiling)."""
+    found = []
+    for mod in getattr(vae, "mods", {}).values():
+        found += [mod.encoder, mod.decoder]
+    joint = getattr(vae, "joint_encoder", None)
+    if joint is not None:
+        found.append(joint)
+    return found
+
+
+def compile_networks(vae: nn.Module, **options: Any) -> nn.Module:
+    """``torch.compile`` every network of ``vae`` in place (:meth:`torch.nn.Module.compile`).
+
+    Parameter names and ``state_dict`` keys do not change, so checkpoints of compiled and
+    uncompiled runs are interchangeable. ``options`` go to :func:`torch.compile` (the default
+    here is ``dynamic=True``: the decoders see a varying number of latents per call).
+    """
+    options.setdefault("dynamic", True)
+    for network in network_modules(vae):
+        network.compile(**options)
+    return vae
+
+
+def set_decoder_batching(vae: nn.Module, mode: str) -> None:
+    """Set how every modality of ``vae`` batches its decoder calls: ``"stacked"`` (one call
+    on all particles and strata) or ``"split"`` (one call per B latents)."""
+    if mode not in DECODER_BATCHING:
+        raise ValueError(f"unknown decoder batching {mode!r}; choose 'stacked' or 'split'")
+    for mod in getattr(vae, "mods", {}).values():
+        mod.decoder_batching = mode

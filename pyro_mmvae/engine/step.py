@@ -1,0 +1,128 @@
+r"""One training step: the objective's differentiable loss, ``backward``, one optimiser step.
+
+.. math:: \theta \leftarrow \mathrm{Adam}\big(\theta, \nabla_\theta\,
+          \mathcal{L}(\theta; X_{\text{batch}})\big),
+          \qquad \mathcal{L} = \texttt{elbo.differentiable\_loss(model, guide, batch)}
+
+This is what :class:`pyro.infer.SVI` does, without its per-step bookkeeping: no per-parameter
+optimisers, no trace of the parameter sites on every step. Around it the step adds what a
+training engine needs: network mixed precision (:mod:`pyro_mmvae.engine.networks`), float16
+loss scaling, gradient clipping by global norm, a learning-rate schedule, data-parallel
+gradient averaging (:mod:`pyro_mmvae.engine.distributed`) and a stop on non-finite values:
+a NaN/inf loss or gradient raises :class:`NonFiniteError` *before* the optimiser touches
+the parameters, naming the parameters whose gradient is not finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pyro_mmvae.engine.distributed import ProcessGroup, all_reduce_sum, shard, wrap_ddp
+from pyro_mmvae.engine.networks import grad_scaler, network_precision
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN or infinite; no parameter was changed."""
+
+
+class TrainStep:
+    """Callable ``step(batch) -> loss`` (the global batch's loss, a float).
+
+    :param vae: the model (an ``nn.Module`` with ``model`` and ``guide`` Pyro programs).
+    :param elbo: the objective (a :class:`pyro.infer.ELBO` with ``differentiable_loss``).
+    :param params: ``(name, parameter)`` pairs the optimiser updates (the unconstrained
+        tensors of ``pyro.param`` sites included).
+    :param optimizer: a torch optimiser over those parameters.
+    :param device: the training device (for autocast and loss scaling).
+    :param precision: ``"32"``, ``"bf16"`` or ``"16"`` for the networks.
+    :param clip_grad: clip the gradients' global 2-norm to this value (None: no clipping).
+    :param scheduler: a learning-rate scheduler stepped after every optimiser step.
+    :param group: the data-parallel process group (default: one process).
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        elbo: Any,
+        params: Sequence[tuple[str, Tensor]],
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        precision: str = "32",
+        clip_grad: float | None = None,
+        scheduler: Any = None,
+        group: ProcessGroup | None = None,
+    ) -> None:
+        if clip_grad is not None and not clip_grad > 0:
+            raise ValueError(f"clip_grad must be positive, got {clip_grad}")
+        self.vae = vae
+        self.elbo = elbo
+        self.names = {id(p): name for name, p in params}
+        self.params = [p for _, p in params]
+        self.optimizer = optimizer
+        self.device = device
+        self.precision = precision
+        self.clip_grad = clip_grad
+        self.scheduler = scheduler
+        self.group = group or ProcessGroup()
+        self.scaler = grad_scaler(precision, device)
+        self._ddp: nn.Module | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the DDP replica after parameters were frozen or unfrozen (a new stage)."""
+        if self.group.distributed:
+            self._ddp = wrap_ddp(self.vae, self.elbo, self.device)
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The differentiable loss of this process's shard of ``batch``."""
+        local = shard(batch, self.group)
+        with network_precision(self.precision, self.device):
+            if self._ddp is not None:
+                return self._ddp(local)
+            return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, local)
+
+    def __call__(self, batch: dict[str, Tensor]) -> float:
+        loss = self.loss(batch)
+        scaled = loss * self.group.world_size if self.group.distributed else loss
+        if self.scaler is not None:
+            self.scaler.scale(scaled).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            scaled.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = (torch.nn.utils.get_total_norm(grads, foreach=True) if grads
+                else loss.new_zeros(()))
+        stats = all_reduce_sum(torch.stack([loss.detach().float(), norm.float()]), self.group)
+        total, norm_value = stats.tolist()
+        if not math.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"the loss became {total}")
+        if not math.isfinite(norm_value) and self.scaler is None:
+            bad = self.non_finite_gradients()
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"the gradient of {', '.join(bad[:5])}"
+                                 f"{' and others' if len(bad) > 5 else ''} became non-finite "
+                                 f"(loss {total:.6g}); the parameters were not updated")
+        if self.clip_grad is not None and math.isfinite(norm_value):
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for p in self.params if p.grad is not None], self.clip_grad, norm,
+                foreach=True)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def non_finite_gradients(self) -> list[str]:
+        """Names of the parameters whose gradient holds NaN or inf."""
+        return [self.names.get(id(p), "?") for p in self.params
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all())]

@@ -1,0 +1,51 @@
+"""The short evaluation ``pyro-mmvae train`` runs after training, added to ``summary.json``.
+
+Single-source cross-modal coherence on the test set (generate modality t from modality s with
+the posterior mean, classify with the library's cached digit classifier for t, compare with
+the label) and the cross-generation grid of the first test points.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pyro_mmvae.runs import LoadedRun
+
+GRID_NAME = "cross_generation.png"
+GRID_ROWS = 8
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def training_report(run: LoadedRun, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``conditional_coherence`` (mean single source), the coherence matrix and the
+    classifiers' own accuracies; writes ``cross_generation.png`` into the run folder."""
+    from pyro_mmvae.metrics import (
+        conditional_coherence,
+        get_classifiers,
+        save_cross_generation_grid,
+    )
+
+    device = torch.device(device)
+    classifiers = get_classifiers(run.train_ds, run.test_ds, device=device)
+    coherence = conditional_coherence(run.vae, run.test_ds, classifiers, subset_sizes=(1,),
+                                      device=device)
+    with torch.no_grad():
+        batch = next(iter(run.test_ds.batches(GRID_ROWS, device=device)))[0]
+        save_cross_generation_grid(run.vae, batch, run.folder.path / GRID_NAME,
+                                   num_examples=GRID_ROWS)
+    return {
+        "conditional_coherence": coherence.get("mean_single_source"),
+        "coherence_matrix": _jsonable(coherence.get("single_source_matrix")),
+        "classifier_accuracy": _jsonable(coherence.get("classifier_accuracy")),
+    }

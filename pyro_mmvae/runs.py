@@ -1,0 +1,259 @@
+"""A run folder as an object: create it, lock it, write its records, restore its model.
+
+::
+
+    RUN_DIR/metrics.jsonl         one JSON line per epoch (train/test loss per data point)
+    RUN_DIR/checkpoint.pt         everything needed to continue (parameters, optimiser, RNGs)
+    RUN_DIR/summary.json          final figures of the training run
+    RUN_DIR/eval.json, *.png      written by evaluation (:mod:`pyro_mmvae.metrics.evaluate`)
+    RUN_DIR/tensorboard/          with ``--tensorboard``
+
+Training (:mod:`pyro_mmvae.train`) and evaluation both go through this module; neither
+imports the other. :func:`load_run` is the one place that knows how a trained model is
+rebuilt from its folder: the model zoo builds the model the checkpoint names (model, preset,
+settings), then the parameters are loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_mmvae.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+    save_json,
+)
+
+#: Environment variable naming the default data root.
+DATA_ROOT_ENV = "PYRO_MMVAE_DATA_ROOT"
+#: Parameters, optimiser, schedule and RNG states (written atomically after every epoch).
+CHECKPOINT_NAME = "checkpoint.pt"
+#: One JSON line per epoch.
+METRICS_NAME = "metrics.jsonl"
+#: The run's final figures.
+SUMMARY_NAME = "summary.json"
+
+
+def default_run_dir(model: str, dataset: str, root: str | os.PathLike = "runs") -> Path:
+    """``root/{model}-{dataset}-{YYYYmmdd-HHMMSS}``."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{model}-{dataset}-{stamp}"
+
+
+def resolve_data_root(explicit: str | None = None) -> str | None:
+    """``explicit``, else ``$PYRO_MMVAE_DATA_ROOT``, else None (the dataset's own default)."""
+    return explicit or os.environ.get(DATA_ROOT_ENV) or None
+
+
+def load_datasets(name: str, root: str | None = None) -> tuple[Any, Any]:
+    """The validated train and test splits of dataset ``name`` (see :mod:`pyro_mmvae.data`)."""
+    from pyro_mmvae.data import load_dataset
+
+    root = resolve_data_root(root)
+    splits = load_dataset(name, root, "train"), load_dataset(name, root, "test")
+    for split in splits:
+        split.validate()
+    return splits
+
+
+class RunFolder:
+    """The files of one run under ``path`` (created on :meth:`start`)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """``RUN_DIR/checkpoint.pt``."""
+        return self.path / CHECKPOINT_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        """``RUN_DIR/metrics.jsonl``."""
+        return self.path / METRICS_NAME
+
+    @property
+    def summary_path(self) -> Path:
+        """``RUN_DIR/summary.json``."""
+        return self.path / SUMMARY_NAME
+
+    def start(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to continue from (``resume``), or None for a fresh run, which must
+        not clobber an existing one."""
+        if not resume:
+            if self.checkpoint_path.exists():
+                raise ValueError(
+                    f"{self.path} already holds a checkpoint; pass --resume to continue that "
+                    "run, or choose another --out"
+                )
+            return None
+        return load_checkpoint(self.checkpoint_path)
+
+    def create(self) -> None:
+        """Make the folder; an unwritable location is a clear error before any training."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PermissionError(f"cannot create run folder {self.path}: {exc.strerror}") from exc
+        if not os.access(self.path, os.W_OK):
+            raise PermissionError(f"run folder {self.path} is not writable; choose another --out")
+
+    @contextlib.contextmanager
+    def locked(self, enabled: bool = True) -> Iterator[None]:
+        """Hold the folder's lock file (:class:`pyro_mmvae.lock.RunLock`) inside the block."""
+        if not enabled:
+            yield
+            return
+        try:
+            from pyro_mmvae.lock import RunLock
+        except ImportError:  # pragma: no cover - until the lock module lands
+            yield
+            return
+        with RunLock(self.path):
+            yield
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` with ``records`` (atomically)."""
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        atomic_write(self.metrics_path, lambda handle: handle.write(text.encode("utf-8")))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line to ``metrics.jsonl``."""
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write ``checkpoint.pt`` atomically."""
+        save_checkpoint(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Read ``checkpoint.pt`` (clear errors for missing, corrupt or foreign files)."""
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"no run folder at {self.path}; pass the --out folder of "
+                                    "a `pyro-mmvae train` run")
+        return load_checkpoint(self.checkpoint_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json`` atomically."""
+        save_json(self.summary_path, summary)
+
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json`` as a dict (empty when the run has none yet)."""
+        if not self.summary_path.is_file():
+            return {}
+        return json.loads(self.summary_path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- restoring
+
+
+def trace_programs(vae: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    """Run the guide and the model replayed on it once; the model's trace is returned.
+
+    Creates every ``pyro.param`` site the programs use in the active param store. Runs in
+    eval mode, so no batch-norm statistics change.
+    """
+    was_training = vae.training
+    vae.eval()
+    try:
+        with torch.no_grad(), poutine.trace(param_only=True) as params:
+            guide_trace = poutine.trace(vae.guide).get_trace(batch)
+            poutine.replay(vae.model, trace=guide_trace)(batch)
+    finally:
+        vae.train(was_training)
+    return params.trace
+
+
+def extra_params(vae: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The unconstrained tensors of the ``pyro.param`` sites of ``vae``'s programs that are
+    not parameters of ``vae`` itself, by site name (in the active param store)."""
+    own = {id(p) for p in vae.parameters()}
+    found = {}
+    for name, site in trace_programs(vae, batch).nodes.items():
+        value = site["value"].unconstrained()
+        if id(value) not in own:
+            found[name] = value
+    return dict(sorted(found.items()))
+
+
+def restore_parameters(vae: nn.Module, state: dict[str, Any],
+                       batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load the module parameters and the extra ``pyro.param`` values of a checkpoint;
+    return the extra parameters (created in the active param store)."""
+    extras = extra_params(vae, batch) if state.get("extra_params") else {}
+    for name, value in (state.get("extra_params") or {}).items():
+        if name not in extras:
+            raise CheckpointError(
+                f"checkpoint holds Pyro parameter {name!r} that this model does not create; "
+                "it was written by another version of the model"
+            )
+        with torch.no_grad():
+            extras[name].copy_(value.to(extras[name].device))
+    try:
+        vae.load_state_dict(state["vae_state"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(
+            f"the checkpoint's parameters do not fit model {state.get('model')!r} as this "
+            f"version builds it with preset {state.get('preset')!r} and settings "
+            f"{dict(state.get('overrides') or {})} ({detail[:300]}); resume with the same "
+            "--preset and settings"
+        ) from exc
+    return extras
+
+
+@dataclass
+class LoadedRun:
+    """A trained model restored from its run folder, with its data."""
+
+    folder: RunFolder
+    vae: nn.Module
+    elbo: Any
+    train_ds: Any
+    test_ds: Any
+    state: dict[str, Any]
+
+
+def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
+             data_root: str | None = None) -> LoadedRun:
+    """Rebuild the model of a run folder (eval mode, on ``device``) and load its datasets.
+
+    The datasets come from the checkpoint's dataset name and data root (``data_root`` or
+    ``$PYRO_MMVAE_DATA_ROOT`` override it). Extra ``pyro.param`` values (if the model has
+    any) are created in the active param store.
+    """
+    from pyro_mmvae.zoo import build_model
+
+    folder = RunFolder(run_dir)
+    state = folder.load_checkpoint()
+    config = state.get("config") or {}
+    train_ds, test_ds = load_datasets(state["dataset"], data_root or config.get("data_root"))
+    spec = build_model(state["model"], train_ds, state.get("preset"),
+                       **dict(state.get("overrides") or {}))
+    vae = spec.vae.to(device)
+    batch = next(iter(train_ds.batches(2, device=device)))[0]
+    restore_parameters(vae, state, batch)
+    vae.eval()
+    return LoadedRun(folder, vae, spec.elbo, train_ds, test_ds, state)
+
+
+def fresh_param_store() -> contextlib.AbstractContextManager:
+    """A private Pyro param store for the block (the user's own store is left untouched)."""
+    return pyro.get_param_store().scope()

@@ -1,0 +1,182 @@
+"""The training engine: precision, loss scaling, clipping, schedules, decoder batching,
+compile — each against a direct computation on a small model."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_mmvae.data import polymnist_mini
+from pyro_mmvae.engine import (
+    TrainStep,
+    build_lr_schedule,
+    build_optimizer,
+    check_precision,
+    compile_networks,
+    network_precision,
+)
+from pyro_mmvae.engine.networks import run_network, set_decoder_batching
+from pyro_mmvae.runs import RunFolder
+from pyro_mmvae.train import TrainConfig, train
+from pyro_mmvae.zoo import build_model
+
+SMALL = {"hidden": (32,), "latent_dim": 4}
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return (polymnist_mini("train").subset(torch.arange(96)),
+            polymnist_mini("test").subset(torch.arange(32)))
+
+
+def batch_of(dataset, size=16):
+    return next(iter(dataset.batches(size)))[0]
+
+
+def fresh(name, dataset, seed=0, **settings):
+    pyro.set_rng_seed(seed)
+    return build_model(name, dataset, **{**SMALL, **settings})
+
+
+def test_precision_names_are_checked():
+    assert check_precision("fp32") == "32" and check_precision("bf16") == "bf16"
+    assert check_precision("16") == "16"
+    with pytest.raises(ValueError, match="unknown precision"):
+        check_precision("int8")
+
+
+def test_networks_run_in_bf16_and_the_objective_in_fp32(mini):
+    spec = fresh("mmvae", mini[0])
+    decoder = spec.vae.mods["m0"].decoder
+    seen = {}
+    decoder.register_forward_hook(lambda m, i, out: seen.update(dtype=out.dtype))
+    batch = batch_of(mini[0])
+    with network_precision("bf16", "cpu"):
+        loss = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
+        assert run_network(torch.nn.Linear(3, 2), torch.ones(1, 3)).dtype == torch.float32
+    assert seen["dtype"] == torch.bfloat16  # the network ran under autocast
+    assert loss.dtype == torch.float32
+    pyro.set_rng_seed(5)
+    fp32 = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
+    pyro.set_rng_seed(5)
+    with network_precision("bf16", "cpu"):
+        bf16 = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
+    low, full = float(bf16.detach()), float(fp32.detach())
+    assert abs(low - full) < 0.02 * abs(full)  # the same loss, up to bf16 rounding
+
+
+@pytest.mark.parametrize("precision", ["bf16", "16"])
+def test_mixed_precision_steps_train(mini, precision):
+    spec = fresh("mmvae", mini[0])
+    params = list(spec.vae.named_parameters())
+    optimizer = build_optimizer([p for _, p in params], 3e-3, True, torch.device("cpu"))
+    step = TrainStep(spec.vae, spec.elbo, params, optimizer, torch.device("cpu"),
+                     precision=precision)
+    assert (step.scaler is not None) == (precision == "16")
+    losses = [step(batch) for _ in range(3) for batch, _ in mini[0].batches(32)]
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_clip_grad_bounds_the_update_by_the_global_norm(mini):
+    spec = fresh("mmvae", mini[0])
+    params = list(spec.vae.named_parameters())
+    before = [p.detach().clone() for _, p in params]
+    sgd = torch.optim.SGD([p for _, p in params], lr=1.0)
+    step = TrainStep(spec.vae, spec.elbo, params, sgd, torch.device("cpu"), clip_grad=0.5)
+    step(batch_of(mini[0]))
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for (_, p), b in zip(params, before,
+                                                                              strict=True)))
+    assert float(moved) == pytest.approx(0.5, rel=1e-4)  # lr 1: the step is the clipped grad
+
+
+def test_lr_schedules_follow_their_formula():
+    param = torch.nn.Parameter(torch.zeros(1))
+    for name, at_half in (("cosine", 0.5), ("linear", 0.5), ("constant", 1.0)):
+        optimizer = torch.optim.SGD([param], lr=2.0)
+        schedule = build_lr_schedule(optimizer, name, total_steps=10)
+        for _ in range(5):
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * at_half)
+    with pytest.raises(ValueError, match="schedule"):
+        build_lr_schedule(optimizer, "exponential", 10)
+
+
+@pytest.mark.parametrize("name", ["mmvae", "mmvae_plus", "mvae"])
+def test_split_and_stacked_decoders_give_the_same_loss_and_gradient(mini, name):
+    spec = fresh(name, mini[0], num_particles=3)
+    batch = batch_of(mini[0], 8)
+    results = []
+    for mode in ("stacked", "split"):
+        set_decoder_batching(spec.vae, mode)
+        spec.vae.zero_grad()
+        pyro.set_rng_seed(3)
+        loss = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in spec.vae.parameters()
+                                      if p.grad is not None]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_networks_give_the_same_loss_and_keep_state_dict_keys(mini):
+    spec = fresh("mmvae", mini[0])
+    keys = set(spec.vae.state_dict())
+    batch = batch_of(mini[0], 8)
+    pyro.set_rng_seed(1)
+    eager = float(spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch))
+    compile_networks(spec.vae)
+    pyro.set_rng_seed(1)
+    compiled = float(spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch))
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert set(spec.vae.state_dict()) == keys  # checkpoints stay interchangeable
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_is_exact_with_schedule_clipping_and_bf16(mini, tmp_path, monkeypatch):
+    def config(out, **kw):
+        return TrainConfig(model="mmvae", dataset="mini", device="cpu", out=str(out),
+                           batch_size=32, lr_schedule="cosine", clip_grad=5.0,
+                           precision="bf16", settings=dict(SMALL), **kw)
+
+    train(config(tmp_path / "straight", epochs=3), progress=False, datasets=mini)
+    real_save = RunFolder.save_checkpoint
+
+    def crash_after_first_epoch(self, state):
+        if state["epoch"] > 1:
+            raise Interrupted
+        real_save(self, state)
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(Interrupted):
+        train(config(tmp_path / "split", epochs=3), progress=False, datasets=mini)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", real_save)
+    train(TrainConfig(model="mmvae", dataset="mini", device="cpu", out=str(tmp_path / "split"),
+                      epochs=3, resume=True), progress=False, datasets=mini)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert b["hyper"]["precision"] == "bf16" and b["hyper"]["lr_schedule"] == "cosine"
+    for key, value in a["vae_state"].items():
+        assert torch.equal(value, b["vae_state"][key]), key
+    assert a["optim_state"]["param_groups"][0]["lr"] == b["optim_state"]["param_groups"][0]["lr"]
+
+
+def test_resume_refuses_changed_settings(mini, tmp_path):
+    from pyro_mmvae.checkpoint import CheckpointError
+
+    cfg = dict(model="mmvae", dataset="mini", device="cpu", out=str(tmp_path), batch_size=32,
+               settings=dict(SMALL))
+    train(TrainConfig(epochs=1, **cfg), progress=False, datasets=mini)
+    for change in ({"seed": 3}, {"batch_size": 16}, {"settings": {"beta": 2.0}}):
+        bad = {**cfg, **change, "settings": {**SMALL, **change.get("settings", {})}}
+        with pytest.raises(CheckpointError, match="--resume continues the run"):
+            train(TrainConfig(epochs=2, resume=True, **bad), progress=False, datasets=mini)
