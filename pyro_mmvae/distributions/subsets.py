@@ -12,6 +12,7 @@ import itertools
 import random
 from collections.abc import Sequence
 
+#: Joins the names of a subset into its key in results (``"m0+m2"``).
 SUBSET_SEPARATOR = "+"
 
 __all__ = ["SUBSET_SEPARATOR", "complement", "source_subsets", "subset_key", "subset_size"]

@@ -33,6 +33,7 @@ from pyro_mmvae.metrics.common import evaluation_mode, progress_bar
 DIVERSITY_IMAGES = 256  # images per modality used for the pairwise-distance figure
 #: Latents decoded by one decoder call of the cached engine (bounds its memory).
 DECODE_CHUNK = 4096
+#: Cross-generation engines of :func:`cross_generate`.
 ENGINES = ("auto", "cached", "generate")
 
 __all__ = ["ENGINES", "conditional_coherence", "cross_generate", "mean_pairwise_l2",

@@ -62,6 +62,7 @@ from pyro_mmvae.metrics.common import evaluation_mode, head, progress_bar
 
 #: Latent draws decoded at once by default: ``chunk_size = max(1, CHUNK_BUDGET // batch)``.
 CHUNK_BUDGET = 4096
+#: The importance proposals :func:`vae_proposal` builds (see the module docstring).
 PROPOSALS = ("model", "mixture", "refined")
 #: Weights of q(z|X_S), the product of the present experts and the prior in ``"mixture"``.
 MIXTURE_WEIGHTS = (0.6, 0.3, 0.1)
@@ -362,14 +363,17 @@ def _one_proposal(vae: Any, dataset: Any, names: tuple[str, ...],
             "info": _merge_info(infos)}
 
 
-def _warnings(label: str, summary: Mapping[str, Any], proposal: str) -> list[str]:
+def _warnings(label: str, summary: Mapping[str, Any], proposal: str, tried: int
+              ) -> list[str]:
     fraction = (summary.get("pareto_k") or {}).get("fraction_above_0.7")
     if fraction is None or fraction <= WARN_FRACTION:
         return []
+    which = f"the best of {tried} proposals, {proposal!r}" if tried > 1 else \
+        f"the {proposal!r} proposal"
+    advice = "a larger K" if tried > 1 else "--proposal all or a larger K"
     return [f"{label}: k-hat > {PARETO_K_THRESHOLD} for {fraction:.0%} of the points with "
-            f"the {proposal!r} proposal (more than {WARN_FRACTION:.0%}): the importance "
-            "weights are heavy-tailed and the estimate is a loose lower bound; try "
-            "--proposal all or a larger K"]
+            f"{which} (more than {WARN_FRACTION:.0%}): the importance weights are "
+            f"heavy-tailed and the estimate is a loose lower bound; try {advice}"]
 
 
 def _proposal_summary(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -401,9 +405,9 @@ def likelihood_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     best = result.get("best", next(iter(proposals)))
     by_proposal = {name: _proposal_summary(r) for name, r in proposals.items()}
     headline = by_proposal[best]
-    messages = _warnings("log p(X)", headline["joint"], best)
+    messages = _warnings("log p(X)", headline["joint"], best, len(by_proposal))
     for key, summary in headline["subsets"].items():
-        messages += _warnings(f"log p({key})", summary, best)
+        messages += _warnings(f"log p({key})", summary, best, len(by_proposal))
     return {
         "units": "nats per data point (sum over the modalities' dimensions)",
         "estimator": "importance sampling (stratify=False guides); proposals: "
