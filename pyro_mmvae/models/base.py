@@ -408,6 +408,36 @@ class MultimodalVAE(nn.Module):
         """The point in latent space used for conditional generation (posterior mean)."""
         return self.posterior(data, sources).mean
 
+    # ------------------------------------------------------------------ cached experts
+    def encode_experts(self, data: Data) -> dict[str, Tensor]:
+        """Run every unimodal encoder once: ``{"loc", "scale"}`` of shape ``(M, B, D)``.
+
+        The cache :meth:`posterior_from_experts` and :meth:`generation_latents` read, so that
+        an evaluation visiting many source subsets S encodes each data point once.
+        """
+        filled, _ = self.prepare(data)
+        loc, scale = self.expert_params(filled)
+        return {"loc": loc, "scale": scale}
+
+    def source_mask(self, sources: Sequence[str], like: Tensor) -> Tensor:
+        """Bool ``(M, B)``: True on the rows of the ``sources`` (``like``: ``(M, B, D)``)."""
+        rows = torch.tensor([n in sources for n in self.names], device=like.device)
+        return rows.unsqueeze(-1).expand(like.shape[:2])
+
+    def posterior_from_experts(self, experts: Mapping[str, Tensor],
+                               sources: Sequence[str]) -> TorchDistribution:
+        """:meth:`posterior` from cached experts (:meth:`encode_experts` of a batch holding
+        at least the sources): the same distribution, drawing the same random numbers."""
+        raise NotImplementedError(f"{type(self).__name__} builds no posterior from cached "
+                                  "experts")
+
+    def generation_latents(self, experts: Mapping[str, Tensor], sources: Sequence[str],
+                           targets: Sequence[str]) -> dict[str, Tensor]:
+        """The decoder input of each target that :meth:`generate` would decode, from cached
+        experts; ``mods[t].mean(latents[t])`` is ``generate(...)[t]``."""
+        z = self.posterior_from_experts(experts, self._check_names(sources, "source")).mean
+        return {t: z for t in self._check_names(targets, "target")}
+
     def _check_names(self, names: Sequence[str], what: str) -> list[str]:
         names = list(names)
         unknown = [n for n in names if n not in self.mods]

@@ -250,6 +250,30 @@ class MMVAEPlus(MMVAE):
             latents[t] = concat_latents(z, w)
         return latents
 
+    def encode_experts(self, data: Data) -> dict[str, Tensor]:
+        """Shared experts ``loc``/``scale`` ``(M, B, Dz)`` and private ``loc_w``/``scale_w``
+        ``(M, B, Dw)``, every encoder run once."""
+        filled, _ = self.prepare(data)
+        loc_z, scale_z, loc_w, scale_w = self.encode_all(filled)
+        return {"loc": loc_z, "scale": scale_z, "loc_w": loc_w, "scale_w": scale_w}
+
+    def generation_latents(self, experts, sources, targets) -> dict[str, Tensor]:
+        """``[z, w_t]`` for each target as :meth:`generate` builds it (same random draws)."""
+        sources = self._check_names(sources, "source")
+        targets = self._check_names(targets, "target")
+        index = [self.names.index(s) for s in sources]
+        mixture = StratifiedMixture(experts["loc"][index], experts["scale"][index],
+                                    family=self.posterior_family)
+        z = mixture.choose_component().mean
+        out = {}
+        for t in targets:
+            if t in sources:
+                w = experts["loc_w"][self.names.index(t)]
+            else:
+                w = self.private_prior().sample((z.size(0),))
+            out[t] = concat_latents(z, w)
+        return out
+
     def sample(self, num: int) -> dict[str, Tensor]:
         r"""Unconditional generation: decoder means for :math:`z \sim p(z)`,
         :math:`w_m \sim p(w_m)` (one z shared by all modalities)."""
