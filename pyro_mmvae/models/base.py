@@ -456,22 +456,21 @@ class MultimodalVAE(nn.Module):
     ) -> dict[str, Tensor]:
         """Decoder means of ``targets`` (default: all) generated from :math:`q(z|X_{sources})`.
 
-        Uses the posterior mean (:meth:`posterior_location`). Call under ``torch.no_grad()``.
+        Uses the posterior mean (:meth:`posterior_location`), through the expert cache
+        (:meth:`encode_experts`, :meth:`generation_latents`) where the model has one. Call
+        under ``torch.no_grad()``.
         """
         sources = self._check_names(sources, "source")
         targets = self._check_names(self.names if targets is None else targets, "target")
         missing = [s for s in sources if data.get(s) is None]
         if missing:
             raise ValueError(f"source modality {missing} not in the data")
-        latents = self.generation_latents({s: data[s] for s in sources}, sources, targets)
-        return {t: self.mods[t].mean(latents[t] if isinstance(latents, dict) else latents)
-                for t in targets}
-
-    def generation_latents(self, data: Data, sources: list[str], targets: list[str]
-                           ) -> Tensor | dict[str, Tensor]:
-        """What the decoders of ``targets`` read in :meth:`generate`: the point of
-        :meth:`posterior_location` (one tensor for all), or one tensor per target."""
-        return self.posterior_location(data, sources)
+        given = {s: data[s] for s in sources}
+        if type(self).posterior_from_experts is MultimodalVAE.posterior_from_experts:
+            z = self.posterior_location(given, sources)  # a model without the expert cache
+            return {t: self.mods[t].mean(z) for t in targets}
+        latents = self.generation_latents(self.encode_experts(given), sources, targets)
+        return {t: self.mods[t].mean(latents[t]) for t in targets}
 
     def sample(self, num: int) -> dict[str, Tensor]:
         """Unconditional generation: decoder means for :math:`z \\sim p(z)`."""

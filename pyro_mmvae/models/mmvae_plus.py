@@ -228,28 +228,6 @@ class MMVAEPlus(MMVAE):
         return qz if strata is not None else qz.marginal()
 
     # ------------------------------------------------------------------ generation
-    def generation_latents(self, data: Data, sources: list[str], targets: list[str]
-                           ) -> dict[str, Tensor]:
-        r"""``[z, w_t]`` for each target t (see :meth:`generate`).
-
-        z is the mean of :math:`q(z|X_S)` (for several sources, of one present expert drawn
-        per row, as MMVAE). A target among the sources is reconstructed with the mean of its
-        own :math:`q_t(w_t|x_t)`; any other target gets :math:`w_t \sim p(w_t)` (the paper's
-        cross-generation: its private latent is not inferable from the sources).
-        """
-        filled, _ = self.prepare(data)
-        loc_z, scale_z, loc_w, _ = self.encode_all(filled, sources)
-        mixture = StratifiedMixture(loc_z, scale_z, family=self.posterior_family)
-        z = mixture.choose_component().mean
-        latents = {}
-        for t in targets:
-            if t in sources:
-                w = loc_w[sources.index(t)]
-            else:
-                w = self.private_prior().sample((z.size(0),))
-            latents[t] = concat_latents(z, w)
-        return latents
-
     def encode_experts(self, data: Data) -> dict[str, Tensor]:
         """Shared experts ``loc``/``scale`` ``(M, B, Dz)`` and private ``loc_w``/``scale_w``
         ``(M, B, Dw)``, every encoder run once."""
@@ -258,7 +236,13 @@ class MMVAEPlus(MMVAE):
         return {"loc": loc_z, "scale": scale_z, "loc_w": loc_w, "scale_w": scale_w}
 
     def generation_latents(self, experts, sources, targets) -> dict[str, Tensor]:
-        """``[z, w_t]`` for each target as :meth:`generate` builds it (same random draws)."""
+        r"""``[z, w_t]`` for each target t of :meth:`generate`, from cached experts.
+
+        z is the mean of :math:`q(z|X_S)` (for several sources, of one present expert drawn
+        per row, as MMVAE). A target among the sources is reconstructed with the mean of its
+        own :math:`q_t(w_t|x_t)`; any other target gets :math:`w_t \sim p(w_t)` (the paper's
+        cross-generation: its private latent is not inferable from the sources).
+        """
         sources = self._check_names(sources, "source")
         targets = self._check_names(targets, "target")
         index = [self.names.index(s) for s in sources]
