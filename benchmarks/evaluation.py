@@ -8,10 +8,20 @@ Usage (from the repository root)::
         --coherence-points all --quality-samples all --likelihood-points 1000 \
         --out benchmarks/results/evaluation_gpu.json
 
+    python benchmarks/evaluation.py --dataset polymnist-mini --model mmvae_plus \
+        --preset mmvae_plus_polymnist --only coherence --engines cached,generate \
+        --coherence-points 64 --threads 1 \
+        --out benchmarks/results/evaluation_coherence_cpu.json
+
 ``--data-root`` holds ``PolyMNIST/{train,test}/m{i}/*.png`` (never copied into the
-repository). The model is MMVAE with the PolyMNIST ResNet networks (preset
-``mmvae_polymnist``), untrained unless ``--run-dir`` names a trained run of it: evaluation
-cost does not depend on the weights. Timed, each on the stated number of test points and
+repository); ``--dataset polymnist-mini`` has tuples of the same shape built in memory, which
+is all a timing needs. ``--engines cached,generate`` times conditional coherence with the
+cached-expert engine and with one ``vae.generate`` call per subset (the figures must agree),
+beside the *bound*: decoding and classifying the same number of images alone, in large
+batches, with their FLOPs counted by torch. The model is MMVAE with the PolyMNIST ResNet
+networks (preset ``mmvae_polymnist``; ``--model``/``--preset`` choose another), untrained
+unless ``--run-dir`` names a trained run of it: evaluation cost does not depend on the
+weights. Timed, each on the stated number of test points and
 extrapolated linearly to the 10,000 of the test set (all metrics are per-datapoint loops):
 
 * conditional coherence for every source subset of every size 1..4 (30 subsets, 75
@@ -53,7 +63,7 @@ from pyro_mmvae.metrics import (
     get_classifiers,
     unconditional_coherence,
 )
-from pyro_mmvae.metrics.coherence import evaluation_mode
+from pyro_mmvae.metrics.common import evaluation_mode
 from pyro_mmvae.metrics.likelihood import dataset_log_likelihood, likelihood_summary
 from pyro_mmvae.zoo import build_model
 
@@ -63,7 +73,17 @@ FULL_TEST = 10_000
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", required=True, help="folder that holds PolyMNIST/")
+    p.add_argument("--data-root", help="folder that holds PolyMNIST/ (not for polymnist-mini)")
+    p.add_argument("--dataset", default="polymnist", help="polymnist or polymnist-mini (the "
+                   "same 5 x 3x28x28 tuples, 1000 test tuples, built in memory)")
+    p.add_argument("--model", default="mmvae", help="model of the zoo (default: mmvae)")
+    p.add_argument("--preset", default="mmvae_polymnist",
+                   help="preset (default: mmvae_polymnist, the PolyMNIST ResNets)")
+    p.add_argument("--only", default="coherence,quality,likelihood",
+                   help="comma-separated parts to time (default: all three)")
+    p.add_argument("--engines", default="cached",
+                   help="coherence engines to time side by side: cached,generate "
+                   "(the first one's figures are reported; all must agree)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--run-dir", help="a trained `pyro-mmvae train --preset mmvae_polymnist` run")
@@ -132,9 +152,11 @@ class Timer:
         return result
 
 
-def build_vae(train_ds: Any, run_dir: str | None, device: torch.device) -> Any:
-    """MMVAE with the PolyMNIST ResNets (preset mmvae_polymnist), trained weights optional."""
-    vae = build_model("mmvae", train_ds, preset="mmvae_polymnist").vae
+def build_vae(train_ds: Any, run_dir: str | None, device: torch.device, model: str = "mmvae",
+              preset: str | None = "mmvae_polymnist") -> Any:
+    """A model of the zoo (default: MMVAE with the PolyMNIST ResNets), trained weights
+    optional."""
+    vae = build_model(model, train_ds, preset=preset).vae
     if run_dir:
         from pyro_mmvae.checkpoint import load_checkpoint
 
@@ -174,6 +196,37 @@ def leave_one_out_features(vae: Any, classifiers: Any, dataset: Any, batch_size:
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
+def coherence_bound(vae: Any, classifiers: Any, num_tuples: int, chunk: int = 4096
+                    ) -> dict[str, Any]:
+    """The work conditional coherence cannot avoid, timed alone: decoding every (S, t)
+    image of ``num_tuples`` tuples (75 per tuple for M = 5) from random latents in chunks of
+    ``chunk`` and classifying them; plus its FLOPs (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = list(vae.names)
+    per_target = 2 ** (len(names) - 1) - 1  # subsets S of the others, |S| = 1..M-1
+    with evaluation_mode(vae):
+        probe = vae.sample(2)  # decoder input width, read from the cached-expert latents
+        latent = vae.generation_latents(vae.encode_experts(probe), names[:1], names[1:2])
+        width = next(iter(latent.values())).size(-1)
+        flops = FlopCounterMode(display=False)
+        with flops:
+            x = vae.mods[names[0]].mean(torch.randn(1, width))
+            classifiers.predict(names[0], x)
+        per_image = flops.get_total_flops()
+        start = time.perf_counter()
+        for t in names:
+            latents = torch.randn(num_tuples * per_target, width)
+            for part in latents.split(chunk):
+                classifiers.predict(t, vae.mods[t].mean(part))
+        seconds = time.perf_counter() - start
+    images = num_tuples * per_target * len(names)
+    return {"seconds": round(seconds, 3), "images": images,
+            "gflop_per_image_decoder_and_classifier": round(per_image / 1e9, 4),
+            "tflop_total": round(per_image * images / 1e12, 4),
+            "achieved_gflop_per_s": round(per_image * images / seconds / 1e9, 2)}
+
+
 def classifier_distances(real: dict[str, torch.Tensor],
                          generated: dict[str, dict[str, torch.Tensor]]
                          ) -> dict[str, dict[str, float]]:
@@ -198,67 +251,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     pyro.set_rng_seed(args.seed)
     info = machine(device)
     timer = Timer(device)
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     print(f"evaluation benchmark on {info['cpu']} ({info['torch_threads']} threads), "
           f"device {device}", flush=True)
 
-    test_ds = timer("load test set", load_dataset, "polymnist", args.data_root, "test")
-    train_ds = timer("load train set", load_dataset, "polymnist", args.data_root, "train")
+    test_ds = timer("load test set", load_dataset, args.dataset, args.data_root, "test")
+    train_ds = timer("load train set", load_dataset, args.dataset, args.data_root, "train")
     n_test = len(test_ds)
     classifiers = timer("classifiers (cache or train)", get_classifiers, train_ds, test_ds,
                         device=device)
-    vae = build_vae(train_ds, args.run_dir, device)
-
-    n_coh = _count(args.coherence_points, n_test)
-    coh_part = test_ds.subset(torch.arange(n_coh))
-    coherence = timer("conditional coherence (all subsets)", conditional_coherence, vae,
-                      coh_part, classifiers, subset_sizes=None, batch_size=args.batch_size,
-                      device=device)
-    uncond = timer("unconditional coherence", unconditional_coherence, vae, classifiers,
-                   num_samples=n_coh, batch_size=args.batch_size)
-
-    real = timer("classifier features of real test images", features_of_real_images,
-                 classifiers, test_ds, args.batch_size)
-    n_q = _count(args.quality_samples, n_test)
-    prior = timer("prior samples + features", prior_features, vae, classifiers, n_q,
-                  args.batch_size)
-    loo = timer("leave-one-out generations + features", leave_one_out_features, vae,
-                classifiers, test_ds.subset(torch.arange(n_q)), args.batch_size, device)
-    distances = timer("classifier Fréchet distances (5 x 2, full)", classifier_distances,
-                      real, {"unconditional": prior, "conditional_leave_one_out": loo})
-    synthetic = timer("Fréchet distance, 10000 x 2048 features", synthetic_frechet_2048,
-                      args.seed)
-
-    n_lik = _count(args.likelihood_points, n_test)
-    raw = timer(f"log p(X), K={args.num_samples}, chunked", dataset_log_likelihood, vae,
-                test_ds, (), num_samples=args.num_samples, batch_size=min(n_lik, 64),
-                chunk_size=args.chunk_size, max_points=n_lik, device=device)
-    likelihood = likelihood_summary(raw)
-
+    vae = build_vae(train_ds, args.run_dir, device, args.model, args.preset)
     s = timer.seconds
-    scale = {"coherence": n_test / n_coh, "quality": n_test / n_q, "likelihood": n_test / n_lik}
-    full = {
-        "conditional coherence (all subsets)":
-            s["conditional coherence (all subsets)"] * scale["coherence"],
-        "unconditional coherence (10000 samples)":
-            s["unconditional coherence"] * scale["coherence"],
-        "classifier Fréchet distance (real features, 10000 generated unconditional and "
-        "leave-one-out, distances)":
+    full: dict[str, float] = {}
+    results: dict[str, Any] = {"classifier_accuracy": classifiers.test_accuracy}
+    n_coh = _count(args.coherence_points, n_test)
+    n_q = _count(args.quality_samples, n_test)
+    n_lik = _count(args.likelihood_points, n_test)
+
+    if "coherence" in parts:
+        coh_part = test_ds.subset(torch.arange(n_coh))
+        by_engine = {}
+        for engine in engines:
+            pyro.set_rng_seed(args.seed)
+            by_engine[engine] = timer(f"conditional coherence, engine {engine}",
+                                      conditional_coherence, vae, coh_part, classifiers,
+                                      subset_sizes=None, batch_size=args.batch_size,
+                                      device=device, engine=engine)
+        first = by_engine[engines[0]]
+        bound = timer("coherence bound: decode + classify only", coherence_bound, vae,
+                      classifiers, n_coh)
+        uncond = timer("unconditional coherence", unconditional_coherence, vae, classifiers,
+                       num_samples=n_coh, batch_size=args.batch_size)
+        for engine in engines:
+            full[f"conditional coherence (all subsets), engine {engine}"] = \
+                s[f"conditional coherence, engine {engine}"] * n_test / n_coh
+        full["coherence bound (decode + classify the same images, nothing else)"] = \
+            s["coherence bound: decode + classify only"] * n_test / n_coh
+        full["unconditional coherence"] = s["unconditional coherence"] * n_test / n_coh
+        results["coherence"] = {
+            "by_subset_size": first["by_subset_size"],
+            "engines_agree": all(r["by_subset"] == first["by_subset"]
+                                 for r in by_engine.values()),
+            "seconds_over_bound": {e: round(s[f"conditional coherence, engine {e}"]
+                                            / bound["seconds"], 2) for e in engines},
+            "bound": bound,
+            "unconditional_coherence": uncond["coherence"],
+        }
+    if "quality" in parts:
+        real = timer("classifier features of real test images", features_of_real_images,
+                     classifiers, test_ds, args.batch_size)
+        prior = timer("prior samples + features", prior_features, vae, classifiers, n_q,
+                      args.batch_size)
+        loo = timer("leave-one-out generations + features", leave_one_out_features, vae,
+                    classifiers, test_ds.subset(torch.arange(n_q)), args.batch_size, device)
+        distances = timer("classifier Fréchet distances (full)", classifier_distances,
+                          real, {"unconditional": prior, "conditional_leave_one_out": loo})
+        synthetic = timer("Fréchet distance, 10000 x 2048 features", synthetic_frechet_2048,
+                          args.seed)
+        full["classifier Fréchet distance (real features, generated unconditional and "
+             "leave-one-out, distances)"] = (
             s["classifier features of real test images"]
             + (s["prior samples + features"] + s["leave-one-out generations + features"])
-            * scale["quality"] + s["classifier Fréchet distances (5 x 2, full)"],
-        f"log p(X), K={args.num_samples}":
-            s[f"log p(X), K={args.num_samples}, chunked"] * scale["likelihood"],
-    }
-    full["total"] = sum(full.values())
+            * n_test / n_q + s["classifier Fréchet distances (full)"])
+        results["classifier_frechet_distance"] = distances
+        results["synthetic_2048d_frechet_distance"] = synthetic
+    if "likelihood" in parts:
+        raw = timer(f"log p(X), K={args.num_samples}, chunked", dataset_log_likelihood, vae,
+                    test_ds, (), num_samples=args.num_samples, batch_size=min(n_lik, 64),
+                    chunk_size=args.chunk_size, max_points=n_lik, device=device)
+        full[f"log p(X), K={args.num_samples}, model proposal"] = \
+            s[f"log p(X), K={args.num_samples}, chunked"] * n_test / n_lik
+        results["log_likelihood"] = likelihood_summary(raw)["joint"]
+    full["total"] = sum(v for k, v in full.items() if "bound" not in k)
     result = {
-        "benchmark": "evaluation suite on the full PolyMNIST test set",
+        "benchmark": f"evaluation suite on the {args.dataset} test set",
         "command": "python benchmarks/evaluation.py " + " ".join(sys.argv[1:] if argv is None
                                                                   else argv),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {**info, "load_average_at_end": list(os.getloadavg()),
                     "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                           / 2**20, 2)},
-        "model": "mmvae, preset mmvae_polymnist (PolyMNIST ResNets, latent 32), "
+        "model": f"{args.model}, preset {args.preset}, "
                  + ("trained: " + args.run_dir if args.run_dir else "untrained weights"),
         "test_set": {"tuples": n_test, "modalities": len(vae.names)},
         "measured_on": {"coherence_points": n_coh, "quality_samples": n_q,
@@ -268,15 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "extrapolated_full_test_set_seconds": {k: round(v, 1) for k, v in full.items()},
         "extrapolation": "linear in the number of test points (each metric is a loop over "
                          "batches of data points); real-image features and Fréchet distances "
-                         "are measured on all 10,000",
-        "results_on_the_measured_part": {
-            "coherence_by_subset_size": coherence["by_subset_size"],
-            "unconditional_coherence": uncond["coherence"],
-            "classifier_accuracy": classifiers.test_accuracy,
-            "classifier_frechet_distance": distances,
-            "synthetic_2048d_frechet_distance": synthetic,
-            "log_likelihood": likelihood["joint"],
-        },
+                         "are measured on the whole test set",
+        "results_on_the_measured_part": results,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

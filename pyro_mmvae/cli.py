@@ -219,6 +219,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 METRIC_NAMES = ("coherence", "quality", "likelihood", "probe")  # pyro_mmvae.metrics.METRICS
+PROPOSAL_NAMES = ("model", "mixture", "refined", "all")  # metrics.likelihood.PROPOSALS + all
 
 
 def _metric_list(text: str) -> tuple[str, ...]:
@@ -251,10 +252,17 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                           f"{','.join(METRIC_NAMES)} (default: all)")
     evaluate.add_argument("--num-samples", type=_positive_int, default=1000, metavar="K",
                           help="importance samples per data point (default: %(default)s)")
-    evaluate.add_argument("--max-points", type=_count_or_all, default=1000, metavar="N|all",
-                          help="test points for the likelihoods (default: %(default)s)")
+    evaluate.add_argument("--max-points", type=_count_or_all, default=100, metavar="N|all",
+                          help="test points for the likelihoods, each estimated with every "
+                          "chosen proposal (default: %(default)s)")
     evaluate.add_argument("--chunk-size", type=_positive_int, metavar="C",
                           help="importance samples per chunk (default: 4096 latents a chunk)")
+    evaluate.add_argument("--proposal", choices=PROPOSAL_NAMES, default="all",
+                          help="importance proposal for the likelihoods: the model's q(z|X) "
+                          "('model'), a defensive mixture of q, the product of the present "
+                          "experts and the prior ('mixture'), a per-point Normal refined by "
+                          "gradient steps ('refined'), or all three with the best by PSIS "
+                          "k-hat on top (default: %(default)s)")
     evaluate.add_argument("--likelihood-subsets", type=_non_negative_int, default=0,
                           metavar="N", help="also estimate log p(X_S) and the conditional "
                           "log p(X_rest | X_S) for N source subsets S of each size 1..M-1 "
@@ -272,6 +280,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                           help="dataset folder (default: the run's, or $PYRO_MMVAE_DATA_ROOT)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    evaluate.add_argument("--out", metavar="DIR", help="write eval.json and the figures to DIR "
+                          "(default: RUN_DIR)")
+    evaluate.add_argument("--no-progress", dest="progress", action="store_false",
+                          help="no progress bars or status lines")
     evaluate.set_defaults(handler=_run_evaluate)
 
 
@@ -412,9 +424,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         coherence_points=args.coherence_points,
         fid_weights=args.fid_weights,
         seed=args.seed,
+        proposal=args.proposal,
+        progress=args.progress,
+        out_dir=args.out,
     )
     _print_evaluation(results)
-    print(f"evaluation: {args.run_dir}/{EVAL_NAME}")
+    print(f"evaluation: {args.out or args.run_dir}/{EVAL_NAME}")
     return 0
 
 
@@ -432,6 +447,7 @@ def _print_evaluation(results: dict) -> None:
         ("classifier accuracy", _fmt(coherence.get("mean_classifier_accuracy"))),
         ("classifier Fréchet dist.", _fmt(quality.get("mean_unconditional"), 2)),
         ("log p(X) / point", _fmt(joint.get("mean"), 2)),
+        ("proposal", likelihood.get("best_proposal")),
         ("k-hat > 0.7 (fraction)",
          _fmt((joint.get("pareto_k") or {}).get("fraction_above_0.7"))),
         ("ESS / K", _fmt((joint.get("ess") or {}).get("mean_fraction"))),
@@ -442,6 +458,18 @@ def _print_evaluation(results: dict) -> None:
     for label, value in rows:
         if value is not None:
             print(f"  {label:<25} {value}")
+    proposals = likelihood.get("proposals") or {}
+    if len(proposals) > 1:
+        print("  log p(X) by proposal      mean     k-hat median  k-hat>0.7  ESS/K")
+        for name, entry in proposals.items():
+            est = entry.get("joint") or {}
+            khat = est.get("pareto_k") or {}
+            cells = [_fmt(est.get("mean"), 2), _fmt(khat.get("median"), 2),
+                     _fmt(khat.get("fraction_above_0.7"), 2),
+                     _fmt((est.get("ess") or {}).get("mean_fraction"), 4)]
+            print(f"    {name:<10} " + " ".join(f"{c or '-':>12}" for c in cells))
+    for message in likelihood.get("warnings") or []:
+        print(f"warning: {message}")
 
 
 def _run_make_polymnist(args: argparse.Namespace) -> int:

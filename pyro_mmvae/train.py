@@ -128,11 +128,6 @@ def _batch_size_of(data: dict[str, torch.Tensor]) -> int:
     return int(next(iter(data.values())).shape[0])
 
 
-def _head(dataset: Any, size: int) -> Any:
-    """The first ``size`` points of ``dataset`` (all of it when it is smaller)."""
-    return dataset if len(dataset) <= size else dataset.subset(torch.arange(size))
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -412,7 +407,7 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     tensorboard = (TensorBoardLog(folder.path / TENSORBOARD_NAME)
                    if config.tensorboard and group.is_main else None)
     return _Loop(step=step, vae=vae, elbo=spec.elbo, settings=spec.settings, train_ds=train_ds,
-                 test_subset=_head(test_ds, MAX_TEST_POINTS), hyper=hyper, config=config,
+                 test_subset=test_ds.head(MAX_TEST_POINTS), hyper=hyper, config=config,
                  device=device, group=group, folder=folder, progress=progress,
                  history=history, extras=extras, tensorboard=tensorboard)
 

@@ -289,20 +289,37 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- plots
-def test_grids_have_the_expected_pixel_size(test_ds, tmp_path):
+def test_grids_are_labelled_enlarged_and_keep_every_tile(test_ds, tmp_path):
+    import numpy as np
+
+    from pyro_mmvae.metrics.plots import FONT_SIZE, LABEL_GAP, grid_layout
+
     vae = OracleVAE(test_ds)
-    batch, _ = next(test_ds.batches(10))
-    path = save_cross_generation_grid(vae, batch, tmp_path / "grids" / "cross.png", 4)
-    rows, cols = len(NAMES) * (len(NAMES) + 1), 4
-    with Image.open(path) as image:
-        assert image.size == (cols * 30 + 2, rows * 30 + 2)
+    batch, labels = next(test_ds.batches(10))
+    layout = grid_layout(list(NAMES), 28)
+    f, title = layout["scale"], FONT_SIZE + 2 * LABEL_GAP
+    assert f * 28 >= 56  # tiles are enlarged to a readable size
     path = save_unconditional_grid(vae, tmp_path / "uncond.png", num_samples=5)
     with Image.open(path) as image:
-        assert image.size == (5 * 30 + 2, len(NAMES) * 30 + 2)
-        # the first tile of the first row is the first stored m0 image (clamped, 8-bit)
-        tile = torch.tensor(list(image.convert("RGB").crop((2, 2, 30, 30)).getdata()))
-    expected = (vae.images["m0"][0].permute(1, 2, 0).reshape(-1, 3) * 255).round()
-    assert (tile.float() - expected).abs().max() <= 1
+        assert image.size == (layout["left"] + (5 * 30 + 2) * f + LABEL_GAP,
+                              title + layout["top"] + (3 * 30 + 2) * f + LABEL_GAP)
+        pixels = np.asarray(image.convert("RGB")).astype(float)
+    x0, y0 = layout["left"] + 2 * f, title + layout["top"] + 2 * f
+    # the first tile of the first row is the first stored m0 image (clamped, 8-bit), f times
+    tile = torch.tensor(pixels[y0:y0 + 28 * f:f, x0:x0 + 28 * f:f])
+    expected = (vae.images["m0"][0].permute(1, 2, 0) * 255).round()
+    assert (tile - expected).abs().max() <= 1
+    # row labels are written left of each row, column labels above the grid
+    for row in range(3):
+        centre = y0 + row * 30 * f + 14 * f
+        assert pixels[centre - 8:centre + 8, :layout["left"] - 2].min() < 128
+    assert pixels[title:title + layout["top"], x0:x0 + 28 * f].min() < 128
+    path = save_cross_generation_grid(vae, batch, tmp_path / "grids" / "cross.png", 4,
+                                      labels=labels)
+    rows = len(NAMES) * (len(NAMES) + 1)
+    with Image.open(path) as image:
+        assert image.size[1] == title + layout["top"] + (rows * 30 + 2) * f + LABEL_GAP
+        assert image.size[0] > (4 * 30 + 2) * f
 
 
 def test_grid_rejects_incomplete_batch(test_ds, tmp_path):

@@ -111,6 +111,10 @@ def test_evaluate_command_on_a_trained_run(model, patched, tmp_path, capsys):
         assert 0 <= joint["pareto_k"]["fraction_above_0.7"] <= 1
         assert 1.0 <= joint["ess"]["mean"] <= 30.0
         assert set(likelihood["subsets"]) and set(likelihood["conditional"])
+        assert set(likelihood["proposals"]) == {"model", "mixture", "refined"}  # default: all
+        best = likelihood["proposals"][likelihood["best_proposal"]]["joint"]
+        assert best == joint
+        assert isinstance(likelihood["warnings"], list)
         for key, summary in likelihood["conditional"].items():
             sources = key.split("|")[1]
             expected = joint["mean"] - likelihood["subsets"][sources]["mean"]
@@ -201,3 +205,62 @@ def test_inception_fid_is_reported_beside_the_classifier_distance(patched, tmp_p
     assert fid["num_points"] == 2 and fid["weights"] == str(weights)
     assert all(v >= 0 for v in fid["unconditional"].values())
     assert set(result["quality"]["classifier_frechet_distance"]["train_vs_test"]) == set(NAMES)
+
+
+def test_metric_and_proposal_names_of_the_cli_match_the_library():
+    from pyro_mmvae.metrics import METRICS
+    from pyro_mmvae.metrics.likelihood import PROPOSALS
+
+    assert cli.METRIC_NAMES == METRICS
+    assert cli.PROPOSAL_NAMES == (*PROPOSALS, "all")
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(patched, tmp_path, capsys,
+                                                                monkeypatch):
+    import pyro_mmvae.metrics.evaluate as evaluate_module
+
+    run = trained_run("mvae", tmp_path)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run was loaded before the output folder was checked")
+
+    monkeypatch.setattr(evaluate_module, "_load_run", no_work)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["evaluate", str(run), "--out", str(blocker / "eval"), "--device",
+                     "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the evaluation to") and "--out" in err
+
+
+def test_eval_json_is_written_after_each_metric_and_out_redirects(patched, tmp_path, capsys,
+                                                                  monkeypatch):
+    import pyro_mmvae.checkpoint as checkpoint_module
+
+    run = trained_run("mvae", tmp_path)
+    saved = []
+    original = checkpoint_module.save_json
+
+    def recording(path, obj):
+        saved.append((Path(path), json.loads(json.dumps(obj))))
+        return original(path, obj)
+
+    monkeypatch.setattr(checkpoint_module, "save_json", recording)
+    out = tmp_path / "elsewhere"
+    argv = ["evaluate", str(run), "--out", str(out), "--metrics", "probe,likelihood",
+            "--num-samples", "30", "--max-points", "8", "--proposal", "model",
+            "--no-progress", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # --no-progress: no bars, no status lines
+    assert f"{out}/eval.json" in captured.out
+    assert [p for p, _ in saved] == [out / "eval.json"] * 4
+    partial = [sorted(k for k in ("probe", "likelihood", "figures") if k in obj)
+               for _, obj in saved]
+    assert partial == [["probe"], ["likelihood", "probe"], ["figures", "likelihood", "probe"],
+                       ["figures", "likelihood", "probe"]]
+    assert [obj["complete"] for _, obj in saved] == [False, False, False, True]
+    final = json.loads((out / "eval.json").read_text())
+    assert final["complete"] and set(final["likelihood"]["proposals"]) == {"model"}
+    assert (out / FIGURES["conditional_grid"]).is_file()
+    assert not (run / "eval.json").exists()

@@ -297,6 +297,13 @@ class MultimodalTensorDataset(Dataset):
             return self
         return self.subset(self.presence().all(0))
 
+    def head(self, size: int | None) -> MultimodalTensorDataset:
+        """The first ``size`` tuples (the dataset itself when ``size`` is None or not
+        smaller than it)."""
+        if size is None or len(self) <= size:
+            return self
+        return self.subset(torch.arange(size))
+
     def to(self, device: torch.device | str) -> MultimodalTensorDataset:
         """Return a dataset with the stored (still uint8) tensors on ``device``.
 

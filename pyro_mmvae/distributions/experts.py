@@ -254,11 +254,6 @@ class StratifiedMixture(ComponentDraws):
     def mean(self) -> Tensor:
         return self.loc
 
-    @property
-    def mixture_mean(self) -> Tensor:
-        """The mean of the whole mixture, :math:`\\sum_e w_e \\mu_e`, shape ``(*batch, D)``."""
-        return (self.log_mixture_weights.exp().unsqueeze(-1) * self.loc).sum(0)
-
     def select_component(self, generator: torch.Generator | None = None) -> Tensor:
         """Pick one present expert per data point uniformly at random; returns ``(*batch,)``."""
         probs = self.log_mixture_weights.exp().movedim(0, -1).reshape(-1, self.num_experts)

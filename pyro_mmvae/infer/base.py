@@ -56,24 +56,42 @@ def _unwrap(fn):
     return fn
 
 
-def site_log_prob(site: dict, detach_params: bool = False) -> Tensor:
+def site_log_prob(site: dict, detach_params: bool = False, scaled: bool = True) -> Tensor:
     """``log_prob`` of a sample site with its scale and mask applied, as Pyro would score it.
 
     With ``detach_params`` the distribution's parameters are detached (the value is not), which
-    is what the DReG surrogate needs for :math:`\\log q`.
+    is what the DReG surrogate needs for :math:`\\log q`. With ``scaled=False`` the site's
+    scale (:math:`\\beta`, :math:`\\lambda_m`) is left out and only its mask applied: the
+    unweighted density importance sampling of :math:`\\log p(X)` needs.
     """
     fn = detach(site["fn"]) if detach_params else site["fn"]
     log_p = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(log_p, site["scale"], site["mask"])
+    return scale_and_mask(log_p, site["scale"] if scaled else 1.0, site["mask"])
 
 
-def _scored_sites(trace: Trace) -> list[dict]:
+def scored_sites(trace: Trace) -> list[dict]:
+    """The sample sites of a trace that enter a density (every one but plate subsamples)."""
     return [s for s in trace.nodes.values()
             if s["type"] == "sample" and not site_is_subsample(s)]
 
 
-def _latent_sites(trace: Trace) -> list[dict]:
-    return [s for s in _scored_sites(trace) if not s["is_observed"]]
+def latent_sites(trace: Trace) -> list[dict]:
+    """The unobserved sites among :func:`scored_sites`."""
+    return [s for s in scored_sites(trace) if not s["is_observed"]]
+
+
+_scored_sites = scored_sites
+_latent_sites = latent_sites
+
+
+def particle_plate(fn, size: int, dim: int):
+    """``fn`` run inside a ``particles`` plate of ``size`` at ``dim`` (vectorised particles)."""
+
+    def wrapped(*args, **kwargs):
+        with pyro.plate("particles", size, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
@@ -123,13 +141,7 @@ class MultimodalELBO(ELBO):
 
     # ------------------------------------------------------------------- traces
     def _in_particle_plate(self, fn):
-        plate = pyro.plate("particles", self.num_particles, dim=-(self.max_plate_nesting + 1))
-
-        def wrapped(*args, **kwargs):
-            with plate:
-                return fn(*args, **kwargs)
-
-        return wrapped
+        return particle_plate(fn, self.num_particles, -(self.max_plate_nesting + 1))
 
     def get_traces(self, model, guide, args, kwargs) -> tuple[Trace, Trace]:
         """One vectorised guide trace and the model trace replayed against it."""

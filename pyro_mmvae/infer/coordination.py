@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
+from torch.distributions import Normal, kl_divergence
 
 from pyro_mmvae.distributions.coordinated import CoordinatedPosterior
 from pyro_mmvae.infer.base import MultimodalELBO, _unwrap, site_log_prob
@@ -62,8 +63,7 @@ def gaussian_kl(loc1: Tensor, scale1: Tensor, loc2: Tensor, scale2: Tensor) -> T
               + \frac{\sigma_{1,d}^2 + (\mu_{1,d} - \mu_{2,d})^2}{2\sigma_{2,d}^2}
               - \frac12\Big]
     """
-    ratio = (scale1 / scale2).pow(2)
-    return 0.5 * (ratio + ((loc1 - loc2) / scale2).pow(2) - 1.0 - ratio.log()).sum(-1)
+    return kl_divergence(Normal(loc1, scale1), Normal(loc2, scale2)).sum(-1)
 
 
 @dataclass

@@ -4,6 +4,7 @@
 ``evaluate_model(vae, train_ds, test_ds)`` any model in memory; the pieces below work alone.
 """
 
+from pyro_mmvae.distributions.subsets import source_subsets
 from pyro_mmvae.metrics.classifiers import (
     ModalityClassifiers,
     dataset_fingerprint,
@@ -13,8 +14,8 @@ from pyro_mmvae.metrics.classifiers import (
 )
 from pyro_mmvae.metrics.coherence import (
     conditional_coherence,
+    cross_generate,
     mean_pairwise_l2,
-    source_subsets,
     unconditional_coherence,
 )
 from pyro_mmvae.metrics.evaluate import (
@@ -32,6 +33,7 @@ from pyro_mmvae.metrics.frechet import (
     load_fid_inception,
 )
 from pyro_mmvae.metrics.likelihood import (
+    PROPOSALS,
     ConditionalEstimate,
     ImportanceEstimate,
     conditional_log_likelihood,
@@ -56,9 +58,11 @@ __all__ = [
     "EvalSettings",
     "ImportanceEstimate",
     "ModalityClassifiers",
+    "PROPOSALS",
     "classifier_frechet_distance",
     "conditional_coherence",
     "conditional_log_likelihood",
+    "cross_generate",
     "dataset_fingerprint",
     "dataset_log_likelihood",
     "default_cache_dir",

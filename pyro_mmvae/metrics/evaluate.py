@@ -12,14 +12,18 @@ object with the same methods: ``names``, ``generate``, ``sample``, ``model``/``g
   distance of real images as a floor (:mod:`pyro_mmvae.metrics.frechet`); Inception FID
   when ``fid_weights`` names the FID Inception weights file.
 * ``"likelihood"``: importance-sampled :math:`\log p(X)`, :math:`\log p(X_S)` and
-  :math:`\log p(X_{\bar S} \mid X_S)` per data point with PSIS :math:`\hat k` and ESS
-  (:mod:`pyro_mmvae.metrics.likelihood`).
+  :math:`\log p(X_{\bar S} \mid X_S)` per data point with PSIS :math:`\hat k` and ESS, for
+  each chosen proposal (the model's q, a defensive mixture, a refined per-point Normal), the
+  best by :math:`\hat k` on top and a warning when :math:`\hat k > 0.7` for more than 10 %
+  of the points (:mod:`pyro_mmvae.metrics.likelihood`).
 * ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by :math:`|S|`
   (:mod:`pyro_mmvae.metrics.probe`).
 
 :func:`evaluate_run` rebuilds a trained run from ``RUN_DIR/checkpoint.pt`` and writes
-``RUN_DIR/eval.json`` (atomically) and the figures ``eval_conditional_grid.png``,
-``eval_unconditional_grid.png``, ``eval_coherence.png`` and ``eval_pareto_k.png``.
+``eval.json`` (atomically, after each metric) and the figures ``eval_conditional_grid.png``,
+``eval_unconditional_grid.png``, ``eval_coherence.png`` and ``eval_pareto_k.png`` to the run
+folder or ``out_dir``, having checked first that it can write there. With
+``progress=True`` each metric shows a progress bar on stderr.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ import datetime
 import math
 import os
 import platform
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +46,14 @@ import pyro
 import torch
 from torch import Tensor
 
+from pyro_mmvae.jsonutil import jsonable
 from pyro_mmvae.metrics.coherence import (
+    ENGINES,
     conditional_coherence,
-    evaluation_mode,
+    cross_generate,
     unconditional_coherence,
 )
+from pyro_mmvae.metrics.common import evaluation_mode, head, progress_bar
 from pyro_mmvae.metrics.frechet import (
     frechet_distances,
     have_pytorch_fid,
@@ -56,6 +64,7 @@ from pyro_mmvae.metrics.likelihood import (
     dataset_log_likelihood,
     likelihood_subsets,
     likelihood_summary,
+    parse_proposals,
     supports_unstratified,
 )
 from pyro_mmvae.metrics.probe import latent_probe
@@ -72,6 +81,7 @@ FIGURES = {
     "pareto_k": "eval_pareto_k.png",
 }
 GRID_EXAMPLES = 8
+UNCONDITIONAL_EXAMPLES = 16
 REFERENCE = "test"  # the image set every Fréchet distance is measured against
 
 __all__ = ["EVAL_NAME", "FIGURES", "METRICS", "EvalSettings", "evaluate_model", "evaluate_run",
@@ -83,7 +93,8 @@ class EvalSettings:
     """How much work each metric does; ``None`` means "all of it".
 
     :param num_samples: K, importance samples per data point for the likelihoods.
-    :param max_points: test points for the likelihoods (the first ones).
+    :param max_points: test points for the likelihoods (the first ones; each is estimated
+        with every chosen proposal).
     :param chunk_size: particles decoded at once (default: 4096 latents per chunk).
     :param likelihood_batch_size: data points per likelihood batch.
     :param likelihood_subsets: source subsets S per size 1..M−1 for which log p(X_S) and
@@ -99,10 +110,18 @@ class EvalSettings:
     :param fid_weights: path of the FID Inception weights file (enables Inception FID).
     :param batch_size: batch size of coherence, generation and feature extraction.
     :param seed: seed of every random choice (restored afterwards).
+    :param proposal: importance proposals for the likelihoods: ``"model"``, ``"mixture"``,
+        ``"refined"`` or ``"all"`` (every one, the best by k-hat reported on top; see
+        :mod:`pyro_mmvae.metrics.likelihood`).
+    :param refine_steps: gradient steps of the ``"refined"`` proposal per batch.
+    :param engine: cross-generation engine of coherence and quality (``"auto"``: each
+        batch encoded once, subset posteriors from cached experts; ``"generate"``: one
+        ``vae.generate`` call per subset).
+    :param progress: progress bars on stderr.
     """
 
     num_samples: int = 1000
-    max_points: int | None = 1000
+    max_points: int | None = 100
     chunk_size: int | None = None
     likelihood_batch_size: int = 64
     likelihood_subsets: int = 0
@@ -116,6 +135,10 @@ class EvalSettings:
     fid_weights: str | None = None
     batch_size: int = 256
     seed: int = 0
+    proposal: str = "all"
+    refine_steps: int = 50
+    engine: str = "auto"
+    progress: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -130,6 +153,11 @@ class EvalSettings:
                 raise ValueError(f"{name} must be >= 1 (or None for all), got {value}")
         if self.likelihood_subsets < 0:
             raise ValueError(f"likelihood_subsets must be >= 0, got {self.likelihood_subsets}")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        parse_proposals(self.proposal)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
 
 def parse_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -163,27 +191,6 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _head(dataset: Any, size: int | None) -> Any:
-    if size is None or len(dataset) <= size:
-        return dataset
-    return dataset.subset(torch.arange(size))
-
-
-def _jsonable(value: Any) -> Any:
-    """Tensors/arrays -> lists, NaN/inf -> None, dict keys -> str, recursively."""
-    if isinstance(value, (Tensor, np.ndarray)):
-        return _jsonable(value.tolist())
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _mean(values: Mapping[str, float]) -> float | None:
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else None
@@ -196,14 +203,16 @@ def _timed(results: dict[str, Any], name: str, start: float) -> None:
 # ---------------------------------------------------------------------- metrics
 def _coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
                device: torch.device) -> dict[str, Any]:
-    data = _head(test_ds, settings.coherence_points)
+    data = head(test_ds, settings.coherence_points)
     conditional = conditional_coherence(
         vae, data, classifiers, subset_sizes=None, batch_size=settings.batch_size,
-        device=device, max_subsets_per_size=settings.coherence_subsets)
+        device=device, max_subsets_per_size=settings.coherence_subsets,
+        engine=settings.engine, progress=settings.progress)
     num = settings.unconditional_samples or min(len(test_ds), settings.quality_points
                                                 or len(test_ds))
     unconditional = unconditional_coherence(vae, classifiers, num_samples=num,
-                                            batch_size=settings.batch_size)
+                                            batch_size=settings.batch_size,
+                                            progress=settings.progress)
     accuracy = dict(classifiers.test_accuracy)
     unconditional["classifier_accuracy"] = accuracy
     return {
@@ -218,21 +227,18 @@ def _coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
 
 
 def _quality_batches(vae: Any, train_ds: Any, test_part: Any, names: Sequence[str],
-                     batch_size: int, device: torch.device
+                     batch_size: int, device: torch.device, engine: str = "auto"
                      ) -> Iterator[tuple[str, dict[str, Tensor]]]:
     """``(set, {modality: images})`` batches: test images (the reference), leave-one-out
     generations of every modality from all the others, training images, prior samples."""
     n = len(test_part)
+    plan = [(tuple(s for s in vae.names if s != t), [t]) for t in names]
     for batch, _ in test_part.batches(batch_size, device=device):
         yield REFERENCE, {m: batch[m] for m in names}
         if len(vae.names) > 1:
-            generated = {}
-            for target in names:
-                sources = [s for s in vae.names if s != target]
-                generated[target] = vae.generate({s: batch[s] for s in sources},
-                                                 sources=sources, targets=[target])[target]
-            yield "conditional_leave_one_out", generated
-    for batch, _ in _head(train_ds, n).batches(batch_size, device=device):
+            generated = cross_generate(vae, batch, plan, engine)
+            yield "conditional_leave_one_out", {t[0]: generated[s, t[0]] for s, t in plan}
+    for batch, _ in head(train_ds, n).batches(batch_size, device=device):
         yield "train_vs_test", {m: batch[m] for m in names}
     for start in range(0, n, batch_size):
         samples = vae.sample(min(batch_size, n - start))
@@ -248,16 +254,20 @@ def _quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, settings: 
     names = [n for n in vae.names if n in classifiers.names]
     if not names:
         raise ValueError("no modality of the model has a classifier; quality needs images")
-    test_part = _head(test_ds, settings.quality_points)
+    test_part = head(test_ds, settings.quality_points)
     extractors: dict[str, Any] = {
         "classifier": lambda m, x: classifiers.features(m, x).float().cpu()}
     inception = _inception_network(settings, device)
     if not isinstance(inception, str):
         extractors["inception"] = lambda m, x: inception_features(inception, x).float()
     features: dict[str, dict[str, dict[str, list[Tensor]]]] = {k: {} for k in extractors}
-    with evaluation_mode(vae):
+    steps = math.ceil(len(test_part) / settings.batch_size)
+    steps *= 3 + (len(vae.names) > 1)
+    with evaluation_mode(vae), progress_bar(steps, "quality", settings.progress,
+                                            unit="batch") as bar:
         for label, images in _quality_batches(vae, train_ds, test_part, names,
-                                              settings.batch_size, device):
+                                              settings.batch_size, device, settings.engine):
+            bar.update()
             for key, extract in extractors.items():
                 for m, x in images.items():
                     part = extract(m, x.float().clamp(0, 1))
@@ -322,7 +332,8 @@ def _likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.de
         raw = dataset_log_likelihood(
             vae, test_ds, subsets, num_samples=settings.num_samples,
             batch_size=settings.likelihood_batch_size, chunk_size=settings.chunk_size,
-            max_points=settings.max_points, device=device)
+            max_points=settings.max_points, device=device, proposals=settings.proposal,
+            progress=settings.progress, refine_steps=settings.refine_steps)
     except NotImplementedError as err:
         return {"skipped": f"{type(vae).__name__} cannot be importance-sampled: {err}"}, None
     return likelihood_summary(raw), raw
@@ -333,7 +344,8 @@ def _probe(vae: Any, train_ds: Any, test_ds: Any, settings: EvalSettings,
     return latent_probe(vae, train_ds, test_ds, max_subsets_per_size=settings.probe_subsets,
                         max_train_points=settings.probe_train_points,
                         max_test_points=settings.probe_test_points,
-                        batch_size=settings.batch_size, device=device, seed=settings.seed)
+                        batch_size=settings.batch_size, device=device, seed=settings.seed,
+                        progress=settings.progress)
 
 
 # ---------------------------------------------------------------------- figures
@@ -354,11 +366,12 @@ def _figures(vae: Any, test_ds: Any, results: dict[str, Any], raw_likelihood: An
         except ValueError as err:  # e.g. modalities that are not images
             figures[key] = {"skipped": str(err)}
 
-    batch, _ = next(iter(test_ds.batches(GRID_EXAMPLES, device=device)))
+    batch, labels = next(iter(test_ds.batches(GRID_EXAMPLES, device=device)))
     attempt("conditional_grid",
-            lambda p: save_cross_generation_grid(vae, batch, p, num_examples=GRID_EXAMPLES))
+            lambda p: save_cross_generation_grid(vae, batch, p, num_examples=GRID_EXAMPLES,
+                                                 labels=labels))
     attempt("unconditional_grid",
-            lambda p: save_unconditional_grid(vae, p, num_samples=GRID_EXAMPLES))
+            lambda p: save_unconditional_grid(vae, p, num_samples=UNCONDITIONAL_EXAMPLES))
     coherence = results.get("coherence")
     if coherence:
         probe = (results.get("probe") or {}).get("by_subset_size")
@@ -367,7 +380,11 @@ def _figures(vae: Any, test_ds: Any, results: dict[str, Any], raw_likelihood: An
             probe=probe, num_classes=classifiers.num_classes if classifiers else None))
     if raw_likelihood is not None:
         joint = raw_likelihood["joint"]
-        diagnostics = {"log p(X)": (joint.pareto_k, joint.ess, joint.num_samples)}
+        proposals = raw_likelihood.get("proposals") or {}
+        diagnostics = {f"log p(X), {name}": (r["joint"].pareto_k, r["joint"].ess,
+                                             r["joint"].num_samples)
+                       for name, r in proposals.items()} if len(proposals) > 1 else {
+            "log p(X)": (joint.pareto_k, joint.ess, joint.num_samples)}
         for key, estimate in raw_likelihood["subsets"].items():
             diagnostics[f"log p({key})"] = (estimate.pareto_k, estimate.ess,
                                             estimate.num_samples)
@@ -386,6 +403,7 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     classifiers: Any | None = None,
     out_dir: str | Path | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run ``metrics`` (default: all of :data:`METRICS`) on a trained multimodal VAE.
@@ -396,7 +414,8 @@ def evaluate_model(
     ``out_dir`` the figures are written there. Returns a JSON-ready dict: one entry per
     metric, ``settings``, ``seconds`` per metric and ``figures``. A metric the model cannot
     support (e.g. likelihoods of a guide without ``stratify=False``) is reported as
-    ``{"skipped": reason}``.
+    ``{"skipped": reason}``. ``on_result`` is called with the JSON-ready results so far
+    each time a metric (and the figures) is done, e.g. to save them as they come.
     """
     settings = dataclasses.replace(settings or EvalSettings(), **overrides)
     settings.check()
@@ -408,6 +427,7 @@ def evaluate_model(
     if classifiers is None and needs_classifiers:
         from pyro_mmvae.metrics.classifiers import get_classifiers
 
+        _say(settings, "digit classifiers: loading them from the cache (trained on first use)")
         classifiers = get_classifiers(train_ds, test_ds, device=device)
     results: dict[str, Any] = {"metrics": list(chosen), "settings": dataclasses.asdict(settings)}
     if classifiers is not None:
@@ -426,12 +446,27 @@ def evaluate_model(
             elif name == "probe":
                 results[name] = _probe(vae, train_ds, test_ds, settings, device)
             _timed(results, name, start)
+            _say(settings, f"{name}: done in {results['seconds'][name]} s")
+            _report(results, on_result)
         if out_dir is not None:
             start = time.perf_counter()
             results["figures"] = _figures(vae, test_ds, results, raw_likelihood,
                                           Path(out_dir), classifiers, device)
             _timed(results, "figures", start)
-    return _jsonable(results)
+            _report(results, on_result)
+    return jsonable(results)
+
+
+def _report(results: dict[str, Any], on_result: Callable[[dict[str, Any]], None] | None
+            ) -> None:
+    if on_result is not None:
+        on_result(jsonable(results))
+
+
+def _say(settings: EvalSettings, message: str) -> None:
+    """A status line on stderr while progress is shown."""
+    if settings.progress:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _load_run(run_dir: Path, device: torch.device, data_root: str | None
@@ -450,6 +485,21 @@ def _machine(device: torch.device) -> str:
            f"{torch.get_num_threads()} torch threads"
 
 
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure a file can be written there, before any
+    computation (PermissionError naming the folder otherwise)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".eval-write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write the evaluation to {folder} ({err.strerror or err}); pass --out DIR "
+            "(out_dir=...) to write eval.json and the figures elsewhere") from err
+
+
 def evaluate_run(
     run_dir: str | Path,
     metrics: str | Sequence[str] | None = None,
@@ -458,30 +508,41 @@ def evaluate_run(
     data_root: str | None = None,
     settings: EvalSettings | None = None,
     write: bool = True,
+    out_dir: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Evaluate the model trained in ``run_dir`` and write ``run_dir/eval.json`` + figures.
+    """Evaluate the model trained in ``run_dir`` and write ``eval.json`` + figures.
 
     The model is rebuilt as the trainer built it (model name, preset and overrides stored
     in ``checkpoint.pt``) and its parameters loaded; the datasets come from the checkpoint's
     dataset name and data root (``data_root`` or ``$PYRO_MMVAE_DATA_ROOT`` override it).
     ``num_samples`` is K for the likelihoods; other bounds are fields of
     :class:`EvalSettings`, given as ``settings`` or keyword ``overrides``.
+
+    Files go to ``out_dir`` (default: ``run_dir``), which must be writable: that is checked
+    before anything is computed. ``eval.json`` is rewritten atomically as each metric is
+    done (``"complete": false`` until the end), so an interrupted evaluation keeps what it
+    finished. ``write=False`` writes nothing.
     """
     from pyro_mmvae import __version__
     from pyro_mmvae.checkpoint import save_json
     from pyro_mmvae.engine.device import resolve_device
 
     run_dir = Path(run_dir)
+    folder = Path(out_dir) if out_dir is not None else run_dir
     chosen = parse_metrics(metrics)
     settings = dataclasses.replace(settings or EvalSettings(), num_samples=num_samples,
                                    **overrides)
     settings.check()
     torch_device = resolve_device(device)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}; pass the --out folder of a "
+                                "`pyro-mmvae train` run")
+    if write:
+        _check_writable(folder)
     start = time.perf_counter()
+    _say(settings, f"loading the run in {run_dir}")
     vae, train_ds, test_ds, state = _load_run(run_dir, torch_device, data_root)
-    results = evaluate_model(vae, train_ds, test_ds, chosen, settings, torch_device,
-                             out_dir=run_dir if write else None)
     header = {
         "run_dir": str(run_dir),
         "model": state["model"],
@@ -492,10 +553,17 @@ def evaluate_run(
         "device": str(torch_device),
         "machine": _machine(torch_device),
         "library_version": __version__,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "total_seconds": round(time.perf_counter() - start, 2),
     }
-    results = {**header, **results}
+
+    def save_partial(partial: dict[str, Any]) -> None:
+        save_json(folder / EVAL_NAME, {**header, "complete": False, **partial})
+
+    results = evaluate_model(vae, train_ds, test_ds, chosen, settings, torch_device,
+                             out_dir=folder if write else None,
+                             on_result=save_partial if write else None)
+    header["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    header["total_seconds"] = round(time.perf_counter() - start, 2)
+    results = {**header, "complete": True, **results}
     if write:
-        save_json(run_dir / EVAL_NAME, results)
+        save_json(folder / EVAL_NAME, results)
     return results

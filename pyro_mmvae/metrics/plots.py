@@ -1,25 +1,32 @@
-"""Figures of the evaluation: image grids (torchvision) and plots (matplotlib, Agg canvas).
+"""Figures of the evaluation: labelled image grids (PIL) and plots (matplotlib, Agg canvas).
 
-Image grids of cross-modal and unconditional generations use torchvision's ``save_image``.
-
-Every tile is clamped to [0, 1]; grids use torchvision's default 2-pixel padding, so a grid
-of R rows and C columns of HxW images is (R * (H + 2) + 2) x (C * (W + 2) + 2) pixels.
+Image grids of cross-modal and unconditional generations are drawn with torchvision's
+``make_grid`` (every tile clamped to [0, 1], 2-pixel white padding), enlarged by an integer
+factor (nearest neighbour, so each tile stays exact) and framed by row and column labels
+written with PIL's scalable default font. A grid of R rows and C columns of HxW tiles at
+scale f is ``(C * (W + 2) + 2) * f`` x ``(R * (H + 2) + 2) * f`` pixels, placed at
+``(left, top)`` = the label margins reported by :func:`grid_layout`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
-from pyro_mmvae.metrics.coherence import evaluation_mode
+from pyro_mmvae.metrics.common import evaluation_mode
 
 GRID_PADDING = 2
+#: Tiles are enlarged until they are at least this many pixels tall.
+MIN_TILE = 56
+FONT_SIZE = 14
+#: Space between a row label and the grid, and between blocks of rows.
+LABEL_GAP = 6
 
 
 def _as_rgb_images(x: Tensor, name: str) -> Tensor:
@@ -32,15 +39,73 @@ def _as_rgb_images(x: Tensor, name: str) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _save_rows(rows: list[Tensor], path: str | Path, columns: int) -> Path:
+def _font() -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
+def _text_width(font: Any, text: str) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return int(right - left)
+
+
+def grid_layout(row_labels: Sequence[str], tile: int, scale: int | None = None
+                ) -> dict[str, int]:
+    """Scale factor and label margins (pixels) of a labelled grid with ``tile``-pixel tiles."""
+    font = _font()
+    factor = scale or max(1, math.ceil(MIN_TILE / tile))
+    left = max(_text_width(font, label) for label in row_labels) + 2 * LABEL_GAP
+    return {"scale": factor, "left": left, "top": FONT_SIZE + 3 * LABEL_GAP}
+
+
+def _save_labelled_grid(rows: list[Tensor], row_labels: Sequence[str],
+                        column_labels: Sequence[str], path: str | Path,
+                        title: str | None = None, block: int | None = None) -> Path:
+    """One row of tiles per entry of ``rows``, labelled; a line after every ``block`` rows."""
+    from PIL import Image, ImageDraw
+
     sizes = {tuple(r.shape[2:]) for r in rows}
     if len(sizes) != 1:
         raise ValueError(f"all modalities must have the same image size to share a grid: {sizes}.")
+    columns = len(column_labels)
+    height, width = next(iter(sizes))
+    grid = make_grid(torch.cat(rows), nrow=columns, padding=GRID_PADDING, pad_value=1.0)
+    layout = grid_layout(row_labels, max(height, width))
+    factor, left, top = layout["scale"], layout["left"], layout["top"]
+    grid = grid.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    pixels = (grid * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    font = _font()
+    title_space = FONT_SIZE + 2 * LABEL_GAP if title else 0
+    canvas = Image.new("RGB", (left + pixels.shape[1] + LABEL_GAP,
+                               title_space + top + pixels.shape[0] + LABEL_GAP), "white")
+    canvas.paste(Image.fromarray(pixels), (left, title_space + top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((LABEL_GAP, LABEL_GAP), title, fill="black", font=font)
+    step_x, step_y = (width + GRID_PADDING) * factor, (height + GRID_PADDING) * factor
+    y0 = title_space + top + GRID_PADDING * factor
+    for i, label in enumerate(column_labels):
+        x = left + GRID_PADDING * factor + i * step_x + (width * factor) // 2
+        draw.text((x, title_space + top - LABEL_GAP), label, fill="black", font=font,
+                  anchor="ms")
+    for j, label in enumerate(row_labels):
+        y = y0 + j * step_y + (height * factor) // 2
+        draw.text((left - LABEL_GAP, y), label, fill="black", font=font, anchor="rm")
+        if block and j % block == 0 and j:
+            line_y = y0 + j * step_y - (GRID_PADDING * factor) // 2 - 1
+            draw.line([(LABEL_GAP, line_y), (canvas.width - LABEL_GAP, line_y)], fill="black",
+                      width=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid = make_grid(torch.cat(rows), nrow=columns, padding=GRID_PADDING, pad_value=1.0)
-    save_image(grid, path)
+    canvas.save(path)
     return path
+
+
+def _column_labels(labels: Tensor | Sequence[int] | None, n: int) -> list[str]:
+    if labels is None:
+        return [f"#{i + 1}" for i in range(n)]
+    return [f"digit {int(y)}" for y in list(labels)[:n]]
 
 
 def save_cross_generation_grid(
@@ -48,13 +113,15 @@ def save_cross_generation_grid(
     batch: Mapping[str, Tensor],
     path: str | Path,
     num_examples: int = 8,
+    labels: Tensor | Sequence[int] | None = None,
 ) -> Path:
-    """Save a PNG with one block of rows per source modality s.
+    """Save a labelled PNG with one block of rows per source modality s.
 
-    Block of s: the first ``num_examples`` inputs x_s, then for each modality t (model
-    order, t = s being the reconstruction) the decoder mean of x_t generated from x_s alone
-    (``vae.generate(..., sources=[s])``). Columns are data points, so a column reads as one
-    tuple translated into every modality. Grid: M * (M + 1) rows x ``num_examples`` columns.
+    Block of s: a row ``input s`` (the first ``num_examples`` inputs x_s), then for each
+    modality t (model order) a row ``from s: t``: the decoder mean of x_t generated from x_s
+    alone (``vae.generate(..., sources=[s])``; t = s is the reconstruction). Columns are
+    data points, labelled with their digit class when ``labels`` are given (else #1, #2...),
+    so a column reads as one tuple translated into every modality. M * (M + 1) rows.
     """
     names = tuple(getattr(vae, "names", None) or batch.keys())
     missing = [n for n in names if batch.get(n) is None]
@@ -64,24 +131,33 @@ def save_cross_generation_grid(
     if n < 1:
         raise ValueError("need at least one example (num_examples >= 1, non-empty batch).")
     rows: list[Tensor] = []
+    row_labels: list[str] = []
     with evaluation_mode(vae):
         for source in names:
             inputs = batch[source][:n]
             generated = vae.generate({source: inputs}, sources=[source], targets=list(names))
             rows.append(_as_rgb_images(inputs, source))
-            rows.extend(_as_rgb_images(generated[t][:n], t) for t in names)
-    return _save_rows(rows, path, columns=n)
+            row_labels.append(f"input {source}")
+            for t in names:
+                rows.append(_as_rgb_images(generated[t][:n], t))
+                row_labels.append(f"from {source}: {t}" + (" (recon.)" if t == source else ""))
+    return _save_labelled_grid(rows, row_labels, _column_labels(labels, n), path,
+                               title="Cross-modal generation from one input modality",
+                               block=len(names) + 1)
 
 
-def save_unconditional_grid(vae: Any, path: str | Path, num_samples: int = 8) -> Path:
-    """Save a PNG of ``vae.sample(num_samples)``: one row per modality, one column per z."""
+def save_unconditional_grid(vae: Any, path: str | Path, num_samples: int = 16) -> Path:
+    """Save a labelled PNG of ``vae.sample(num_samples)``: one row per modality, one
+    column per prior draw z (shared by the modalities of a column)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     with evaluation_mode(vae):
         samples = vae.sample(num_samples)
     names = tuple(getattr(vae, "names", None) or samples.keys())
     rows = [_as_rgb_images(samples[m][:num_samples], m) for m in names]
-    return _save_rows(rows, path, columns=num_samples)
+    columns = [f"z{i + 1}" for i in range(num_samples)]
+    return _save_labelled_grid(rows, list(names), columns, path,
+                               title="Unconditional generation: z ~ p(z), one column per z")
 
 
 # ---------------------------------------------------------------------- figures (matplotlib)

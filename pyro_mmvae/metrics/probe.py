@@ -20,7 +20,8 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from pyro_mmvae.metrics.coherence import evaluation_mode, source_subsets, subset_key
+from pyro_mmvae.distributions.subsets import source_subsets, subset_key, subset_size
+from pyro_mmvae.metrics.common import evaluation_mode, head, progress_bar
 
 __all__ = ["embed", "latent_probe", "posterior_mean", "probe_accuracy"]
 
@@ -68,12 +69,6 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return float((model.predict(test_x) == test_y).mean())
 
 
-def _head(dataset: Any, size: int | None) -> Any:
-    if size is None or len(dataset) <= size:
-        return dataset
-    return dataset.subset(torch.arange(size))
-
-
 def latent_probe(
     vae: Any,
     train_ds: Any,
@@ -85,6 +80,7 @@ def latent_probe(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     r"""Linear-probe accuracy of the label from :math:`\mathbb{E}[z \mid X_S]`, by :math:`|S|`.
 
@@ -103,15 +99,17 @@ def latent_probe(
     subsets = [s for s in subsets if len(s) in sizes]
     if m in sizes:
         subsets.append(names)
-    train_part, test_part = _head(train_ds, max_train_points), _head(test_ds, max_test_points)
+    train_part, test_part = head(train_ds, max_train_points), head(test_ds, max_test_points)
     start = time.perf_counter()
     by_subset: dict[str, float] = {}
-    for s in subsets:
-        train_x, train_y = embed(vae, train_part, s, batch_size, device)
-        test_x, test_y = embed(vae, test_part, s, batch_size, device)
-        by_subset[subset_key(s)] = probe_accuracy(train_x, train_y, test_x, test_y)
+    with progress_bar(len(subsets), "probe", progress, unit="subset") as bar:
+        for s in subsets:
+            train_x, train_y = embed(vae, train_part, s, batch_size, device)
+            test_x, test_y = embed(vae, test_part, s, batch_size, device)
+            by_subset[subset_key(s)] = probe_accuracy(train_x, train_y, test_x, test_y)
+            bar.update()
     by_size = {k: float(np.mean([a for key, a in by_subset.items()
-                                 if len(key.split("+")) == k])) for k in sizes}
+                                 if subset_size(key) == k])) for k in sizes}
     return {
         "by_subset": by_subset,
         "by_subset_size": by_size,

@@ -11,20 +11,11 @@ from typing import Any
 
 import torch
 
+from pyro_mmvae.jsonutil import jsonable
 from pyro_mmvae.runs import LoadedRun
 
 GRID_NAME = "cross_generation.png"
 GRID_ROWS = 8
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def training_report(run: LoadedRun, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -41,11 +32,11 @@ def training_report(run: LoadedRun, device: torch.device | str = "cpu") -> dict[
     coherence = conditional_coherence(run.vae, run.test_ds, classifiers, subset_sizes=(1,),
                                       device=device)
     with torch.no_grad():
-        batch = next(iter(run.test_ds.batches(GRID_ROWS, device=device)))[0]
+        batch, labels = next(iter(run.test_ds.batches(GRID_ROWS, device=device)))
         save_cross_generation_grid(run.vae, batch, run.folder.path / GRID_NAME,
-                                   num_examples=GRID_ROWS)
+                                   num_examples=GRID_ROWS, labels=labels)
     return {
         "conditional_coherence": coherence.get("mean_single_source"),
-        "coherence_matrix": _jsonable(coherence.get("single_source_matrix")),
-        "classifier_accuracy": _jsonable(coherence.get("classifier_accuracy")),
+        "coherence_matrix": jsonable(coherence.get("single_source_matrix")),
+        "classifier_accuracy": jsonable(coherence.get("classifier_accuracy")),
     }

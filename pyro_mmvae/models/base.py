@@ -414,6 +414,36 @@ class MultimodalVAE(nn.Module):
         """The point in latent space used for conditional generation (posterior mean)."""
         return self.posterior(data, sources).mean
 
+    # ------------------------------------------------------------------ cached experts
+    def encode_experts(self, data: Data) -> dict[str, Tensor]:
+        """Run every unimodal encoder once: ``{"loc", "scale"}`` of shape ``(M, B, D)``.
+
+        The cache :meth:`posterior_from_experts` and :meth:`generation_latents` read, so that
+        an evaluation visiting many source subsets S encodes each data point once.
+        """
+        filled, _ = self.prepare(data)
+        loc, scale = self.expert_params(filled)
+        return {"loc": loc, "scale": scale}
+
+    def source_mask(self, sources: Sequence[str], like: Tensor) -> Tensor:
+        """Bool ``(M, B)``: True on the rows of the ``sources`` (``like``: ``(M, B, D)``)."""
+        rows = torch.tensor([n in sources for n in self.names], device=like.device)
+        return rows.unsqueeze(-1).expand(like.shape[:2])
+
+    def posterior_from_experts(self, experts: Mapping[str, Tensor],
+                               sources: Sequence[str]) -> TorchDistribution:
+        """:meth:`posterior` from cached experts (:meth:`encode_experts` of a batch holding
+        at least the sources): the same distribution, drawing the same random numbers."""
+        raise NotImplementedError(f"{type(self).__name__} builds no posterior from cached "
+                                  "experts")
+
+    def generation_latents(self, experts: Mapping[str, Tensor], sources: Sequence[str],
+                           targets: Sequence[str]) -> dict[str, Tensor]:
+        """The decoder input of each target that :meth:`generate` would decode, from cached
+        experts; ``mods[t].mean(latents[t])`` is ``generate(...)[t]``."""
+        z = self.posterior_from_experts(experts, self._check_names(sources, "source")).mean
+        return {t: z for t in self._check_names(targets, "target")}
+
     def _check_names(self, names: Sequence[str], what: str) -> list[str]:
         names = list(names)
         unknown = [n for n in names if n not in self.mods]
@@ -432,22 +462,21 @@ class MultimodalVAE(nn.Module):
     ) -> dict[str, Tensor]:
         """Decoder means of ``targets`` (default: all) generated from :math:`q(z|X_{sources})`.
 
-        Uses the posterior mean (:meth:`posterior_location`). Call under ``torch.no_grad()``.
+        Uses the posterior mean (:meth:`posterior_location`), through the expert cache
+        (:meth:`encode_experts`, :meth:`generation_latents`) where the model has one. Call
+        under ``torch.no_grad()``.
         """
         sources = self._check_names(sources, "source")
         targets = self._check_names(self.names if targets is None else targets, "target")
         missing = [s for s in sources if data.get(s) is None]
         if missing:
             raise ValueError(f"source modality {missing} not in the data")
-        latents = self.generation_latents({s: data[s] for s in sources}, sources, targets)
-        return {t: self.mods[t].mean(latents[t] if isinstance(latents, dict) else latents)
-                for t in targets}
-
-    def generation_latents(self, data: Data, sources: list[str], targets: list[str]
-                           ) -> Tensor | dict[str, Tensor]:
-        """What the decoders of ``targets`` read in :meth:`generate`: the point of
-        :meth:`posterior_location` (one tensor for all), or one tensor per target."""
-        return self.posterior_location(data, sources)
+        given = {s: data[s] for s in sources}
+        if type(self).posterior_from_experts is MultimodalVAE.posterior_from_experts:
+            z = self.posterior_location(given, sources)  # a model without the expert cache
+            return {t: self.mods[t].mean(z) for t in targets}
+        latents = self.generation_latents(self.encode_experts(given), sources, targets)
+        return {t: self.mods[t].mean(latents[t]) for t in targets}
 
     def sample(self, num: int) -> dict[str, Tensor]:
         """Unconditional generation: decoder means for :math:`z \\sim p(z)`."""

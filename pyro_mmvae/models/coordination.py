@@ -175,6 +175,30 @@ class CoordinationVAE(MultimodalVAE):
         loc, scale = self.joint_params(subset, present)
         return component_distribution("normal", loc, scale)
 
+    def encode_experts(self, data: Data) -> dict[str, Tensor]:
+        """The unimodal experts, and the joint encoder's output when the batch holds every
+        modality and the model has one (``joint_loc``, ``joint_scale``)."""
+        experts = super().encode_experts(data)
+        if self.joint_encoder is not None and all(data.get(n) is not None for n in self.names):
+            filled, _ = self.prepare(data)
+            experts["joint_loc"], experts["joint_scale"] = self._encode_joint(filled)
+        return experts
+
+    def posterior_from_experts(self, experts, sources) -> TorchDistribution:
+        """:meth:`posterior` from cached experts: the joint encoder for all modalities (if
+        the model has one), else the PoE of the sources' experts."""
+        sources = self._check_names(sources, "source")
+        if self.joint_encoder is not None and set(sources) == set(self.names):
+            if "joint_loc" not in experts:
+                raise ValueError("the cached experts lack the joint encoder's output; encode "
+                                 "a batch with every modality")
+            return component_distribution("normal", experts["joint_loc"],
+                                          experts["joint_scale"])
+        mask = self.source_mask(sources, experts["loc"])
+        loc, scale = product_of_experts(experts["loc"], experts["scale"], mask,
+                                        self.prior_expert)
+        return component_distribution("normal", loc, scale)
+
     # ------------------------------------------------------------------ observations
     def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
                 members: Tensor | None = None, skip: Collection[str] = (),

@@ -49,3 +49,9 @@ class MMVAE(MultimodalVAE):
         """
         sources = self._check_names(sources, "source")
         return self.joint_posterior({s: data[s] for s in sources}).choose_component()
+
+    def posterior_from_experts(self, experts, sources) -> TorchDistribution:
+        """:meth:`posterior` from cached experts: one present source expert per row."""
+        mask = self.source_mask(self._check_names(sources, "source"), experts["loc"])
+        return StratifiedMixture(experts["loc"], experts["scale"], mask,
+                                 family=self.posterior_family).choose_component()

@@ -228,27 +228,35 @@ class MMVAEPlus(MMVAE):
         return qz if strata is not None else qz.marginal()
 
     # ------------------------------------------------------------------ generation
-    def generation_latents(self, data: Data, sources: list[str], targets: list[str]
-                           ) -> dict[str, Tensor]:
-        r"""``[z, w_t]`` for each target t (see :meth:`generate`).
+    def encode_experts(self, data: Data) -> dict[str, Tensor]:
+        """Shared experts ``loc``/``scale`` ``(M, B, Dz)`` and private ``loc_w``/``scale_w``
+        ``(M, B, Dw)``, every encoder run once."""
+        filled, _ = self.prepare(data)
+        loc_z, scale_z, loc_w, scale_w = self.encode_all(filled)
+        return {"loc": loc_z, "scale": scale_z, "loc_w": loc_w, "scale_w": scale_w}
+
+    def generation_latents(self, experts, sources, targets) -> dict[str, Tensor]:
+        r"""``[z, w_t]`` for each target t of :meth:`generate`, from cached experts.
 
         z is the mean of :math:`q(z|X_S)` (for several sources, of one present expert drawn
         per row, as MMVAE). A target among the sources is reconstructed with the mean of its
         own :math:`q_t(w_t|x_t)`; any other target gets :math:`w_t \sim p(w_t)` (the paper's
         cross-generation: its private latent is not inferable from the sources).
         """
-        filled, _ = self.prepare(data)
-        loc_z, scale_z, loc_w, _ = self.encode_all(filled, sources)
-        mixture = StratifiedMixture(loc_z, scale_z, family=self.posterior_family)
+        sources = self._check_names(sources, "source")
+        targets = self._check_names(targets, "target")
+        index = [self.names.index(s) for s in sources]
+        mixture = StratifiedMixture(experts["loc"][index], experts["scale"][index],
+                                    family=self.posterior_family)
         z = mixture.choose_component().mean
-        latents = {}
+        out = {}
         for t in targets:
             if t in sources:
-                w = loc_w[sources.index(t)]
+                w = experts["loc_w"][self.names.index(t)]
             else:
                 w = self.private_prior().sample((z.size(0),))
-            latents[t] = concat_latents(z, w)
-        return latents
+            out[t] = concat_latents(z, w)
+        return out
 
     def sample(self, num: int) -> dict[str, Tensor]:
         r"""Unconditional generation: decoder means for :math:`z \sim p(z)`,

@@ -75,3 +75,10 @@ class MoPoE(MultimodalVAE):
         """One subset PoE of the sources per row, drawn uniformly (its mean is decoded)."""
         sources = self._check_names(sources, "source")
         return self.joint_posterior({s: data[s] for s in sources}).choose_component()
+
+    def posterior_from_experts(self, experts, sources) -> TorchDistribution:
+        """:meth:`posterior` from cached experts: one subset PoE of the sources per row."""
+        mask = self.source_mask(self._check_names(sources, "source"), experts["loc"])
+        c_loc, c_scale, available = mopoe_components(experts["loc"], experts["scale"], mask,
+                                                     self.prior_expert)
+        return StratifiedMixture(c_loc, c_scale, available, score="component").choose_component()

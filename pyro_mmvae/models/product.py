@@ -75,3 +75,10 @@ class MVAE(MultimodalVAE):
         loc, scale = self.expert_params(subset)
         p_loc, p_scale = product_of_experts(loc, scale, present, prior_expert=self.prior_expert)
         return component_distribution("normal", p_loc, p_scale)
+
+    def posterior_from_experts(self, experts, sources) -> TorchDistribution:
+        """:meth:`posterior` from cached experts: the PoE of the sources' experts."""
+        mask = self.source_mask(self._check_names(sources, "source"), experts["loc"])
+        p_loc, p_scale = product_of_experts(experts["loc"], experts["scale"], mask,
+                                            prior_expert=self.prior_expert)
+        return component_distribution("normal", p_loc, p_scale)
