@@ -4,6 +4,12 @@ Coherence metrics (:mod:`pyro_mmvae.metrics.coherence`) score generated images w
 classifier per modality trained on that modality's real images (as in MMVAE, MoPoE and
 MMVAE+). Training is a few epochs of Adam on cross-entropy; all modalities are trained in
 the same pass over the data, so each batch is loaded once.
+
+The classifier follows the modality's kind: a :class:`DigitClassifier` for images
+(C, H, W), a :class:`~pyro_mmvae.nets.text.TextClassifier` (bag of embeddings + linear) for
+token sequences (a dataset's ``vocab_sizes``), a small MLP for other vectors. With presence
+masks (missing modalities) each classifier trains and is scored on the rows that observe its
+modality.
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pyro_mmvae.nets.classifier import DigitClassifier
+from pyro_mmvae.nets.classifier import DigitClassifier, VectorClassifier
 from pyro_mmvae.nets.mlp import check_trailing_shape
+from pyro_mmvae.nets.text import TextClassifier
 
 CACHE_ENV = "PYRO_MMVAE_CACHE"
 FILE_FORMAT = "pyro_mmvae.ModalityClassifiers"
 FILE_VERSION = 1
 ARCHITECTURE = "DigitClassifier-v2"  # bump when DigitClassifier changes: old caches go stale
 PREDICT_CHUNK = 2048
+#: Fingerprinted (with ARCHITECTURE) when a dataset has token or vector modalities.
+OTHER_ARCHITECTURES = "TextClassifier-v1-sum|VectorClassifier-v1"
 
 
 class ModalityClassifiers:
@@ -96,7 +105,7 @@ class ModalityClassifiers:
         was_training = net.training
         net.eval()
         try:
-            x = x.to(self.device, torch.float32).clamp(0.0, 1.0)
+            x = _prepare_input(net, x, self.device)
             chunks = [net(part) for part in x.split(PREDICT_CHUNK)] if len(x) else [net(x)]
             return torch.cat(chunks)
         finally:
@@ -111,7 +120,7 @@ class ModalityClassifiers:
         net.eval()
         try:
             check_trailing_shape(x, net.in_shape, f"classifier of {name!r}")
-            x = x.to(self.device, torch.float32).clamp(0.0, 1.0)
+            x = _prepare_input(net, x, self.device)
             chunks = [net.features(part) for part in x.split(PREDICT_CHUNK)] if len(x) else [
                 net.features(x)]
             return torch.cat(chunks)
@@ -123,18 +132,26 @@ class ModalityClassifiers:
         return self.logits(name, x).argmax(dim=-1)
 
     def accuracy(self, dataset: Any, batch_size: int = 512) -> dict[str, float]:
-        """Accuracy of each classifier on the real images of ``dataset`` (modalities in common)."""
+        """Accuracy of each classifier on the real data of ``dataset`` (modalities in common;
+        with presence masks, on the rows that observe the modality)."""
         correct = dict.fromkeys(self.names, 0)
+        seen = dict.fromkeys(self.names, 0)
         total = 0
         for batch, labels in dataset.batches(batch_size, device=self.device):
             labels = labels.to(self.device)
+            mask = getattr(batch, "mask", None)
             for name in self.names:
                 if name in batch:
-                    correct[name] += int((self.predict(name, batch[name]) == labels).sum())
+                    x, y = batch[name], labels
+                    if mask is not None:
+                        x, y = x[mask[name]], y[mask[name]]
+                    correct[name] += int((self.predict(name, x) == y).sum())
+                    seen[name] += len(y)
             total += len(labels)
         if total == 0:
             raise ValueError("cannot measure accuracy on an empty dataset.")
-        return {name: correct[name] / total for name in self.names if name in dataset.modalities}
+        return {name: correct[name] / max(seen[name], 1) for name in self.names
+                if name in dataset.modalities}
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -146,6 +163,7 @@ class ModalityClassifiers:
             "version": FILE_VERSION,
             "architecture": ARCHITECTURE,
             "in_shapes": {n: list(net.in_shape) for n, net in self.nets.items()},
+            "kinds": {n: _net_kind(net) for n, net in self.nets.items()},
             "num_classes": self.num_classes,
             "state_dicts": {n: _cpu_state(net) for n, net in self.nets.items()},
             "test_accuracy": self.test_accuracy,
@@ -182,7 +200,8 @@ class ModalityClassifiers:
         _check_payload(payload, path)
         try:
             nets = {
-                name: _restore_net(state, payload["in_shapes"][name], payload["num_classes"])
+                name: _restore_net(state, payload["in_shapes"][name], payload["num_classes"],
+                                   (payload.get("kinds") or {}).get(name))
                 for name, state in payload["state_dicts"].items()
             }
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
@@ -198,10 +217,53 @@ def _cpu_state(net: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
-def _restore_net(state: Mapping[str, Tensor], in_shape: Sequence[int], num_classes: int):
-    net = DigitClassifier(tuple(in_shape), int(num_classes))
+def _restore_net(state: Mapping[str, Tensor], in_shape: Sequence[int], num_classes: int,
+                 kind: Mapping[str, Any] | None = None):
+    kind = dict(kind or {"type": "image"})
+    if kind["type"] == "tokens":
+        net = TextClassifier(in_shape[0], int(kind["vocab_size"]), int(num_classes))
+    elif kind["type"] == "vector":
+        net = VectorClassifier(tuple(in_shape), int(num_classes))
+    else:
+        net = DigitClassifier(tuple(in_shape), int(num_classes))
     net.load_state_dict(state, strict=True)
     return net.eval()
+
+
+def _net_kind(net: nn.Module) -> dict[str, Any]:
+    if isinstance(net, TextClassifier):
+        return {"type": "tokens", "vocab_size": net.vocab_size}
+    return {"type": "vector" if isinstance(net, VectorClassifier) else "image"}
+
+
+def _prepare_input(net: nn.Module, x: Tensor, device: torch.device) -> Tensor:
+    """Token ids as int64; images as float32 clamped to [0, 1] (generated means may leave
+    it); vectors as float32."""
+    if isinstance(net, TextClassifier):
+        return x.to(device).long()
+    x = x.to(device, torch.float32)
+    return x.clamp(0.0, 1.0) if isinstance(net, DigitClassifier) else x
+
+
+def classifier_kind(dataset: Any, name: str) -> str:
+    """``"tokens"``, ``"image"`` or ``"vector"``: which classifier modality ``name`` gets."""
+    kinds = getattr(dataset, "kinds", None) or {}
+    if name in kinds:
+        return kinds[name]
+    if name in (getattr(dataset, "vocab_sizes", None) or {}):
+        return "tokens"
+    return "image" if len(dataset.event_shapes[name]) == 3 else "vector"
+
+
+def make_classifier(dataset: Any, name: str, num_classes: int) -> nn.Module:
+    """The untrained classifier of modality ``name`` (see :func:`classifier_kind`)."""
+    shape = tuple(dataset.event_shapes[name])
+    kind = classifier_kind(dataset, name)
+    if kind == "tokens":
+        return TextClassifier(shape[0], int(dataset.vocab_sizes[name]), num_classes)
+    if kind == "image":
+        return DigitClassifier(shape, num_classes)
+    return VectorClassifier(shape, num_classes)
 
 
 def _check_payload(payload: Any, path: Path) -> None:
@@ -251,12 +313,6 @@ def _image_modalities(dataset: Any, modalities: Sequence[str] | None) -> list[st
     unknown = [n for n in names if n not in shapes]
     if unknown:
         raise ValueError(f"modalities {unknown} are not in the dataset ({list(shapes)}).")
-    not_images = [n for n in names if len(shapes[n]) != 3]
-    if not_images:
-        raise ValueError(
-            f"modalities {not_images} are not images (C, H, W); DigitClassifier only handles "
-            "images. Pass modalities=[...] naming the image modalities."
-        )
     if not names:
         raise ValueError("no modality to train a classifier for.")
     return names
@@ -309,7 +365,7 @@ def train_modality_classifiers(
     num_classes = num_classes or _infer_num_classes(train_ds, test_ds)
     threads = num_threads if device.type == "cpu" else None
     with _seeded(seed, device), _torch_threads(threads):
-        nets = {n: DigitClassifier(train_ds.event_shapes[n], num_classes).to(device) for n in names}
+        nets = {n: make_classifier(train_ds, n, num_classes).to(device) for n in names}
         start = time.perf_counter()
         _fit(nets, train_ds, epochs, batch_size, lr, seed, device)
         seconds = time.perf_counter() - start
@@ -344,8 +400,14 @@ def _fit(
     for _ in range(epochs):
         batches = train_ds.batches(batch_size, shuffle=True, generator=order, device=device)
         for batch, labels in batches:
+            mask = getattr(batch, "mask", None)
             for n, net in nets.items():
-                _train_step(net, optims[n], batch[n], labels)
+                x, y = batch[n], labels
+                if mask is not None:  # only the rows that observe modality n
+                    x, y = x[mask[n]], y[mask[n]]
+                    if len(y) < 2:  # batch norm needs two rows
+                        continue
+                _train_step(net, optims[n], x, y)
             for schedule in schedules:
                 schedule.step()
 
@@ -397,6 +459,8 @@ def _hash_dataset(h: Any, dataset: Any, samples: int = 64) -> None:
     n = len(dataset)
     h.update(f"{n}|{list(dataset.modalities)}".encode())
     h.update(dataset.labels.detach().cpu().contiguous().numpy().tobytes())
+    if getattr(dataset, "masks", None) is not None:  # missing modalities change the training
+        h.update(dataset.presence().contiguous().numpy().tobytes())
     index = torch.linspace(0, max(n - 1, 0), min(n, samples)).round().long()
     for name in dataset.modalities:
         x = dataset.data[name] if hasattr(dataset, "data") else None
@@ -412,6 +476,8 @@ def _rows(dataset: Any, name: str, index: Tensor) -> Tensor:
 def dataset_fingerprint(train_ds: Any, test_ds: Any, settings: Mapping[str, Any]) -> str:
     """Short (16 hex) SHA-256 of both datasets' sizes, names, labels, data samples + settings."""
     h = hashlib.sha256(f"{ARCHITECTURE}|{FILE_VERSION}".encode())
+    if any(classifier_kind(train_ds, n) != "image" for n in train_ds.modalities):
+        h.update(OTHER_ARCHITECTURES.encode())
     for dataset in (train_ds, test_ds):
         _hash_dataset(h, dataset)
     h.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
@@ -435,7 +501,8 @@ def get_classifiers(
     """
     settings = _training_settings(kw)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = getattr(train_ds, "name", "custom")
+    name = "".join(c if c.isalnum() or c in "-_." else "_"
+                   for c in getattr(train_ds, "name", "custom"))[-80:]
     path = cache_dir / f"classifiers-{name}-{dataset_fingerprint(train_ds, test_ds, settings)}.pt"
     if path.is_file():
         try:

@@ -144,6 +144,10 @@ def conditional_coherence(
     sources are handed to the model). Each target's images of all subsets are classified in
     one call. ``progress`` shows a bar on stderr.
 
+    With missing modalities (a dataset with presence masks, e.g. ``with_missing``),
+    C(S -> t) averages over the rows that observe every source of S (``observed_rows``
+    counts them); the generation itself never reads an absent entry.
+
     Returns a dict with
       - ``by_subset``: ``{"m0+m2": {target: accuracy}}`` for every evaluated subset;
       - ``by_subset_size``: ``{k: mean over (S, t) with |S| = k}``;
@@ -163,26 +167,47 @@ def conditional_coherence(
     targets = {s: [t for t in names if t not in s] for s in subsets}
     plan = [(s, targets[s]) for s in subsets]
     correct = {(s, t): 0 for s in subsets for t in targets[s]}
+    observed = dict.fromkeys(subsets, 0)  # rows that observe every source of S
     total = 0
     with evaluation_mode(vae), progress_bar(len(dataset), "conditional coherence", progress,
                                             unit="tuple") as bar:
         for batch, labels in dataset.batches(batch_size, device=device):
             labels = labels.to(classifiers.device)
             generated = cross_generate(vae, batch, plan, engine)
+            rows = {s: _observed_rows(batch, s, labels) for s in subsets}
+            for s in subsets:
+                observed[s] += len(labels) if rows[s] is None else int(rows[s].sum())
             for t in names:
                 keys = [(s, t) for s in subsets if t in targets[s]]
                 if not keys:
                     continue
                 predicted = classifiers.predict(t, torch.cat([generated[k] for k in keys]))
-                hits = (predicted.view(len(keys), -1) == labels).sum(1).tolist()
-                for key, count in zip(keys, hits, strict=True):
-                    correct[key] += int(count)
+                hits = predicted.view(len(keys), -1) == labels
+                for key, row_hits in zip(keys, hits, strict=True):
+                    if rows[key[0]] is not None:
+                        row_hits = row_hits & rows[key[0]]
+                    correct[key] += int(row_hits.sum())
             total += len(labels)
             bar.update(len(labels))
     if total == 0:
         raise ValueError("cannot compute coherence on an empty dataset.")
-    accuracy = {key: hits / total for key, hits in correct.items()}
-    return _summarise_conditional(names, subsets, targets, accuracy, classifiers, total)
+    accuracy = {key: hits / observed[key[0]] if observed[key[0]] else float("nan")
+                for key, hits in correct.items()}
+    result = _summarise_conditional(names, subsets, targets, accuracy, classifiers, total)
+    if getattr(dataset, "masks", None) is not None:
+        result["observed_rows"] = {subset_key(s): observed[s] for s in subsets}
+    return result
+
+
+def _observed_rows(batch: Any, sources: Sequence[str], labels: Tensor) -> Tensor | None:
+    """Bool ``(B,)``: the rows observing every source (None: the batch has no masks)."""
+    mask = getattr(batch, "mask", None)
+    if mask is None:
+        return None
+    rows = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    for s in sources:
+        rows &= mask[s].to(labels.device)
+    return rows
 
 
 def _summarise_conditional(

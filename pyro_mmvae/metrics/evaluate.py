@@ -234,15 +234,28 @@ def _quality_batches(vae: Any, train_ds: Any, test_part: Any, names: Sequence[st
     n = len(test_part)
     plan = [(tuple(s for s in vae.names if s != t), [t]) for t in names]
     for batch, _ in test_part.batches(batch_size, device=device):
-        yield REFERENCE, {m: batch[m] for m in names}
+        yield REFERENCE, _observed(batch, names)
         if len(vae.names) > 1:
             generated = cross_generate(vae, batch, plan, engine)
-            yield "conditional_leave_one_out", {t[0]: generated[s, t[0]] for s, t in plan}
+            mask = getattr(batch, "mask", None)
+            out = {}
+            for s, t in plan:
+                x = generated[s, t[0]]
+                if mask is not None:  # rows that observe every source
+                    x = x[torch.stack([mask[m] for m in s]).all(0).to(x.device)]
+                out[t[0]] = x
+            yield "conditional_leave_one_out", out
     for batch, _ in head(train_ds, n).batches(batch_size, device=device):
-        yield "train_vs_test", {m: batch[m] for m in names}
+        yield "train_vs_test", _observed(batch, names)
     for start in range(0, n, batch_size):
         samples = vae.sample(min(batch_size, n - start))
         yield "unconditional", {m: samples[m] for m in names}
+
+
+def _observed(batch: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, Tensor]:
+    """Each modality of ``names`` on the rows that observe it (all rows without masks)."""
+    mask = getattr(batch, "mask", None)
+    return {m: batch[m] if mask is None else batch[m][mask[m]] for m in names}
 
 
 def _quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
@@ -251,9 +264,12 @@ def _quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, settings: 
 
     Images are turned into features batch by batch (memory ~ features, not images).
     """
-    names = [n for n in vae.names if n in classifiers.names]
+    names = [n for n in vae.names if n in classifiers.names
+             and len(test_ds.event_shapes[n]) == 3
+             and n not in (getattr(test_ds, "vocab_sizes", None) or {})]
     if not names:
-        raise ValueError("no modality of the model has a classifier; quality needs images")
+        return {"skipped": "no image modality with a classifier; Fréchet distances need "
+                           "images"}
     test_part = head(test_ds, settings.quality_points)
     extractors: dict[str, Any] = {
         "classifier": lambda m, x: classifiers.features(m, x).float().cpu()}
@@ -328,6 +344,11 @@ def _likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.de
     if reason is not None:
         return {"skipped": reason}, None
     subsets = likelihood_subsets(vae.names, settings.likelihood_subsets, settings.seed)
+    masked = getattr(test_ds, "masks", None) is not None
+    if masked:  # log p(X) needs every modality: the rows that observe all of them
+        test_ds = test_ds.complete()
+        if len(test_ds) == 0:
+            return {"skipped": "no test row observes every modality"}, None
     try:
         raw = dataset_log_likelihood(
             vae, test_ds, subsets, num_samples=settings.num_samples,
@@ -336,7 +357,10 @@ def _likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.de
             progress=settings.progress, refine_steps=settings.refine_steps)
     except NotImplementedError as err:
         return {"skipped": f"{type(vae).__name__} cannot be importance-sampled: {err}"}, None
-    return likelihood_summary(raw), raw
+    summary = likelihood_summary(raw)
+    if masked:
+        summary["rows"] = "test rows that observe every modality"
+    return summary, raw
 
 
 def _probe(vae: Any, train_ds: Any, test_ds: Any, settings: EvalSettings,
@@ -423,7 +447,8 @@ def evaluate_model(
     device = torch.device(device)
     if len(test_ds) == 0:
         raise ValueError("the test dataset is empty; nothing to evaluate")
-    needs_classifiers = {"coherence", "quality"} & set(chosen)
+    unlabelled = not getattr(test_ds, "has_labels", True)
+    needs_classifiers = {"coherence", "quality"} & set(chosen) and not unlabelled
     if classifiers is None and needs_classifiers:
         from pyro_mmvae.metrics.classifiers import get_classifiers
 
@@ -437,7 +462,10 @@ def evaluate_model(
     with _seeded(settings.seed):
         for name in chosen:
             start = time.perf_counter()
-            if name == "coherence":
+            if unlabelled and name in ("coherence", "quality", "probe"):
+                results[name] = {"skipped": "the dataset has no labels (labels.npy): "
+                                            "coherence, quality and probes need classes"}
+            elif name == "coherence":
                 results[name] = _coherence(vae, test_ds, classifiers, settings, device)
             elif name == "quality":
                 results[name] = _quality(vae, train_ds, test_ds, classifiers, settings, device)

@@ -44,12 +44,21 @@ def posterior_mean(vae: Any, data: dict[str, Tensor], sources: Sequence[str],
 
 def embed(vae: Any, dataset: Any, sources: Sequence[str], batch_size: int = 256,
           device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means (N, D) and labels (N,) of ``dataset`` given ``sources``, as NumPy."""
+    """Posterior means (N, D) and labels (N,) of ``dataset`` given ``sources``, as NumPy
+    (with missing modalities: of the rows that observe every source)."""
     features, labels = [], []
     with evaluation_mode(vae):
         for batch, y in dataset.batches(batch_size, device=device):
+            mask = getattr(batch, "mask", None)
+            if mask is not None:  # the rows that observe every source
+                rows = torch.stack([mask[s] for s in sources]).all(0)
+                if not bool(rows.any()):
+                    continue
+                batch, y = {s: batch[s][rows] for s in sources}, y[rows]
             features.append(posterior_mean(vae, batch, sources).double().cpu())
             labels.append(y.cpu())
+    if not features:
+        raise ValueError(f"no row observes every modality of {list(sources)}")
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
 

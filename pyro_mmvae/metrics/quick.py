@@ -28,13 +28,19 @@ def training_report(run: LoadedRun, device: torch.device | str = "cpu") -> dict[
     )
 
     device = torch.device(device)
+    if not getattr(run.test_ds, "has_labels", True):
+        return {"conditional_coherence": None,
+                "coherence_skipped": "the dataset has no labels (labels.npy)"}
     classifiers = get_classifiers(run.train_ds, run.test_ds, device=device)
     coherence = conditional_coherence(run.vae, run.test_ds, classifiers, subset_sizes=(1,),
                                       device=device)
     with torch.no_grad():
         batch, labels = next(iter(run.test_ds.batches(GRID_ROWS, device=device)))
-        save_cross_generation_grid(run.vae, batch, run.folder.path / GRID_NAME,
-                                   num_examples=GRID_ROWS, labels=labels)
+        try:
+            save_cross_generation_grid(run.vae, batch, run.folder.path / GRID_NAME,
+                                       num_examples=GRID_ROWS, labels=labels)
+        except ValueError:  # a modality that is not an image (token sequences, vectors)
+            pass
     return {
         "conditional_coherence": coherence.get("mean_single_source"),
         "coherence_matrix": jsonable(coherence.get("single_source_matrix")),

@@ -61,3 +61,25 @@ class DigitClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_trailing_shape(x, self.in_shape, type(self).__name__)
         return self.head(self.features(x))
+
+
+class VectorClassifier(nn.Module):
+    """x (B, *in_shape) float -> class logits: flatten, one hidden layer (ReLU), linear.
+    The coherence classifier of a vector modality (see ``pyro_mmvae.metrics.classifiers``)."""
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int = 10, hidden: int = 128) -> None:
+        super().__init__()
+        self.in_shape = tuple(int(s) for s in in_shape)
+        if min(self.in_shape, default=1) <= 0 or num_classes < 2:
+            raise ValueError(f"need a positive in_shape and >= 2 classes, got {self.in_shape}, "
+                             f"{num_classes}.")
+        self.num_classes = int(num_classes)
+        size = 1
+        for s in self.in_shape:
+            size *= s
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(size, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, self.num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_trailing_shape(x, self.in_shape, type(self).__name__)
+        return self.head(self.features(x))

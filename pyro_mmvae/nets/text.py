@@ -4,7 +4,7 @@
   order kept), an MLP, then ``loc`` and ``raw_scale`` heads: ``(B, L) -> ((B, D), (B, D))``.
 * :class:`TextDecoder`: an MLP to ``L * V`` values, reshaped to logits ``(N, L, V)`` for a
   :class:`~pyro_mmvae.likelihoods.CategoricalLikelihood`.
-* :class:`TextClassifier`: bag of embeddings (mean over positions) and a linear layer, the
+* :class:`TextClassifier`: bag of embeddings (summed over positions) and a linear layer, the
   coherence classifier of a token modality.
 """
 
@@ -49,7 +49,7 @@ class TextDecoder(MLPDecoder):
 
 
 class TextClassifier(nn.Module):
-    """Token ids ``(B, L)`` -> class logits ``(B, num_classes)``: the mean of the tokens'
+    """Token ids ``(B, L)`` -> class logits ``(B, num_classes)``: the sum of the tokens'
     embeddings (a bag of words) and one linear layer."""
 
     def __init__(self, length: int, vocab_size: int, num_classes: int = 10,
@@ -61,7 +61,7 @@ class TextClassifier(nn.Module):
             [length, vocab_size, embed_dim], "length, vocab_size, embed_dim")
         self.in_shape = (self.length,)
         self.num_classes = int(num_classes)
-        self.embed = nn.EmbeddingBag(self.vocab_size, self.embed_dim, mode="mean")
+        self.embed = nn.EmbeddingBag(self.vocab_size, self.embed_dim, mode="sum")
         self.head = nn.Linear(self.embed_dim, self.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
