@@ -325,6 +325,13 @@ class FileDataset:
         positions = index.remainder(n).numpy() if n else index.numpy()
         return self._view(self._index()[positions], self.masks)
 
+    def head(self, size: int | None) -> FileDataset:
+        """The first ``size`` tuples (the dataset itself when ``size`` is None or not
+        smaller than it)."""
+        if size is None or len(self) <= size:
+            return self
+        return self.subset(torch.arange(size))
+
     def to(self, device: torch.device | str) -> FileDataset:
         """The data stay on disk: ``self`` (batches move to the device given to them)."""
         return self
