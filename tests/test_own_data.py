@@ -18,7 +18,7 @@ from pyro_mmvae.data import (
     missing_masks,
     write_files,
 )
-from pyro_mmvae.data.captions import VOCABULARY, decode_caption, make_captions
+from pyro_mmvae.data.captions import VOCABULARY, decode_caption
 from pyro_mmvae.likelihoods import CategoricalLikelihood, LaplaceLikelihood, NormalLikelihood
 from pyro_mmvae.settings import make_settings
 from pyro_mmvae.zoo import build_model
@@ -280,7 +280,8 @@ def test_make_captions_writes_the_files_format(tmp_path, shared_data_root):
                 (tmp_path / "b" / split / name).read_bytes()
     ds = load_dataset(f"files:{tmp_path / 'a'}")
     assert ds.kinds == {"caption": "tokens", "image": "image"}
-    assert ds.vocab_sizes == {"caption": len(VOCABULARY)} and ds.event_shapes["image"] == (1, 28, 28)
+    assert ds.vocab_sizes == {"caption": len(VOCABULARY)}
+    assert ds.event_shapes["image"] == (1, 28, 28)
     batch, labels = next(iter(ds.batches(50)))
     for caption, label in zip(batch["caption"], labels, strict=True):
         words = decode_caption(caption).split()
