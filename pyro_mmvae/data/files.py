@@ -11,14 +11,11 @@ On-disk format (one folder per split)::
 What each modality is follows from its dtype and shape (override with ``--set
 modalities.<name>.likelihood=...``, see :mod:`pyro_mmvae.settings`):
 
-==========================  ==============  ===============================  ============
-array                       kind            networks                         likelihood
-==========================  ==============  ===============================  ============
-float or uint8 (N, C, H, W)  ``image``       MLP, inputs centred               Laplace
-with C in (1, 3)                                                              (sigmoid mean)
-other float (N, ...)        ``vector``      MLP                              Normal
-integer (N, L)              ``tokens``      embedding + MLP (``nets.text``)  Categorical
-==========================  ==============  ===============================  ============
+* float or uint8 ``(N, C, H, W)`` with C in (1, 3): ``image`` — MLP with centred inputs,
+  Laplace likelihood (sigmoid mean);
+* other float ``(N, ...)``: ``vector`` — MLP, Normal likelihood;
+* integer ``(N, L)``: ``tokens`` — embedding + MLP (:mod:`pyro_mmvae.nets.text`),
+  Categorical likelihood.
 
 uint8 arrays are divided by 255; float images must lie in [0, 1]. Token ids lie in
 ``[0, V)`` with ``V`` from ``<name>.vocab`` or the largest id + 1 (over both splits).
@@ -279,9 +276,9 @@ class FileDataset:
                 generator: torch.Generator | None = None,
                 device: torch.device | str | None = None,
                 drop_last: bool = False) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-        """``(data, labels)`` batches, read from the memory-mapped files (see
-        :meth:`MultimodalTensorDataset.batches <pyro_mmvae.data.MultimodalTensorDataset.batches>`);
-        with masks ``data`` is a :class:`~pyro_mmvae.data.base.MaskedBatch`."""
+        """``(data, labels)`` batches, read from the memory-mapped files (as
+        ``MultimodalTensorDataset.batches``); with masks ``data`` is a
+        :class:`~pyro_mmvae.data.base.MaskedBatch`."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         n = len(self)

@@ -64,7 +64,7 @@ class DigitClassifier(nn.Module):
 
 
 class VectorClassifier(nn.Module):
-    """x (B, *in_shape) float -> class logits: flatten, one hidden layer (ReLU), linear.
+    """``x (B, *in_shape)`` float -> class logits: flatten, one hidden layer (ReLU), linear.
     The coherence classifier of a vector modality (see ``pyro_mmvae.metrics.classifiers``)."""
 
     def __init__(self, in_shape: Sequence[int], num_classes: int = 10, hidden: int = 128) -> None:
