@@ -334,7 +334,7 @@ def test_registry_errors_and_default_root(generated, tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_MMVAE_DATA_ROOT", str(generated["outs"]["a"].parent))
     assert default_data_root() == generated["outs"]["a"].parent
     assert len(load_dataset("polymnist", split="test")) == FAKE_SIZES["test"]
-    assert DATASETS == ("polymnist-mini", "polymnist")
+    assert DATASETS == ("polymnist-mini", "polymnist", "captions-mini")
 
 
 # ------------------------------------------------------------------------------ mini
