@@ -322,3 +322,19 @@ def test_every_model_trains_with_half_the_modalities_missing(tmp_path, model):
                      "--missing-ratio", "0.5", "--out", str(run), "--no-progress"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["conditional_coherence"] > 0.12
+
+
+def test_data_parallel_shards_keep_the_presence_masks():
+    from pyro_mmvae.engine.distributed import LossModule, ProcessGroup, shard
+
+    ds = captions_mini("test").with_missing(0.5, seed=0)
+    batch, _ = next(iter(ds.batches(10)))
+    local = shard(batch, ProcessGroup(rank=1, world_size=2))
+    assert isinstance(local, MaskedBatch) and len(local["image"]) == 5
+    assert torch.equal(local.mask["caption"], batch.mask["caption"][5:])
+    spec = build_model("mmvae", ds, hidden=[16], latent_dim=4)
+    module = LossModule(spec.vae, spec.elbo)
+    pyro.set_rng_seed(0)
+    explicit = module(dict(local), local.mask)
+    pyro.set_rng_seed(0)
+    assert torch.allclose(explicit, module(local))

@@ -12,6 +12,7 @@ as one process training on the whole batch (``tests/test_distributed.py``).
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,16 @@ def shard(batch: dict[str, Tensor], group: ProcessGroup) -> dict[str, Tensor]:
     """This rank's rows of a global batch: contiguous chunks in rank order."""
     if not group.distributed:
         return batch
-    return {name: x.tensor_split(group.world_size)[group.rank] for name, x in batch.items()}
+    local = {name: x.tensor_split(group.world_size)[group.rank] for name, x in batch.items()}
+    mask = getattr(batch, "mask", None)
+    if mask is not None:  # a MaskedBatch: shard its presence masks the same way
+        sharded = copy.copy(batch)
+        sharded.clear()
+        sharded.update(local)
+        sharded.mask = {name: m.tensor_split(group.world_size)[group.rank]
+                        for name, m in mask.items()}
+        return sharded
+    return local
 
 
 def all_reduce_sum(values: Tensor, group: ProcessGroup) -> Tensor:
@@ -96,15 +106,20 @@ def barrier(group: ProcessGroup) -> None:
 
 class LossModule(nn.Module):
     """``forward(batch) = elbo.differentiable_loss(vae.model, vae.guide, batch)``: the
-    objective as a module, which is the shape :class:`DistributedDataParallel` wraps."""
+    objective as a module, which is the shape :class:`DistributedDataParallel` wraps.
+    Presence masks travel as the explicit ``mask`` argument (DDP may copy the batch dict,
+    which would drop a :class:`~pyro_mmvae.data.base.MaskedBatch`'s ``mask``)."""
 
     def __init__(self, vae: nn.Module, elbo: Any) -> None:
         super().__init__()
         self.vae = vae
         self.elbo = elbo
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch)
+    def forward(self, batch: dict[str, Tensor], mask: dict[str, Tensor] | None = None
+                ) -> Tensor:
+        if mask is None:
+            return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch)
+        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch, mask)
 
 
 def wrap_ddp(vae: nn.Module, elbo: Any, device: torch.device) -> nn.Module:

@@ -83,7 +83,8 @@ class TrainStep:
         local = shard(batch, self.group)
         with network_precision(self.precision, self.device):
             if self._ddp is not None:
-                return self._ddp(local)
+                mask = getattr(local, "mask", None)
+                return self._ddp(dict(local), mask) if mask is not None else self._ddp(local)
             return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, local)
 
     def __call__(self, batch: dict[str, Tensor]) -> float:
