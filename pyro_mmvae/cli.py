@@ -89,6 +89,27 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _setting(name: str, kind: type) -> Callable[[str], Any]:
+    """An argparse type for the flag of setting ``name``: the value parsed as ``kind``, then
+    checked by :func:`pyro_mmvae.settings.check_value` (the checks and messages of
+    ``--set``, presets and ``TrainConfig``)."""
+
+    def parse(text: str) -> Any:
+        from pyro_mmvae.settings import check_value
+
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text
+        try:
+            return check_value(name, value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = name
+    return parse
+
+
 def parse_setting(text: str) -> tuple[str, Any]:
     """``"beta=2.5"`` -> ``("beta", 2.5)``; values parse as JSON (numbers, booleans, lists
     become tuples), anything else stays text."""
@@ -168,14 +189,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--preset", help="named recipe of the model zoo (e.g. mmvae_polymnist)")
     train.add_argument("--data-root", metavar="DIR",
                        help="dataset folder (default: $PYRO_MMVAE_DATA_ROOT)")
-    train.add_argument("--epochs", type=_positive_int, metavar="N")
-    train.add_argument("--batch-size", type=_positive_int, metavar="B")
-    train.add_argument("--lr", type=_positive_float, metavar="LR", help="Adam learning rate")
-    train.add_argument("--num-particles", type=_positive_int, metavar="K",
+    train.add_argument("--epochs", type=_setting("epochs", int), metavar="N")
+    train.add_argument("--batch-size", type=_setting("batch_size", int), metavar="B")
+    train.add_argument("--lr", type=_setting("lr", float), metavar="LR",
+                       help="Adam learning rate")
+    train.add_argument("--num-particles", type=_setting("num_particles", int), metavar="K",
                        help="samples of z per data point")
     train.add_argument("--estimator", choices=("elbo", "iwae", "dreg"),
                        help="objective: ELBO, importance-weighted bound, or IWAE with DReG")
-    train.add_argument("--beta", type=_positive_float, metavar="BETA",
+    train.add_argument("--beta", type=_setting("beta", float), metavar="BETA",
                        help="weight of the KL (prior-ratio) terms; same as --set beta=BETA")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     train.add_argument("--precision", choices=("32", "bf16", "16"),

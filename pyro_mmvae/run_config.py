@@ -13,7 +13,7 @@ import torch
 from pyro_mmvae.checkpoint import check_checkpoint_matches, check_resume_settings
 from pyro_mmvae.engine import LR_SCHEDULES, check_precision
 from pyro_mmvae.engine.networks import DECODER_BATCHING
-from pyro_mmvae.infer.base import ESTIMATORS
+from pyro_mmvae.settings import GROUP_OF, check_value
 from pyro_mmvae.stages import Stage, as_stages, resolve_stages, stages_to_json
 
 
@@ -65,15 +65,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
-        _check_positive("epochs", self.epochs, int)
-        _check_positive("batch_size", self.batch_size, int)
-        _check_positive("num_particles", self.num_particles, int)
-        _check_positive("lr", self.lr, float)
+        for name in ("epochs", "batch_size", "num_particles", "lr", "estimator"):
+            if getattr(self, name) is not None:  # the settings' own checks and messages
+                check_value(name, getattr(self, name))
+        for name, value in self.settings.items():
+            if name in GROUP_OF:
+                check_value(name, value)
         _check_positive("clip_grad", self.clip_grad, float)
-        if self.estimator is not None and self.estimator not in ESTIMATORS:
-            raise ValueError(
-                f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}"
-            )
         if self.precision is not None:
             check_precision(self.precision)
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:

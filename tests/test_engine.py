@@ -180,3 +180,34 @@ def test_resume_refuses_changed_settings(mini, tmp_path):
         bad = {**cfg, **change, "settings": {**SMALL, **change.get("settings", {})}}
         with pytest.raises(CheckpointError, match="--resume continues a run"):
             train(TrainConfig(epochs=2, resume=True, **bad), progress=False, datasets=mini)
+
+
+def test_tensorboard_logs_losses_and_sample_grids(mini, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = TrainConfig(model="mmvae", dataset="mini", device="cpu", out=str(tmp_path),
+                         epochs=2, batch_size=32, tensorboard=True, settings=dict(SMALL))
+    train(config, progress=False, datasets=mini)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss/train_step", "loss/train", "loss/test", "lr"} <= set(tags["scalars"])
+    assert len(events.Scalars("loss/train_step")) == 2 * 3  # 96 tuples / 32 per step
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
+    assert "prior_samples/m0" in tags["images"]
+
+
+def test_one_validation_path_for_settings(capsys):
+    """A flag, --set and TrainConfig reject a bad value with the same message."""
+    from pyro_mmvae import cli
+
+    message = "setting epochs must be a positive integer, got 0"
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(epochs=0).check()
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(settings={"epochs": 0}).check()
+    assert cli.main(["train", "--epochs", "0"]) == 2
+    assert message in capsys.readouterr().err
+    assert cli.main(["train", "--set", "epochs=0", "--out", "unused-run"]) == 2
+    assert message in capsys.readouterr().err
