@@ -13,7 +13,7 @@ import torch
 from pyro_mmvae.checkpoint import check_checkpoint_matches, check_resume_settings
 from pyro_mmvae.engine import LR_SCHEDULES, check_precision
 from pyro_mmvae.engine.networks import DECODER_BATCHING
-from pyro_mmvae.settings import GROUP_OF, check_value
+from pyro_mmvae.settings import GROUP_OF, MODALITIES_PREFIX, check_value
 from pyro_mmvae.stages import Stage, as_stages, resolve_stages, stages_to_json
 
 
@@ -69,7 +69,7 @@ class TrainConfig:
             if getattr(self, name) is not None:  # the settings' own checks and messages
                 check_value(name, getattr(self, name))
         for name, value in self.settings.items():
-            if name in GROUP_OF:
+            if name in GROUP_OF or str(name).startswith(MODALITIES_PREFIX):
                 check_value(name, value)
         _check_positive("clip_grad", self.clip_grad, float)
         if self.precision is not None:
