@@ -265,6 +265,11 @@ def test_train_and_evaluate_files_with_missing_ratio(tmp_path, monkeypatch):
     assert results["likelihood"]["rows"] == "test rows that observe every modality"
     observed = results["coherence"]["conditional"]["observed_rows"]
     assert 0 < observed["img"] < 96 and observed["img+tok"] < observed["img"]
+    resume = ["train", "--dataset", str(summary["dataset"]), "--epochs", "2", "--out", str(run),
+              "--resume", "--no-progress", "--no-evaluate"]
+    assert cli.main([*resume, "--missing-ratio", "0.2"]) == 2  # not the run's ratio
+    assert cli.main(resume) == 0  # the checkpoint's ratio and seed
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["hyper"]["missing_ratio"] == 0.5
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--missing-ratio", "1"])
 
