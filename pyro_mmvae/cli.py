@@ -309,18 +309,23 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=_run_evaluate)
 
 
-def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
-    make = _command(commands, "make-polymnist")
+def _add_mnist_source(make: argparse.ArgumentParser) -> None:
+    """The options of a dataset generated from MNIST: source, output, seed, size."""
     make.add_argument("--mnist-root", required=True, metavar="DIR",
                       help="folder with the MNIST IDX files (.gz or raw)")
+    make.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    make.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    make.add_argument("--limit", type=_positive_int, metavar="N",
+                      help="use only the first N MNIST images of each split")
+
+
+def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
+    make = _command(commands, "make-polymnist")
+    _add_mnist_source(make)
     make.add_argument("--backgrounds", required=True, metavar="DIR|procedural",
                       help="folder of background images (one per modality) or 'procedural'")
     make.add_argument("--modalities", type=_positive_int, default=5, metavar="M",
                       help="number of modalities (default: 5)")
-    make.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    make.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    make.add_argument("--limit", type=_positive_int, metavar="N",
-                      help="use only the first N MNIST images of each split")
     make.add_argument("--splits", nargs="+", default=("train", "test"),
                       choices=("train", "test"), help="splits to write (default: both)")
     make.add_argument("--workers", type=_positive_int, default=2,
@@ -337,12 +342,7 @@ def _add_make_polymnist(commands: argparse._SubParsersAction) -> None:
 
 def _add_make_captions(commands: argparse._SubParsersAction) -> None:
     make = _command(commands, "make-captions")
-    make.add_argument("--mnist-root", required=True, metavar="DIR",
-                      help="folder with the MNIST IDX files (.gz or raw)")
-    make.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    make.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    make.add_argument("--limit", type=_positive_int, metavar="N",
-                      help="use only the first N MNIST images of each split")
+    _add_mnist_source(make)
     make.set_defaults(handler=_run_make_captions)
 
 

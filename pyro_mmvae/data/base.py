@@ -14,6 +14,7 @@ batch)`` work unchanged: the models read ``batch.mask`` when no ``mask`` argumen
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -113,7 +114,18 @@ def missing_masks(present: Tensor, ratio: float, seed: int) -> Tensor:
     return kept | (rescue & empty)
 
 
-class MultimodalTensorDataset(Dataset):
+class HeadMixin:
+    """``head(size)`` for a dataset with ``__len__`` and ``subset(indices)``."""
+
+    def head(self, size: int | None) -> Any:
+        """The first ``size`` tuples (the dataset itself when ``size`` is None or not
+        smaller than it)."""
+        if size is None or len(self) <= size:
+            return self
+        return self.subset(torch.arange(size))
+
+
+class MultimodalTensorDataset(HeadMixin, Dataset):
     """A dataset of N aligned tuples ``({modality: x_m}, label)`` held as whole tensors.
 
     Args:
@@ -296,13 +308,6 @@ class MultimodalTensorDataset(Dataset):
         if self.masks is None:
             return self
         return self.subset(self.presence().all(0))
-
-    def head(self, size: int | None) -> MultimodalTensorDataset:
-        """The first ``size`` tuples (the dataset itself when ``size`` is None or not
-        smaller than it)."""
-        if size is None or len(self) <= size:
-            return self
-        return self.subset(torch.arange(size))
 
     def to(self, device: torch.device | str) -> MultimodalTensorDataset:
         """Return a dataset with the stored (still uint8) tensors on ``device``.

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_mmvae.data.base import MaskedBatch, _check_masks, _zero_absent, missing_masks
+from pyro_mmvae.data.base import HeadMixin, MaskedBatch, _check_masks, _zero_absent, missing_masks
 
 PREFIX = "files:"
 LABELS = "labels"
@@ -89,7 +89,7 @@ def _open_array(path: Path) -> np.ndarray:
     return array
 
 
-class FileDataset:
+class FileDataset(HeadMixin):
     """A split of a ``files:`` dataset (see the module docstring); memory-mapped.
 
     Args:
@@ -321,13 +321,6 @@ class FileDataset:
             raise IndexError(f"subset indices out of range for a dataset of {n} tuples.")
         positions = index.remainder(n).numpy() if n else index.numpy()
         return self._view(self._index()[positions], self.masks)
-
-    def head(self, size: int | None) -> FileDataset:
-        """The first ``size`` tuples (the dataset itself when ``size`` is None or not
-        smaller than it)."""
-        if size is None or len(self) <= size:
-            return self
-        return self.subset(torch.arange(size))
 
     def to(self, device: torch.device | str) -> FileDataset:
         """The data stay on disk: ``self`` (batches move to the device given to them)."""
