@@ -39,3 +39,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Classifier caches go to a per-session temporary folder, not ~/.cache."""
     cache = tmp_path_factory.getbasetemp() / "pyro_mmvae_cache"
     monkeypatch.setenv("PYRO_MMVAE_CACHE", str(cache))
+
+
+@pytest.fixture
+def sandbox_registry(monkeypatch):
+    """The zoo's models and the data registry, restored after the test: models and datasets a
+    test registers (the way a user adds their own) do not leak into other tests."""
+    from pyro_mmvae import zoo
+    from pyro_mmvae.data import registry
+
+    monkeypatch.setattr(zoo, "BUILDERS", dict(zoo.BUILDERS))
+    monkeypatch.setattr(zoo, "MODEL_DEFAULTS", dict(zoo.MODEL_DEFAULTS))
+    monkeypatch.setattr(zoo, "EXTRA_SETTINGS", dict(zoo.EXTRA_SETTINGS))
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    return zoo, registry

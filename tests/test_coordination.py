@@ -9,9 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_mmvae import zoo
 from pyro_mmvae.checkpoint import load_checkpoint
-from pyro_mmvae.data import registry
 from pyro_mmvae.data.base import MultimodalTensorDataset
 from pyro_mmvae.infer import CRMVAEELBO, JMVAEELBO, MVTCAEELBO, TELBOELBO, gaussian_kl
 from pyro_mmvae.modality import Modality
@@ -339,11 +337,9 @@ TINY_TELBO_DEFAULTS = {
 
 
 @pytest.fixture
-def tiny_world(monkeypatch):
+def tiny_world(sandbox_registry):
     """The tiny TELBO and its data, registered the way a user adds their own."""
-    monkeypatch.setattr(zoo, "BUILDERS", dict(zoo.BUILDERS))
-    monkeypatch.setattr(zoo, "MODEL_DEFAULTS", dict(zoo.MODEL_DEFAULTS))
-    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    zoo, registry = sandbox_registry
     zoo.register_model("tiny", tiny_telbo, TINY_TELBO_DEFAULTS)
     registry.register_dataset("tiny", lambda _root, split: tiny_dataset(split))
 

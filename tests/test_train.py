@@ -20,7 +20,6 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyro_mmvae import train as train_module
-from pyro_mmvae import zoo
 from pyro_mmvae.checkpoint import (
     CheckpointError,
     check_checkpoint_matches,
@@ -85,10 +84,8 @@ TINY_DEFAULTS = {"lr": 0.02, "amsgrad": False, "batch_size": 16, "epochs": 3}
 
 
 @pytest.fixture(autouse=True)
-def tiny_world(monkeypatch):
-    monkeypatch.setattr(zoo, "BUILDERS", dict(zoo.BUILDERS))
-    monkeypatch.setattr(zoo, "MODEL_DEFAULTS", dict(zoo.MODEL_DEFAULTS))
-    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+def tiny_world(sandbox_registry):
+    zoo, registry = sandbox_registry
     zoo.register_model("tiny", build_tiny, TINY_DEFAULTS)
     registry.register_dataset("tiny", lambda _root, split: tiny_dataset(split))
 
