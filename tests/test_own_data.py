@@ -319,8 +319,13 @@ def test_captions_mini_mmvae_is_coherent_after_three_epochs(tmp_path):
 @pytest.mark.slow
 # Not mmvae_private: the private-latent baseline is at chance on polymnist-mini even with all
 # modalities (0.101, the failure MMVAE+ fixes; README).
-@pytest.mark.parametrize("model", ["mmvae", "mvae", "mopoe", "mmvae_plus", "jmvae", "telbo",
-                                   "mvtcae", "crmvae"])
+@pytest.mark.parametrize("model", [
+    "mmvae", "mvae", "mopoe", "mmvae_plus", "jmvae", "mvtcae", "crmvae",
+    # Measured 0.107 (2026-12-01): TELBO trains its joint encoder on the rows that observe
+    # every modality, 1/32 of them at r = 0.5, and generates from it.
+    pytest.param("telbo", marks=pytest.mark.xfail(
+        reason="TELBO's joint encoder sees 1/32 of the rows at missing ratio 0.5", strict=True)),
+])
 def test_every_model_trains_with_half_the_modalities_missing(tmp_path, model):
     """``--missing-ratio 0.5`` on polymnist-mini, the dataset's default epochs: mean
     single-source coherence above chance (0.1). Measured for mmvae (2026-12-01): 0.714."""
