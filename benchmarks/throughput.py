@@ -301,7 +301,7 @@ class OursWorker(Worker):
         spec = build_model(cfg["model"], dataset, preset=cfg["recipe"])
         device = torch.device(self.device)
         vae, self.elbo = spec.vae.to(device), spec.elbo
-        batching = variant["decoder_batching"] or default_decoder_batching(device)
+        batching = variant["decoder_batching"] or "auto"  # as pyro-mmvae train
         set_decoder_batching(vae, batching, device)
         batching = next(iter(vae.mods.values())).decoder_batching  # what auto chose
         vae.train()
@@ -335,15 +335,6 @@ class OursWorker(Worker):
 
     def step(self, batch: dict[str, Tensor]) -> None:
         self.train_step(batch)
-
-
-def default_decoder_batching(device: torch.device) -> str:
-    """What ``pyro-mmvae train`` picks with ``--decoder-batching auto`` on ``device``."""
-    try:
-        from pyro_mmvae.run_config import decoder_batching
-    except ImportError:
-        return "stacked" if device.type == "cuda" else "split"
-    return decoder_batching("auto", device)
 
 
 def multivae_model(recipe: str, s: dict):

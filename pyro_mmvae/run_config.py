@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from pyro_mmvae.checkpoint import check_checkpoint_matches, check_resume_settings
 from pyro_mmvae.engine import LR_SCHEDULES, check_precision
 from pyro_mmvae.engine.networks import DECODER_BATCHING
@@ -195,9 +193,3 @@ def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
         missing_ratio=check_missing_ratio(_pick(config.missing_ratio, base, "missing_ratio",
                                                 0.0)),
     )
-
-
-def decoder_batching(choice: str, device: torch.device) -> str:
-    """The decoder batching asked for (``auto`` is decided per decoder by
-    :func:`pyro_mmvae.engine.networks.choose_decoder_batching`)."""
-    return choice

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
 from torch import nn
@@ -269,8 +268,3 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
     restore_parameters(vae, state, batch)
     vae.eval()
     return LoadedRun(folder, vae, spec.elbo, train_ds, test_ds, state)
-
-
-def fresh_param_store() -> contextlib.AbstractContextManager:
-    """A private Pyro param store for the block (the user's own store is left untouched)."""
-    return pyro.get_param_store().scope()

@@ -72,7 +72,6 @@ from pyro_mmvae.run_config import (
     TrainConfig,
     TrainingError,
     check_resume,
-    decoder_batching,
     model_overrides,
     resolve_hyper,
 )
@@ -376,7 +375,7 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     if device.type == "cuda":  # in-memory data lives on the GPU: no per-step host copies
         train_ds, test_ds = train_ds.to(device), test_ds.to(device)
     vae = spec.vae.to(device)
-    set_decoder_batching(vae, decoder_batching(config.decoder_batching, device), device)
+    set_decoder_batching(vae, config.decoder_batching, device)
     check_patterns(vae, hyper.stages)
     vae.train()
     batch = next(iter(train_ds.batches(min(hyper.batch_size, len(train_ds)), device=device)))[0]
