@@ -71,9 +71,11 @@ class LatentSettings:
 
 @dataclass(frozen=True)
 class NetworkSettings:
-    """Encoders and decoders: ``mlp`` (any shape) or ``resnet`` (3x28x28 PolyMNIST)."""
+    """Encoders and decoders: ``mlp`` (any shape), ``resnet`` or ``conv`` (3x28x28
+    PolyMNIST; :mod:`pyro_mmvae.nets.polymnist`, :mod:`pyro_mmvae.nets.conv`)."""
 
-    nets: str = field(default="mlp", metadata=_spec("choice", choices=("mlp", "resnet")))
+    nets: str = field(default="mlp",
+                      metadata=_spec("choice", choices=("mlp", "resnet", "conv")))
     hidden: tuple[int, ...] = field(default=(400, 400), metadata=_spec("int_tuple"))
     joint_features: int = field(default=64, metadata=_spec("positive_int"))
 
@@ -177,7 +179,7 @@ def _check_extra(name: str, value: Any, default: Any) -> Any:
 MODALITY_KEYS: dict[str, str] = {"likelihood": "likelihood", "nets": "nets",
                                  "likelihood_scale": "likelihood_scale",
                                  "vocab_size": "vocab_size"}
-MODALITY_NETS = ("mlp", "resnet", "text")
+MODALITY_NETS = ("mlp", "resnet", "conv", "text")
 MODALITIES_PREFIX = "modalities."
 
 

@@ -78,7 +78,9 @@ def _is_image(shape: torch.Size) -> bool:
 
 def build_networks(nets: str, event_shape: torch.Size, param_shape: torch.Size,
                    latent_dim: int, hidden=(400, 400)) -> tuple[nn.Module, nn.Module]:
-    """An (encoder, decoder) pair: ``"mlp"`` for any shape, ``"resnet"`` for 3x28x28 images."""
+    """An (encoder, decoder) pair: ``"mlp"`` for any shape, ``"resnet"`` or ``"conv"`` for
+    3x28x28 images."""
+    from pyro_mmvae.nets.conv import PolyMNISTConvDecoder, PolyMNISTConvEncoder
     from pyro_mmvae.nets.mlp import MLPDecoder, MLPEncoder
     from pyro_mmvae.nets.polymnist import PolyMNISTResNetDecoder, PolyMNISTResNetEncoder
 
@@ -88,12 +90,14 @@ def build_networks(nets: str, event_shape: torch.Size, param_shape: torch.Size,
         centre = {"input_offset": 0.5, "input_scale": 0.5} if image else {}
         return (MLPEncoder(event_shape, latent_dim, hidden=hidden, **centre),
                 MLPDecoder(latent_dim, param_shape, hidden=hidden, output_activation=activation))
-    if nets == "resnet":
+    if nets in ("resnet", "conv"):
         if tuple(event_shape) != (3, 28, 28) or param_shape != event_shape:
-            raise ValueError(f"the PolyMNIST ResNet needs 3x28x28 images with a per-pixel "
-                             f"likelihood, got event shape {tuple(event_shape)}")
+            raise ValueError(f"the PolyMNIST {nets} networks need 3x28x28 images with a "
+                             f"per-pixel likelihood, got event shape {tuple(event_shape)}")
+        if nets == "conv":
+            return PolyMNISTConvEncoder(latent_dim), PolyMNISTConvDecoder(latent_dim)
         return PolyMNISTResNetEncoder(latent_dim), PolyMNISTResNetDecoder(latent_dim)
-    raise ValueError(f"unknown network family {nets!r}; choose 'mlp' or 'resnet'")
+    raise ValueError(f"unknown network family {nets!r}; choose 'mlp', 'resnet' or 'conv'")
 
 
 def modality_kind(dataset, name: str) -> str:
@@ -214,14 +218,17 @@ def _build_mopoe(dataset, s: Settings) -> tuple[MultimodalVAE, ELBO]:
 
 def build_private_modalities(dataset, settings: Mapping[str, Any]) -> list[Modality]:
     """Modalities for shared + private latents: decoders read ``[z, w_m]`` (Dz + Dw inputs);
-    MLP encoders output Dz + Dw (split by the model), the ResNet gets a private tower."""
+    MLP encoders output Dz + Dw (split by the model), the ResNet and the conv encoder get a
+    private tower."""
+    from pyro_mmvae.nets.conv import PolyMNISTConvEncoder
     from pyro_mmvae.nets.polymnist import PolyMNISTResNetEncoder
 
     dz, dw = settings["latent_dim"], settings["private_dim"]
     modalities = build_modalities(dataset, {**settings, "latent_dim": dz + dw})
-    if settings["nets"] == "resnet":
+    towers = {"resnet": PolyMNISTResNetEncoder, "conv": PolyMNISTConvEncoder}
+    if settings["nets"] in towers:
         for mod in modalities:
-            mod.encoder = PolyMNISTResNetEncoder(dz, dw)
+            mod.encoder = towers[settings["nets"]](dz, dw)
     return modalities
 
 

@@ -8,6 +8,8 @@ from pyro_mmvae.nets import (
     DigitClassifier,
     MLPDecoder,
     MLPEncoder,
+    PolyMNISTConvDecoder,
+    PolyMNISTConvEncoder,
     PolyMNISTResNetDecoder,
     PolyMNISTResNetEncoder,
 )
@@ -65,6 +67,41 @@ def test_resnet_decoder_shapes(batch):
 
 
 @pytest.mark.parametrize("batch", [1, 5])
+def test_conv_networks_shapes_private_tower_and_sigmoid(batch):
+    x = torch.rand(batch, *IMAGE)
+    assert [t.shape for t in PolyMNISTConvEncoder(8)(x)] == [(batch, 8)] * 2
+    with_private = PolyMNISTConvEncoder(8, private_dim=4)(x)
+    assert [t.shape for t in with_private] == [(batch, 8), (batch, 8), (batch, 4), (batch, 4)]
+    out = PolyMNISTConvDecoder(12, output_activation="sigmoid")(10 * torch.randn(batch, 12))
+    assert out.shape == (batch, *IMAGE) and out.min() >= 0 and out.max() <= 1
+    raw = PolyMNISTConvDecoder(12)(10 * torch.randn(batch, 12))
+    assert raw.shape == (batch, *IMAGE)
+
+
+def test_conv_networks_are_much_cheaper_than_the_resnets():
+    """FLOPs of one forward pass (torch's counter): the conv nets are >10x cheaper."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(net, x):
+        with FlopCounterMode(display=False) as counter:
+            net(x)
+        return counter.get_total_flops()
+
+    z, x = torch.randn(1, 32), torch.rand(1, *IMAGE)
+    assert flops(PolyMNISTConvDecoder(32), z) * 10 < flops(PolyMNISTResNetDecoder(32), z)
+    assert flops(PolyMNISTConvEncoder(32), x) * 10 < flops(PolyMNISTResNetEncoder(32), x)
+
+
+def test_conv_networks_reject_bad_arguments():
+    with pytest.raises(ValueError, match="channels"):
+        PolyMNISTConvEncoder(4, channels=(8, 8))
+    with pytest.raises(ValueError, match="latent_dim"):
+        PolyMNISTConvDecoder(0)
+    with pytest.raises(ValueError, match="output_activation"):
+        PolyMNISTConvDecoder(4, output_activation="tanh")
+
+
+@pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("in_shape", [IMAGE, (1, 28, 28)])
 def test_classifier_shapes(batch, in_shape):
     logits = DigitClassifier(in_shape, num_classes=10)(torch.rand(batch, *in_shape))
@@ -82,6 +119,8 @@ def test_classifier_shapes(batch, in_shape):
         (MLPDecoder(4, (3,), hidden=(8,)), torch.randn(5, 7)),
         (PolyMNISTResNetDecoder(4), torch.randn(2, 5, 4)),
         (PolyMNISTResNetDecoder(4), torch.randn(5, 3)),
+        (PolyMNISTConvEncoder(4), torch.rand(5, 1, 28, 28)),
+        (PolyMNISTConvDecoder(4), torch.randn(5, 3)),
     ],
 )
 def test_wrong_input_shape_raises_value_error(net, bad_input):
@@ -98,15 +137,19 @@ def _block_images(n: int) -> torch.Tensor:
     return x
 
 
-def test_resnet_autoencoder_learns():
+@pytest.mark.parametrize("family, steps", [("resnet", 30), ("conv", 150)])
+def test_image_autoencoder_learns(family, steps):
     torch.manual_seed(0)
-    enc, dec = PolyMNISTResNetEncoder(latent_dim=8), PolyMNISTResNetDecoder(latent_dim=8)
+    if family == "resnet":
+        enc, dec = PolyMNISTResNetEncoder(latent_dim=8), PolyMNISTResNetDecoder(latent_dim=8)
+    else:
+        enc, dec = PolyMNISTConvEncoder(latent_dim=8), PolyMNISTConvDecoder(latent_dim=8)
     params = [*enc.parameters(), *dec.parameters()]
     optim = torch.optim.Adam(params, lr=1e-3)
     x = _block_images(4)
     mean_image_loss = nn.functional.mse_loss(x.mean(0, keepdim=True).expand_as(x), x).item()
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         loss = nn.functional.mse_loss(dec(enc(x)[0]), x)
         optim.zero_grad()
         loss.backward()

@@ -1,6 +1,7 @@
 """Neural networks: encoders x -> (loc, raw_scale), decoders z -> likelihood parameters."""
 
 from pyro_mmvae.nets.classifier import DigitClassifier
+from pyro_mmvae.nets.conv import PolyMNISTConvDecoder, PolyMNISTConvEncoder
 from pyro_mmvae.nets.joint import EncoderFeatures, JointEncoder
 from pyro_mmvae.nets.mlp import MLPDecoder, MLPEncoder
 from pyro_mmvae.nets.polymnist import (
@@ -16,6 +17,8 @@ __all__ = [
     "JointEncoder",
     "MLPDecoder",
     "MLPEncoder",
+    "PolyMNISTConvDecoder",
+    "PolyMNISTConvEncoder",
     "PolyMNISTResNetDecoder",
     "PolyMNISTResNetEncoder",
     "ResidualBlock",

@@ -1,0 +1,75 @@
+"""benchmarks/reproduce.py: the protocol's rows, its errors, and a tiny run that resumes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_mmvae.data import make_polymnist
+from pyro_mmvae.presets import PRESETS, preset_settings
+from pyro_mmvae.zoo import resolve_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = Path(os.environ.get("PYRO_MMVAE_DATA_ROOT", ROOT.parent / "shared" / "data")) / "mnist"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = _load_script()
+
+
+@pytest.mark.parametrize("row", reproduce.ROWS, ids=lambda r: r.key)
+def test_every_row_has_a_cpu_and_a_full_recipe_for_its_model(row):
+    assert preset_settings(row.cpu_preset, row.model)["nets"] == "conv"
+    assert preset_settings(row.full_preset, row.model)["nets"] == "resnet"
+    cpu = resolve_settings(row.model, row.cpu_preset, "polymnist")
+    full = resolve_settings(row.model, row.full_preset, "polymnist")
+    # same objective settings as the paper's recipe; only networks, batch and epochs differ
+    differ = {k for k in cpu if cpu[k] != full[k]}
+    assert differ <= {"nets", "batch_size", "epochs", "kl_warmup_epochs"}, differ
+
+
+def test_one_budget_for_every_cpu_row():
+    assert len({PRESETS[r.cpu_preset]["epochs"] for r in reproduce.ROWS}) == 1
+    assert len({PRESETS[r.cpu_preset]["batch_size"] for r in reproduce.ROWS}) == 1
+
+
+def test_bad_rows_and_missing_data_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--rows", "mmvae,nope"])
+    assert "unknown row(s) ['nope']" in capsys.readouterr().err
+    args = reproduce.parse_args(["--rows", "crmvae/translated", "--translated", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="make-polymnist .* --translated"):
+        reproduce.data_root(args, reproduce.row_of("crmvae/translated"))
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files of ../shared/data")
+def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_MMVAE_CACHE", str(tmp_path / "cache"))
+    make_polymnist(MNIST, "procedural", out=tmp_path / "data", limit=150, workers=1)
+    out = tmp_path / "results" / "reproduction.json"
+    argv = ["--rows", "mopoe", "--polymnist", str(tmp_path / "data"), "--runs",
+            str(tmp_path / "runs"), "--curve-points", "40", "--eval-points", "50",
+            "--out", str(out)]
+    assert reproduce.main([*argv, "--epochs", "1"]) == 0
+    first = json.loads(out.read_text())["mopoe"]
+    assert len(first["conditional_coherence"]) == 4
+    assert all(0 <= c <= 1 for c in first["conditional_coherence"])
+    assert first["frechet_prior"] > 0 and first["epochs"] == 1
+    assert "--rows mopoe" in first["command"] and "mopoe" in out.with_suffix(".md").read_text()
+    # a second call with more epochs continues the run: epoch 1 of the curve is kept
+    assert reproduce.main([*argv, "--epochs", "2"]) == 0
+    second = json.loads(out.read_text())["mopoe"]
+    assert [r["epoch"] for r in second["learning_curve"]] == [1, 2]
+    assert second["learning_curve"][0] == first["learning_curve"][0]
