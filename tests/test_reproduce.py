@@ -73,3 +73,16 @@ def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch):
     second = json.loads(out.read_text())["mopoe"]
     assert [r["epoch"] for r in second["learning_curve"]] == [1, 2]
     assert second["learning_curve"][0] == first["learning_curve"][0]
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files of ../shared/data")
+def test_estimate_prints_each_rows_time_from_measured_steps(tmp_path, capsys):
+    make_polymnist(MNIST, "procedural", out=tmp_path / "data", limit=150, workers=1,
+                   splits=("test",))
+    assert reproduce.main(["--estimate", "--rows", "mopoe,crmvae", "--polymnist",
+                           str(tmp_path / "data")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["mopoe", "crmvae"]
+    for line in lines:  # "<row>: <preset>, 12 epochs x 469 steps x 0.123 s = 0.2 h (...)"
+        assert "12 epochs x 469 steps x" in line
+        assert float(line.split(" = ")[1].split(" h")[0]) > 0

@@ -12,6 +12,8 @@
 #    files and backgrounds under $CHECK_DATA (default data/shared: copy ../shared/data there
 #    and name it in the device tool's carry), coherence after every epoch
 #    -> $OUT/recipe_curve.jsonl                                       (time box 240 s)
+# 4. (before 3) the wall time of each full paper recipe of benchmarks/reproduce.py, from
+#    measured steps  -> $OUT/reproduce_estimate.txt                   (time box 90 s)
 # Packages the GPU image lacks (pyro-ppl, pyro-api, arviz and its needs) travel as wheels in
 # .whl/ (see /work/.library/device/README.md); they are installed into /tmp/site first.
 # Every step is time-boxed and a failing step does not stop the others; the exit status is
@@ -81,6 +83,8 @@ else
   POLY="$WORK/polymnist"
   step make-polymnist 120 "$PY" -m pyro_mmvae make-polymnist --mnist-root "$CHECK_DATA/mnist" \
     --backgrounds "$CHECK_DATA/polymnist_backgrounds" --out "$POLY" --workers 16
+  step estimate 90 "$PY" benchmarks/reproduce.py --estimate --full --device "$DEVICE" \
+    --rows all --polymnist "$POLY" --translated "$POLY" > "$OUT/reproduce_estimate.txt" 2>&1
   step recipe 300 "$PY" benchmarks/gpu/recipe_curve.py --device "$DEVICE" --precision bf16 \
     --data-root "$POLY" --minutes 4 --out "$WORK/recipe" --curve "$OUT/recipe_curve.jsonl"
 fi
