@@ -412,15 +412,20 @@ def test_captions_mini_mmvae_is_coherent_after_three_epochs(tmp_path):
 # Not mmvae_private: the private-latent baseline is at chance on polymnist-mini even with all
 # modalities (0.101, the failure MMVAE+ fixes; README).
 @pytest.mark.parametrize("model", [
-    "mmvae", "mvae", "mopoe", "mmvae_plus", "jmvae", "mvtcae", "crmvae",
-    # Measured 0.107 (2026-12-01): TELBO trains its joint encoder on the rows that observe
-    # every modality, 1/32 of them at r = 0.5, and generates from it.
-    pytest.param("telbo", marks=pytest.mark.xfail(
-        reason="TELBO's joint encoder sees 1/32 of the rows at missing ratio 0.5", strict=True)),
-])
+    "mmvae", "mvae", "mopoe", "mmvae_plus", "jmvae", "mvtcae", "crmvae", "telbo"])
 def test_every_model_trains_with_half_the_modalities_missing(tmp_path, model):
     """``--missing-ratio 0.5`` on polymnist-mini, the dataset's default epochs: mean
-    single-source coherence above chance (0.1). Measured for mmvae (2026-12-01): 0.714."""
+    single-source coherence above chance (0.1).
+
+    Measured (seed 0, 2026-12-01): mmvae 0.714, mvae 0.509, mopoe 0.470, mmvae_plus 0.529,
+    jmvae 0.370, mvtcae 0.440, crmvae 0.381, telbo 0.216 (mmvae and jmvae in an earlier run
+    of the day, before the TELBO change, which leaves their code unchanged; the others after
+    it, on a shared 2-core CPU, 12-45 min each). TELBO was at chance (0.107) while
+    its incomplete rows used the product of its unimodal experts, which its first stage
+    freezes; it now trains the joint encoder on every row (``incomplete_joint="encoder"``,
+    see :mod:`pyro_mmvae.models.coordination`; the alternative recipe documented there,
+    PoE rows with trainable unimodal encoders in the first stage, measured 0.444).
+    """
     run = tmp_path / "run"
     assert cli.main(["train", "--model", model, "--dataset", "polymnist-mini",
                      "--missing-ratio", "0.5", "--out", str(run), "--no-progress"]) == 0
