@@ -14,7 +14,9 @@ from typing import Any
 #: TELBO's two training stages (Vedantam et al. 2018): first the joint encoder and the
 #: decoders (unimodal encoders frozen), then the unimodal encoders (the rest frozen). Its
 #: unimodal reconstructions never train the decoders (``decoder_stop_gradient``), so the
-#: first stage optimises the joint ELBO alone. See :mod:`pyro_mmvae.stages`.
+#: first stage optimises the joint ELBO alone. See :mod:`pyro_mmvae.stages`. With missing
+#: modalities the joint ELBO of an incomplete row comes from the joint encoder on the observed
+#: subset (``incomplete_joint="encoder"``), so the first stage trains on every row.
 TELBO_STAGES = ((0.5, ("mods.*.encoder",)), (None, ("joint_encoder", "mods.*.decoder")))
 
 #: Per-dataset defaults. The offline mini dataset gets a recipe that trains to a useful

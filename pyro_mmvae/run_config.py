@@ -8,7 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyro_mmvae.checkpoint import check_checkpoint_matches, check_resume_settings
+from pyro_mmvae.checkpoint import (
+    CheckpointError,
+    _comparable,
+    check_checkpoint_matches,
+    check_resume_settings,
+)
 from pyro_mmvae.engine import LR_SCHEDULES, check_precision
 from pyro_mmvae.engine.networks import DECODER_BATCHING
 from pyro_mmvae.settings import GROUP_OF, MODALITIES_PREFIX, check_value
@@ -147,6 +152,36 @@ def check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
     requested.update({k: getattr(config, k) for k in ("num_particles", "estimator")
                       if getattr(config, k) is not None})
     check_resume_settings(saved, requested)
+
+
+def check_resume_modalities(dataset: Any, saved: dict[str, Any] | None,
+                            settings: Any) -> None:
+    """Raise CheckpointError if a modality of ``dataset`` would be built otherwise than in the
+    run being resumed (``modalities.<name>.likelihood``, ``.nets``, ``.likelihood_scale``,
+    ``.vocab_size``, or a global setting that decides them).
+
+    :func:`check_resume` compares the settings named on the command line with the saved ones
+    by name; a per-modality override has no saved counterpart when the run used the automatic
+    choice, so this compares what each modality resolves to
+    (:func:`pyro_mmvae.zoo.modality_choice`) under the checkpoint's settings (``saved``) and
+    under this run's (``settings``). A checkpoint without recorded settings is not checked.
+    """
+    if not saved:
+        return
+    from pyro_mmvae.zoo import modality_choice
+
+    differ = []
+    for name in dataset.modalities:
+        old = modality_choice(dataset, name, saved)
+        new = modality_choice(dataset, name, settings)
+        for key in sorted(set(old) | set(new)):
+            if _comparable(old.get(key)) != _comparable(new.get(key)):
+                differ.append(f"modalities.{name}.{key} {old.get(key)!r} -> {new.get(key)!r}")
+    if differ:
+        raise CheckpointError(
+            "--resume continues a run with its own modalities, but this command builds them "
+            f"differently: {', '.join(differ)}; drop the --set modalities.* flags to resume "
+            "the run as it was, or choose a new --out to start a new run with them")
 
 
 def model_overrides(config: TrainConfig, resumed: dict[str, Any] | None) -> dict[str, Any]:

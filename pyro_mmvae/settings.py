@@ -8,7 +8,7 @@ group           settings
 ``latent``      ``latent_dim``, ``private_dim``, ``posterior``, ``scale_param``,
                 ``beta``, ``kl_warmup_epochs``, ``prior_expert``, ``num_subsets``,
                 ``subset_sampling``, ``aux_prior``, ``alpha``, ``unimodal_targets``,
-                ``decoder_stop_gradient``
+                ``decoder_stop_gradient``, ``incomplete_joint``
 ``networks``    ``nets``, ``hidden``, ``joint_features``
 ``likelihood``  ``likelihood``, ``likelihood_scale``, ``modalities``
 ``objective``   ``num_particles``, ``estimator``
@@ -67,6 +67,8 @@ class LatentSettings:
     unimodal_targets: str = field(default="none",
                                   metadata=_spec("choice", choices=("none", "own", "all")))
     decoder_stop_gradient: bool = field(default=False, metadata=_spec("bool"))
+    incomplete_joint: str = field(default="poe",
+                                  metadata=_spec("choice", choices=("poe", "encoder")))
 
 
 @dataclass(frozen=True)

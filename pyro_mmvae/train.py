@@ -72,6 +72,7 @@ from pyro_mmvae.run_config import (
     TrainConfig,
     TrainingError,
     check_resume,
+    check_resume_modalities,
     model_overrides,
     resolve_hyper,
 )
@@ -365,6 +366,8 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     overrides = model_overrides(config, resumed)
     preset = config.preset if config.preset is not None else (resumed or {}).get("preset")
     spec = build_model(config.model, train_ds, preset, **overrides)
+    if resumed:
+        check_resume_modalities(train_ds, resumed.get("settings"), spec.settings)
     hyper = resolve_hyper(config, spec, preset, overrides, resumed)
     train_ds, test_ds = apply_missing((train_ds, test_ds), hyper.missing_ratio, hyper.seed)
     if resumed and hyper.epochs < resumed["epoch"]:

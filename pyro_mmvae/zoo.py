@@ -260,7 +260,8 @@ def _coordination_vae(dataset, s: Settings, joint: str) -> CoordinationVAE:
         build_modalities(dataset, s), s["latent_dim"], joint=joint,
         joint_encoder=build_joint_encoder(dataset, s) if joint == "encoder" else None,
         unimodal_targets=s["unimodal_targets"], decoder_stop_gradient=s["decoder_stop_gradient"],
-        prior_expert=s["prior_expert"], **_common(s))
+        prior_expert=s["prior_expert"],
+        incomplete_joint=s["incomplete_joint"] if joint == "encoder" else "poe", **_common(s))
 
 
 #: The coordination family: objective, joint posterior, settings the objective reads.
@@ -307,7 +308,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mmvae_private": {"private_dim": 20, "aux_prior": "posterior"},
     "jmvae": {**_COORDINATION, "alpha": 0.1, "joint_features": 64},
     "telbo": {**_COORDINATION, "joint_features": 64, "unimodal_targets": "own",
-              "decoder_stop_gradient": True, "stages": TELBO_STAGES},
+              "decoder_stop_gradient": True, "stages": TELBO_STAGES,
+              "incomplete_joint": "encoder"},
     "mvtcae": {**_COORDINATION, "alpha": 5 / 6},
     "crmvae": {**_COORDINATION, "unimodal_targets": "own"},
 }

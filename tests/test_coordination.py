@@ -35,14 +35,17 @@ class LinearEncoder(nn.Module):
 
 
 class LinearJointEncoder(nn.Module):
-    """loc, raw_scale = linear maps of the concatenated modalities."""
+    """loc, raw_scale = linear maps of the concatenated modalities (absent ones zeroed when
+    ``present`` is given)."""
 
     def __init__(self):
         super().__init__()
         self.loc, self.raw = nn.Linear(M * X, D), nn.Linear(M * X, D)
 
-    def forward(self, data):
-        x = torch.cat([data[f"m{i}"] for i in range(M)], -1)
+    def forward(self, data, present=None):
+        x = torch.cat([data[f"m{i}"] * (1.0 if present is None else
+                                        present[f"m{i}"].unsqueeze(-1).float())
+                       for i in range(M)], -1)
         return self.loc(x), self.raw(x)
 
 
@@ -90,8 +93,8 @@ def posteriors(vae, data, present, b):
         enc = vae.mods[f"m{i}"].encoder
         experts.append((enc.loc(x), softplus_scale(enc.raw(x))))
     members = [i for i in range(M) if present[i, b]]
-    if vae.joint == "encoder" and len(members) == M:
-        x = torch.cat([data[f"m{i}"][b] for i in range(M)])
+    if vae.joint == "encoder" and (len(members) == M or vae.incomplete_joint == "encoder"):
+        x = torch.cat([data[f"m{i}"][b] * float(present[i, b]) for i in range(M)])
         joint = (vae.joint_encoder.loc(x), softplus_scale(vae.joint_encoder.raw(x)))
     else:
         precision = sum(experts[i][1] ** -2 for i in members)
@@ -283,6 +286,78 @@ def test_joint_encoder_is_used_for_complete_rows_and_poe_elsewhere():
         experts, (mu, _) = posteriors(vae, data, present, b)
         assert torch.allclose(joint_loc[b], mu, atol=1e-6)
     assert not torch.allclose(joint_loc[0], loc[0])  # row 0 lacks m1 and m2: PoE of m0
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_telbo_with_the_joint_encoder_on_incomplete_rows_matches_hand_computation(missing):
+    """incomplete_joint='encoder': q(z|X_S) is the joint encoder on the masked input for
+    every row (the hand computation zeroes the absent modalities' inputs), the rest of the
+    objective is TELBO's."""
+    _, targets, make_elbo, objective = CASES["telbo"]
+    vae = make_vae("encoder", targets, kl_warmup_epochs=4, incomplete_joint="encoder")
+    vae.start_epoch(1)
+    data, mask, present = batch(missing)
+    loss, eps = run_loss(make_elbo(2), vae, data, mask, 5, 2, M + 1)
+    with torch.no_grad():
+        total = sum(objective(hand_terms(vae, data, present, eps, b, True), BETA / 2, 0.5)
+                    for b in range(B))
+    assert loss == pytest.approx(-total.item(), rel=1e-5)
+    poe = make_vae("encoder", targets, kl_warmup_epochs=4)  # the same weights, PoE rows
+    poe.start_epoch(1)
+    poe_loss, _ = run_loss(make_elbo(2), poe, data, mask, 5, 2, M + 1)
+    assert (poe_loss == pytest.approx(loss, rel=1e-6)) == (not missing)
+
+
+def test_incomplete_rows_train_the_joint_encoder_in_telbos_first_stage():
+    """TELBO's first stage (unimodal encoders frozen, decoders behind a stop-gradient in the
+    unimodal terms) on rows that all miss a modality: with incomplete_joint='encoder' the
+    joint encoder gets the gradient of the joint ELBO and feeds the decoders; with 'poe' it
+    gets none and the decoders only see z from the frozen experts."""
+    from pyro_mmvae.stages import freeze
+
+    data, mask, present = batch()
+    rows = torch.tensor([0, 3])  # both rows miss a modality
+    data = {k: v[rows] for k, v in data.items()}
+    mask = {k: v[rows] for k, v in mask.items()}
+    grads = {}
+    for mode in ("poe", "encoder"):
+        vae = make_vae("encoder", "own", stop=True, incomplete_joint=mode)
+        vae.pyro_register = False  # as the trainer does (frozen parameters stay out)
+        freeze(vae, ["mods.*.encoder"])
+        TELBOELBO().differentiable_loss(vae.model, vae.guide, data, mask).backward()
+        joint = [p.grad for p in vae.joint_encoder.parameters()]
+        grads[mode] = sum(0.0 if g is None else g.abs().sum().item() for g in joint)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in vae.mods["m0"].decoder.parameters())
+        with torch.no_grad():  # row 0 observes m0 only: m1 and m2 must not matter
+            loc, _ = vae.training_joint_params(*vae.prepare(data, mask))
+            other = dict(data, m1=data["m1"] + 5.0, m2=data["m2"] - 3.0)
+            loc_other, _ = vae.training_joint_params(*vae.prepare(other, mask))
+        assert torch.equal(loc[0], loc_other[0])
+    assert grads["poe"] == 0.0 and grads["encoder"] > 0.0
+
+
+def test_joint_encoder_zeroes_the_features_of_absent_modalities():
+    torch.manual_seed(0)
+    net = JointEncoder.from_encoders({"a": MLPEncoder((3,), 4), "b": MLPEncoder((2,), 4)}, 4, 2)
+    data = {"a": torch.randn(5, 3), "b": torch.randn(5, 2)}
+    present = {"a": torch.tensor([True, True, False, True, True]),
+               "b": torch.tensor([True, False, True, True, False])}
+    loc, raw = net(data, present)
+    full_loc, full_raw = net(data)
+    complete = present["a"] & present["b"]
+    assert torch.equal(loc[complete], full_loc[complete])
+    assert not torch.allclose(loc[~complete], full_loc[~complete])
+    changed = {"a": data["a"] + 1.0 * ~present["a"].unsqueeze(-1),
+               "b": data["b"] - 2.0 * ~present["b"].unsqueeze(-1)}
+    assert torch.equal(net(changed, present)[0], loc)  # absent values do not matter
+    # what the head sees: the features of b zeroed on row 1
+    h = torch.cat([net.features["a"](data["a"][1:2]), torch.zeros(1, 8)], -1)
+    assert torch.allclose(net.loc(net.head(h)), loc[1:2])
+    with pytest.raises(ValueError, match="incomplete_joint"):
+        make_vae("poe", incomplete_joint="encoder")
+    with pytest.raises(ValueError, match="incomplete_joint"):
+        make_vae("encoder", incomplete_joint="joint")
 
 
 def test_generation_and_unstratified_guide():

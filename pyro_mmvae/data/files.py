@@ -20,16 +20,19 @@ modalities.<name>.likelihood=...``, see :mod:`pyro_mmvae.settings`):
 uint8 arrays are divided by 255; float images must lie in [0, 1]. Token ids lie in
 ``[0, V)`` with ``V`` from ``<name>.vocab`` or the largest id + 1 (over both splits).
 
-Arrays are opened with ``numpy.load(mmap_mode="r")``: a batch reads its rows from disk and
-converts only them, so a dataset larger than memory trains (masks and labels, one byte or
-eight per row, are read into memory). Missing rows of a modality (mask False) may hold any
+Arrays are opened with ``numpy.load(mmap_mode="r")``: shapes and dtypes come from the
+``.npy`` headers, a batch reads its rows from disk and converts only them, and the value
+checks (:meth:`FileDataset.validate`) and vocabulary sizes scan each array once in chunks of
+at most :data:`SCAN_BYTES`, so a dataset larger than memory trains (masks and labels, one
+byte or eight per row, are read into memory). Missing rows of a modality (mask False) may hold any
 value; they are zeroed in the batch and masked out of the model. Batches carry the masks
 as :class:`~pyro_mmvae.data.base.MaskedBatch` (``batch.mask``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +45,9 @@ PREFIX = "files:"
 LABELS = "labels"
 MASK_SUFFIX = ".mask.npy"
 VOCAB_SUFFIX = ".vocab"
-#: Rows per chunk when a whole array is scanned (value checks, vocabulary sizes).
-SCAN_ROWS = 4096
+#: Bytes per chunk when a whole array is scanned (value checks, vocabulary sizes): a scan
+#: holds at most this much of an array in memory (at least one row), whatever its size.
+SCAN_BYTES = 64 * 2**20
 
 
 def modality_kind(dtype: np.dtype, event_shape: Sequence[int]) -> str:
@@ -56,13 +60,30 @@ def modality_kind(dtype: np.dtype, event_shape: Sequence[int]) -> str:
     return "vector"
 
 
-def _first_bad_row(array: np.ndarray, bad) -> int | None:
-    """The first row ``r`` of ``array`` where ``bad(chunk)`` (per-row bool) is True."""
-    for start in range(0, len(array), SCAN_ROWS):
-        rows = bad(np.asarray(array[start:start + SCAN_ROWS]))
-        if rows.any():
-            return start + int(np.flatnonzero(rows)[0])
-    return None
+def scan_chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first_row, chunk)`` over the rows of a (memory-mapped) array, each chunk read into
+    memory on its own and at most :data:`SCAN_BYTES` large (but at least one row)."""
+    row_bytes = max(1, array.itemsize * math.prod(array.shape[1:]))
+    rows = max(1, SCAN_BYTES // row_bytes)
+    for start in range(0, len(array), rows):
+        yield start, np.asarray(array[start:start + rows])
+
+
+def _first_bad_rows(array: np.ndarray, checks: Mapping[str, Callable[[np.ndarray], np.ndarray]]
+                    ) -> dict[str, int]:
+    """For each ``checks[name](chunk) -> (rows,) bool`` the first row where it is True (names
+    without a bad row are left out); one pass over the array for all checks."""
+    found: dict[str, int] = {}
+    for start, chunk in scan_chunks(array):
+        for name, bad in checks.items():
+            if name in found:
+                continue
+            rows = np.flatnonzero(bad(chunk))
+            if rows.size:
+                found[name] = start + int(rows[0])
+        if len(found) == len(checks):
+            break
+    return found
 
 
 def _per_row(values: np.ndarray) -> np.ndarray:
@@ -142,6 +163,8 @@ class FileDataset(HeadMixin):
         self._labels = self._load_labels(n)
         self.has_labels = self._labels is not None
         self.rows: np.ndarray | None = None  # None: every row, in order
+        #: smallest and largest token id of the token arrays scanned for their vocabulary
+        self._id_range: dict[str, tuple[int, int]] = {}
         self.vocab_sizes = self._vocabularies(vocab_sizes or {})
 
     # ----------------------------------------------------------------------------- loading
@@ -182,6 +205,9 @@ class FileDataset(HeadMixin):
         return labels.astype(np.int64)
 
     def _vocabularies(self, given: Mapping[str, int]) -> dict[str, int]:
+        """Vocabulary sizes of the token modalities: given, from ``<name>.vocab``, or the
+        largest id + 1 (one chunked scan, whose smallest and largest ids
+        :meth:`validate` then reuses)."""
         sizes = {}
         for m, kind in self.kinds.items():
             if kind != "tokens":
@@ -196,8 +222,10 @@ class FileDataset(HeadMixin):
                     raise ValueError(f"{path}: must hold one integer, the vocabulary size "
                                      "of the token modality") from None
             else:
-                high = max((int(np.asarray(self.arrays[m][s:s + SCAN_ROWS]).max())
-                            for s in range(0, len(self.arrays[m]), SCAN_ROWS)), default=1)
+                low, high = 0, 1
+                for _, chunk in scan_chunks(self.arrays[m]):
+                    low, high = min(low, int(chunk.min())), max(high, int(chunk.max()))
+                self._id_range[m] = (low, high)
                 sizes[m] = max(2, high + 1)
         return sizes
 
@@ -353,27 +381,33 @@ class FileDataset(HeadMixin):
 
     # ----------------------------------------------------------------------------- checks
     def validate(self) -> None:
-        """Scan every array once (in chunks): finite floats, float images in [0, 1], token ids
-        in ``[0, V)``; errors name the file and the first bad row."""
+        """Scan every array once, in chunks of at most :data:`SCAN_BYTES` (shapes and dtypes
+        were checked from the ``.npy`` headers on opening): finite floats, float images in
+        [0, 1], token ids in ``[0, V)``; errors name the file and the first bad row."""
         if len(self) == 0:
             raise ValueError(f"{self.folder}: the dataset is empty (N = 0)")
         for m, array in self.arrays.items():
             path, kind = self.paths[m], self.kinds[m]
+            checks: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
             if np.issubdtype(array.dtype, np.floating):
-                row = _first_bad_row(array, lambda c: _per_row(~np.isfinite(c)))
-                if row is not None:
-                    raise ValueError(f"{path}: row {row} holds NaN or infinite values")
+                checks["finite"] = lambda c: _per_row(~np.isfinite(c))
                 if kind == "image":
-                    row = _first_bad_row(array, lambda c: _per_row((c < 0) | (c > 1)))
-                    if row is not None:
-                        raise ValueError(f"{path}: row {row} has values outside [0, 1]; "
-                                         "float images must lie in [0, 1] (or store uint8)")
-            if kind == "tokens":
-                vocab = self.vocab_sizes[m]
-                row = _first_bad_row(array, lambda c, v=vocab: _per_row((c < 0) | (c >= v)))
-                if row is not None:
-                    raise ValueError(f"{path}: row {row} has token ids outside [0, {vocab}) "
-                                     f"(vocabulary size {vocab}; set it in {m}{VOCAB_SUFFIX})")
+                    checks["range"] = lambda c: _per_row((c < 0) | (c > 1))
+            vocab = self.vocab_sizes.get(m)
+            low, high = self._id_range.get(m, (-1, -1))
+            if kind == "tokens" and not 0 <= low <= high < vocab:  # else known to be in range
+                checks["ids"] = lambda c, v=vocab: _per_row((c < 0) | (c >= v))
+            if not checks:
+                continue  # uint8 images: every value is a pixel
+            bad = _first_bad_rows(array, checks)
+            if "finite" in bad:
+                raise ValueError(f"{path}: row {bad['finite']} holds NaN or infinite values")
+            if "range" in bad:
+                raise ValueError(f"{path}: row {bad['range']} has values outside [0, 1]; "
+                                 "float images must lie in [0, 1] (or store uint8)")
+            if "ids" in bad:
+                raise ValueError(f"{path}: row {bad['ids']} has token ids outside [0, {vocab}) "
+                                 f"(vocabulary size {vocab}; set it in {m}{VOCAB_SUFFIX})")
 
 
 def files_dataset_name(name: str) -> str:

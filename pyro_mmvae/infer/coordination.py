@@ -37,6 +37,18 @@ Objectives (maximised; each subclass only names its weights and terms):
   reconstructions by :math:`2(M+1)` and the KL terms by :math:`M+1`; its objective at
   :math:`\beta'` equals one half of ours at :math:`\beta = 2\beta'`.
 
+**Missing modalities.** A row that observes the subset :math:`S` gets the same objective
+with :math:`X` replaced by :math:`X_S`: :math:`R = \sum_{m \in S} \lambda_m \log p(x_m|z)`
+with :math:`z \sim q(z|X_S)`, :math:`\mathrm{KL}(q(z|X_S)\|p)`, and :math:`R_m = C_m = U_m
+= 0` for :math:`m \notin S` (the weights keep the total M). For TELBO that is
+:math:`\mathrm{ELBO}(X_S; q(z|X_S)) + \sum_{m \in S}\mathrm{ELBO}(x_m; q_m)`. The model
+decides what :math:`q(z|X_S)` is (:mod:`pyro_mmvae.models.coordination`, setting
+``incomplete_joint``): the PoE of the present experts, or, for TELBO, the joint encoder
+reading :math:`X_S` (absent modalities' features zeroed). TELBO needs the latter: in its first
+stage the unimodal encoders are frozen, so a PoE :math:`q(z|X_S)` would be a product of
+frozen random experts on every incomplete row and the decoders would learn nothing useful
+from them.
+
 Only the ``"elbo"`` estimator exists for these objectives (K particles averaged).
 """
 
@@ -200,7 +212,10 @@ class JMVAEELBO(CoordinationELBO):
 
 class TELBOELBO(CoordinationELBO):
     r"""TELBO: :math:`\mathrm{ELBO}(X; q(z|X)) + \sum_m \mathrm{ELBO}(x_m; q_m(z|x_m))`,
-    i.e. :math:`R - \beta_t\,\mathrm{KL}(q\|p) + \sum_m (R_m - \beta_t U_m)`."""
+    i.e. :math:`R - \beta_t\,\mathrm{KL}(q\|p) + \sum_m (R_m - \beta_t U_m)`; on a row
+    observing :math:`S`, :math:`\mathrm{ELBO}(X_S; q(z|X_S)) + \sum_{m \in S}
+    \mathrm{ELBO}(x_m; q_m)` (the zoo's TELBO takes :math:`q(z|X_S)` from the joint encoder,
+    ``incomplete_joint="encoder"``)."""
 
     needs_unimodal_strata = True
 

@@ -31,9 +31,42 @@ the unimodal reconstruction terms train the unimodal encoders but not the decode
 **Joint posterior.** ``joint="poe"``: :math:`q(z|X_S) \propto [p(z)] \prod_{m \in S} q_m`
 (prior expert optional, off by default as in MVTCAE/CRMVAE implementations).
 ``joint="encoder"``: a network on all modalities (:class:`~pyro_mmvae.nets.JointEncoder`)
-for rows where every modality is present; rows with missing modalities, and conditional
-generation from a strict subset S, use the PoE of the present unimodal experts (for one
-source: :math:`q_m` itself), as JMVAE does for subsets.
+for rows where every modality is present; conditional generation from a strict subset S uses
+the PoE of the present unimodal experts (for one source: :math:`q_m` itself), as JMVAE does
+for subsets.
+
+**Incomplete training rows** (a row observes a subset :math:`S \subsetneq \{1..M\}`). Every
+objective is then the one of the observed subset: stratum 0 draws
+:math:`z \sim q(z|X_S)`, scores :math:`\log p(x_m|z)` for :math:`m \in S` only, and the
+terms of absent modalities are zero, so a row contributes
+:math:`\mathbb{E}_{q(z|X_S)}[\sum_{m \in S}\lambda_m \log p(x_m|z)] - \beta\,
+\mathrm{KL}(q(z|X_S)\|p(z))` (+ the model's terms for :math:`m \in S`). What
+:math:`q(z|X_S)` is for a joint-encoder model is the setting ``incomplete_joint``:
+
+* ``"poe"`` (JMVAE): :math:`q(z|X_S) = \prod_{m \in S} q_m(z|x_m)` (normalised), so the
+  joint ELBO of an incomplete row trains the unimodal experts and the decoders, as in the
+  PoE models; the joint encoder learns on complete rows only.
+* ``"encoder"`` (TELBO): :math:`q(z|X_S) = q_\phi(z|X_S)`, the joint encoder with the
+  features of the absent modalities zeroed (:class:`~pyro_mmvae.nets.JointEncoder`), one
+  network amortised over every subset. TELBO needs this: its first stage trains the joint
+  posterior and the decoders with the unimodal encoders *frozen*, and its second stage fits
+  the unimodal encoders to those decoders. With the PoE on incomplete rows the first stage
+  would fit the decoders to frozen random experts on every incomplete row (31 of 32 rows at
+  missing ratio 0.5 with five modalities), and the second stage would fit the unimodal
+  encoders to decoders that never saw an informative z: measured at chance (coherence
+  0.107 on polymnist-mini, ``--missing-ratio 0.5``, default recipe; 0.216 with the
+  encoder). With the encoder, both stages keep their complete-data meaning on every row.
+  Measured alternative: the PoE on incomplete rows with the unimodal encoders left
+  trainable in the first stage (``--set incomplete_joint=poe --stage 0.75: --stage
+  rest:joint_encoder,mods.*.decoder``) reached 0.444, since the unimodal encoders then
+  train in all 16 epochs rather than the last 4; but its first stage also trains the
+  experts through their unimodal terms, which is no longer TELBO's schedule, so it is a
+  recipe rather than the default.
+
+On complete rows both choices give the joint encoder's output, so complete-data training is
+the same. Conditional generation (:meth:`CoordinationVAE.posterior`) uses the PoE of the
+source experts for a strict subset either way: that is what TELBO's second stage and
+JMVAE's KL terms train the unimodal encoders for.
 
 With ``stratify=False`` (importance sampling) the guide draws one z per data point from the
 joint posterior of the present modalities and scores it by its density.
@@ -57,6 +90,7 @@ from pyro_mmvae.modality import Modality
 from pyro_mmvae.models.base import Data, MultimodalVAE, Strata
 
 JOINT_POSTERIORS = ("poe", "encoder")
+INCOMPLETE_JOINTS = ("poe", "encoder")
 UNIMODAL_TARGETS = ("none", "own", "all")
 
 
@@ -74,6 +108,11 @@ class CoordinationVAE(MultimodalVAE):
         ``"all"`` (stratum m reconstructs every present modality).
     :param decoder_stop_gradient: decode strata 1..M with detached decoder parameters.
     :param prior_expert: include :math:`p(z)` as an expert of every PoE.
+    :param incomplete_joint: the training posterior of a row with missing modalities, for
+        ``joint="encoder"``: ``"poe"`` (the product of its present experts) or ``"encoder"``
+        (the joint encoder with absent features zeroed; the network must accept
+        ``(data, present)``, see :class:`~pyro_mmvae.nets.JointEncoder`). See the module
+        docstring.
     :param kwargs: ``beta``, ``kl_warmup_epochs``, ``scale_param`` of
         :class:`~pyro_mmvae.models.MultimodalVAE` (the posterior family is Normal: the PoE
         and the analytic KL terms need it).
@@ -88,6 +127,7 @@ class CoordinationVAE(MultimodalVAE):
         unimodal_targets: str = "none",
         decoder_stop_gradient: bool = False,
         prior_expert: bool = False,
+        incomplete_joint: str = "poe",
         **kwargs,
     ) -> None:
         kwargs.setdefault("posterior", "normal")
@@ -107,7 +147,14 @@ class CoordinationVAE(MultimodalVAE):
         if decoder_stop_gradient and unimodal_targets == "none":
             raise ValueError("decoder_stop_gradient acts on unimodal reconstructions; it needs "
                              "unimodal_targets='own' or 'all'")
+        if incomplete_joint not in INCOMPLETE_JOINTS:
+            raise ValueError(f"unknown incomplete_joint {incomplete_joint!r}; choose one of: "
+                             f"{', '.join(INCOMPLETE_JOINTS)}")
+        if incomplete_joint == "encoder" and joint != "encoder":
+            raise ValueError("incomplete_joint='encoder' needs joint='encoder' (a joint "
+                             "encoder to run on incomplete rows)")
         self.joint = joint
+        self.incomplete_joint = incomplete_joint
         self.joint_encoder = joint_encoder
         self.unimodal_targets = unimodal_targets
         self.decoder_stop_gradient = bool(decoder_stop_gradient)
@@ -134,8 +181,24 @@ class CoordinationVAE(MultimodalVAE):
         rows = complete.unsqueeze(-1)
         return torch.where(rows, j_loc, p_loc), torch.where(rows, j_scale, p_scale)
 
-    def _encode_joint(self, data: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        loc, raw_scale = run_network(self.joint_encoder, data)
+    def training_joint_params(self, data: dict[str, Tensor], present: Tensor,
+                              experts: tuple[Tensor, Tensor] | None = None
+                              ) -> tuple[Tensor, Tensor]:
+        r"""``loc``, ``scale`` ``(B, D)`` of the joint posterior the objective trains:
+        :meth:`joint_params`, except that with ``incomplete_joint="encoder"`` every row,
+        complete or not, gets the joint encoder's :math:`q_\phi(z|X_S)` (absent modalities'
+        features zeroed)."""
+        if self.incomplete_joint != "encoder" or bool(present.all()):
+            return self.joint_params(data, present, experts)
+        return self._encode_joint(data, present)
+
+    def _encode_joint(self, data: dict[str, Tensor],
+                      present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if present is None:
+            loc, raw_scale = run_network(self.joint_encoder, data)
+        else:
+            rows = {name: present[i] for i, name in enumerate(self.names)}
+            loc, raw_scale = run_network(self.joint_encoder, data, rows)
         return loc, self.scale_fn(raw_scale)
 
     def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
@@ -154,7 +217,7 @@ class CoordinationVAE(MultimodalVAE):
     def latent_posterior(self, data, present, strata, stratify):
         """A :class:`CoordinatedPosterior`: the joint posterior (and the experts as strata)."""
         experts = self.expert_params(data)
-        j_loc, j_scale = self.joint_params(data, present, experts)
+        j_loc, j_scale = self.training_joint_params(data, present, experts)
         unimodal = strata is not None and strata.available.size(0) > 1
         return CoordinatedPosterior(j_loc, j_scale, *experts, present,
                                     stratified=strata is not None, unimodal=unimodal)

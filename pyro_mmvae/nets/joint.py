@@ -16,10 +16,15 @@ layer of width 2F): for images the MLP or PolyMNIST ResNet tower, for vectors an
 head is one hidden layer of width H. The output is ``(loc, raw_scale)`` like every encoder of
 the library (the model maps ``raw_scale`` to a positive scale).
 
-Missing modalities: a joint encoder is only defined on complete data. The coordination
-models (:mod:`pyro_mmvae.models.coordination`) use it for rows where every modality is
-present and the product of the present unimodal experts elsewhere, in training and at
-generation time alike.
+Missing modalities: ``forward(data, present)`` reads a subset :math:`S` of the modalities
+by zeroing the features of the absent ones, :math:`h_m \leftarrow \mathbb{1}[m \in S]\,
+h_m`, so that one network amortises :math:`q_\phi(z|X_S)` over every subset (the head sees
+exact zeros where a modality is absent, whatever the zero-filled input would have given; a
+present modality's :math:`h_m` is exactly zero only on a null set). On complete rows the
+output is that of ``forward(data)``. The coordination models
+(:mod:`pyro_mmvae.models.coordination`) use this in training when their ``incomplete_joint``
+is ``"encoder"`` (TELBO); otherwise rows with a missing modality use the product of the
+present unimodal experts.
 """
 
 from __future__ import annotations
@@ -101,13 +106,25 @@ class JointEncoder(nn.Module):
         return cls(features, {name: 2 * int(feature_dim) for name in encoders}, latent_dim,
                    hidden)
 
-    def forward(self, data: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``loc`` and ``raw_scale`` of :math:`q_\\phi(z|X)`, each ``(B, D)``."""
+    def forward(self, data: Mapping[str, Tensor],
+                present: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``loc`` and ``raw_scale`` of :math:`q_\\phi(z|X)`, each ``(B, D)``.
+
+        :param data: every modality, ``(B, *event)`` (absent entries zero-filled).
+        :param present: optional bool ``(B,)`` per modality: the features of a modality are
+            zeroed on the rows where it is absent (:math:`q_\\phi(z|X_S)`).
+        """
         missing = [name for name in self.names if data.get(name) is None]
         if missing:
             raise ValueError(f"the joint encoder needs every modality; {missing} missing. "
                              "Use the model's posterior(), which falls back to the product of "
                              "the present unimodal experts")
-        h = torch.cat([net(data[name]) for name, net in self.features.items()], dim=-1)
+        feats = []
+        for name, net in self.features.items():
+            h = net(data[name])
+            if present is not None:
+                h = h * present[name].to(h.dtype).unsqueeze(-1)
+            feats.append(h)
+        h = torch.cat(feats, dim=-1)
         h = self.head(h)
         return self.loc(h), self.raw_scale(h)
