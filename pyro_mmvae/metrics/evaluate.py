@@ -46,6 +46,7 @@ from pyro_mmvae.metrics.coherence import (
     ENGINES,
 )
 from pyro_mmvae.metrics.likelihood import (
+    CHEAP_PROPOSALS,
     parse_proposals,
 )
 from pyro_mmvae.metrics.suite import (
@@ -96,6 +97,12 @@ class EvalSettings:
         ``"refined"`` or ``"all"`` (every one, the best by k-hat reported on top; see
         :mod:`pyro_mmvae.metrics.likelihood`).
     :param refine_steps: gradient steps of the ``"refined"`` proposal per batch.
+    :param annealed_temperatures: T of the ``"annealed"`` proposal (AIS; opt-in, not in
+        ``"all"``: name it, e.g. ``"all,annealed"``).
+    :param annealed_samples: AIS chains per data point (at most ``num_samples``).
+    :param annealed_leapfrog: leapfrog steps per HMC transition of AIS (1: MALA).
+    :param annealed_start: the proposal AIS starts from (``"refined"``, ``"model"``,
+        ``"mixture"``).
     :param engine: cross-generation engine of coherence and quality (``"auto"``: each
         batch encoded once, subset posteriors from cached experts; ``"generate"``: one
         ``vae.generate`` call per subset).
@@ -119,6 +126,10 @@ class EvalSettings:
     seed: int = 0
     proposal: str = "all"
     refine_steps: int = 50
+    annealed_temperatures: int = 100
+    annealed_samples: int = 100
+    annealed_leapfrog: int = 1
+    annealed_start: str = "refined"
     engine: str = "auto"
     progress: bool = False
 
@@ -137,6 +148,12 @@ class EvalSettings:
             raise ValueError(f"likelihood_subsets must be >= 0, got {self.likelihood_subsets}")
         if self.refine_steps < 0:
             raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        for name in ("annealed_temperatures", "annealed_samples", "annealed_leapfrog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.annealed_start not in CHEAP_PROPOSALS:
+            raise ValueError(f"annealed_start must be one of {', '.join(CHEAP_PROPOSALS)}, "
+                             f"got {self.annealed_start!r}")
         parse_proposals(self.proposal)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")

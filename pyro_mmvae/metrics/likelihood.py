@@ -19,7 +19,13 @@ Proposals :math:`r(z \mid X_S)` (``proposal=``), each keeping the guide's other 
   bounds the weights where both miss (for Laplace experts the product is that of Normals of
   the same variance; models without experts mix :math:`q` and the prior only);
 * ``"refined"``: a per-datapoint Normal started at :math:`q`'s moments and moved by a few
-  Adam steps on the per-point IWAE bound (:func:`~pyro_mmvae.infer.importance.refine_proposal`).
+  Adam steps on the per-point IWAE bound (:func:`~pyro_mmvae.infer.importance.refine_proposal`);
+* ``"annealed"``: annealed importance sampling (:mod:`pyro_mmvae.infer.annealed`, Neal 2001;
+  Wu et al. 2017) from a start proposal (``annealed_start``: ``"refined"`` by default) along
+  :math:`r^{1-\beta_t} p(X, z)^{\beta_t}` over ``annealed_temperatures`` temperatures with
+  HMC transitions on every latent site; ``annealed_samples`` chains per point (default
+  :data:`ANNEALED_SAMPLES`, at most K). Costs about T × L gradient passes of the decoders per
+  chain, so it is opt-in: ``"all"`` runs the three cheap proposals (:data:`CHEAP_PROPOSALS`).
 
 With several proposals (:func:`dataset_log_likelihood`), every one is run on the same data
 points and the *best* is the one with the fewest points with :math:`\hat k > 0.7` on
@@ -46,6 +52,7 @@ from torch import Tensor
 
 from pyro_mmvae.distributions.experts import product_of_experts
 from pyro_mmvae.distributions.subsets import complement, source_subsets, subset_key, subset_size
+from pyro_mmvae.infer.annealed import annealed_log_weights
 from pyro_mmvae.infer.importance import (
     PARETO_K_THRESHOLD,
     ImportanceEstimate,
@@ -62,14 +69,24 @@ from pyro_mmvae.metrics.common import evaluation_mode, head, progress_bar
 
 #: Latent draws decoded at once by default: ``chunk_size = max(1, CHUNK_BUDGET // batch)``.
 CHUNK_BUDGET = 4096
-#: The importance proposals :func:`vae_proposal` builds (see the module docstring).
-PROPOSALS = ("model", "mixture", "refined")
+#: The importance proposals (see the module docstring).
+PROPOSALS = ("model", "mixture", "refined", "annealed")
+#: What ``"all"`` runs: every proposal but the (costly, opt-in) annealed one.
+CHEAP_PROPOSALS = ("model", "mixture", "refined")
+#: AIS chains per data point by default (each costs T × L model gradients).
+ANNEALED_SAMPLES = 100
+#: Defaults of the ``annealed_*`` options (see :func:`annealed_log_weights`).
+ANNEALED_DEFAULTS = {"start": "refined", "samples": ANNEALED_SAMPLES, "temperatures": 100,
+                     "leapfrog": 1, "step_size": 0.2}
 #: Weights of q(z|X_S), the product of the present experts and the prior in ``"mixture"``.
 MIXTURE_WEIGHTS = (0.6, 0.3, 0.1)
 #: Warn when more than this fraction of the points have k-hat above 0.7.
 WARN_FRACTION = 0.1
 
 __all__ = [
+    "ANNEALED_DEFAULTS",
+    "ANNEALED_SAMPLES",
+    "CHEAP_PROPOSALS",
     "MIXTURE_WEIGHTS",
     "PROPOSALS",
     "ConditionalEstimate",
@@ -97,13 +114,17 @@ def default_chunk_size(batch_size: int, budget: int = CHUNK_BUDGET) -> int:
 
 
 def parse_proposals(proposal: str | Sequence[str]) -> tuple[str, ...]:
-    """``"all"``, one name or a list of :data:`PROPOSALS` -> validated tuple."""
-    names = PROPOSALS if proposal == "all" else \
-        ((proposal,) if isinstance(proposal, str) else tuple(proposal))
+    """``"all"`` (:data:`CHEAP_PROPOSALS`), one name, ``"a,b"`` or a list of
+    :data:`PROPOSALS` (``"all"`` may be one of them) -> validated tuple."""
+    items = [p.strip() for p in proposal.split(",")] if isinstance(proposal, str) \
+        else [str(p).strip() for p in proposal]
+    names: list[str] = []
+    for item in items:
+        names.extend(CHEAP_PROPOSALS if item == "all" else [item])
     unknown = [p for p in names if p not in PROPOSALS]
     if unknown or not names:
         raise ValueError(f"unknown proposal(s) {unknown or list(names)}; choose from "
-                         f"{', '.join(PROPOSALS)} or 'all'")
+                         f"{', '.join(PROPOSALS)} or 'all' (comma-separated for several)")
     return tuple(dict.fromkeys(names))
 
 
@@ -180,6 +201,9 @@ def vae_proposal(
     if proposal == "refined":
         return refine_proposal(vae.model, vae.guide, data, stratify=False, steps=refine_steps,
                                num_particles=refine_particles, lr=refine_lr)
+    if proposal == "annealed":
+        raise ValueError("the annealed proposal is a sampler, not a guide: use "
+                         "vae_log_likelihood(..., proposal='annealed')")
     raise ValueError(f"unknown proposal {proposal!r}; choose from {', '.join(PROPOSALS)}")
 
 
@@ -197,11 +221,35 @@ def vae_log_likelihood(
     Only the modalities in S are passed to ``vae.model`` and the proposal (``"model"``:
     ``vae.guide`` with ``stratify=False``, the model's posterior :math:`q(z \mid X_S)`;
     ``"mixture"``, ``"refined"``: see the module docstring, options as for
-    :func:`vae_proposal`); the other modalities are masked out of :math:`p(X, z)`. Runs in
-    eval mode, no grad (the refinement takes its own gradients).
+    :func:`vae_proposal`; ``"annealed"``: AIS, options ``annealed_start``,
+    ``annealed_samples``, ``annealed_temperatures``, ``annealed_leapfrog``,
+    ``annealed_step_size`` (:data:`ANNEALED_DEFAULTS`), the start proposal taking the
+    others); the other modalities are masked out of :math:`p(X, z)`. Runs in eval mode, no
+    grad (the refinement and the HMC transitions take their own gradients).
     """
     return _vae_estimate(vae, data, modalities, num_samples, chunk_size, proposal,
                          proposal_options)[0]
+
+
+def _annealed_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``annealed_*`` options (validated, with defaults) from the others."""
+    annealed = dict(ANNEALED_DEFAULTS)
+    rest = {}
+    for key, value in options.items():
+        if key.startswith("annealed_"):
+            name = key[len("annealed_"):]
+            if name not in ANNEALED_DEFAULTS:
+                raise ValueError(f"unknown option {key!r}; the annealed proposal takes "
+                                 f"{', '.join('annealed_' + k for k in ANNEALED_DEFAULTS)}")
+            annealed[name] = value
+        else:
+            rest[key] = value
+    if annealed["start"] not in CHEAP_PROPOSALS:
+        raise ValueError(f"annealed_start must be one of {', '.join(CHEAP_PROPOSALS)}, got "
+                         f"{annealed['start']!r}")
+    if annealed["samples"] is not None and annealed["samples"] < 1:
+        raise ValueError(f"annealed_samples must be >= 1 (or None), got {annealed['samples']}")
+    return annealed, rest
 
 
 def _vae_estimate(vae: Any, data: Mapping[str, Tensor | None], modalities: Sequence[str] | None,
@@ -210,14 +258,26 @@ def _vae_estimate(vae: Any, data: Mapping[str, Tensor | None], modalities: Seque
     reason = supports_unstratified(vae)
     if reason is not None:
         raise ValueError(reason)
+    annealed, options = _annealed_options(options)
     subset = _select(data, modalities)
     batch = next(iter(subset.values())).shape[0]
     chunk = default_chunk_size(batch) if chunk_size is None else chunk_size
     with evaluation_mode(vae):
-        guide, info = vae_proposal(vae, subset, proposal, **options)
-        estimate = log_marginal(vae.model, guide, subset, num_samples=num_samples,
-                                chunk_size=chunk, stratify=False)
-    return estimate, info
+        if proposal != "annealed":
+            guide, info = vae_proposal(vae, subset, proposal, **options)
+            estimate = log_marginal(vae.model, guide, subset, num_samples=num_samples,
+                                    chunk_size=chunk, stratify=False)
+            return estimate, info
+        guide, start_info = vae_proposal(vae, subset, annealed["start"], **options)
+        chains = num_samples if annealed["samples"] is None else \
+            min(num_samples, annealed["samples"])
+        log_weights, info = annealed_log_weights(
+            vae.model, guide, subset, num_samples=chains,
+            num_temperatures=annealed["temperatures"], leapfrog_steps=annealed["leapfrog"],
+            step_size=annealed["step_size"], chunk_size=chunk, stratify=False)
+    info = {"start": annealed["start"], "num_samples": chains, **info,
+            **{f"start_{k}": v for k, v in start_info.items() if not isinstance(v, Tensor)}}
+    return ImportanceEstimate(log_weights), info
 
 
 @dataclass
@@ -279,12 +339,14 @@ def _rank(estimate: ImportanceEstimate) -> tuple[float, float]:
 
 
 def _merge_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """Average the numeric entries of the per-batch proposal infos (refinement bounds)."""
+    """Average the numeric entries of the per-batch proposal infos (refinement bounds,
+    AIS acceptance and step sizes)."""
     if not infos or not infos[0]:
         return infos[0] if infos else {}
     out = {k: v for k, v in infos[0].items() if not isinstance(v, Tensor)}
+    averaged = ("bound", "start_bound", "acceptance", "step_size")
     for key, value in infos[0].items():
-        if isinstance(value, float) and key.startswith("bound"):
+        if isinstance(value, float) and key.startswith(averaged):
             out[key] = float(np.mean([i[key] for i in infos]))
     return out
 
