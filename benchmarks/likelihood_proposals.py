@@ -26,14 +26,16 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_mmvae.metrics.common import head
-from pyro_mmvae.metrics.likelihood import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package beside this file
+
+from pyro_mmvae.metrics.common import head  # noqa: E402
+from pyro_mmvae.metrics.likelihood import (  # noqa: E402
     PARETO_K_THRESHOLD,
     dataset_log_likelihood,
     likelihood_summary,
     parse_proposals,
 )
-from pyro_mmvae.runs import load_run
+from pyro_mmvae.runs import load_run  # noqa: E402
 
 
 def machine() -> dict[str, Any]:

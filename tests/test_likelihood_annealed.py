@@ -12,7 +12,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from test_likelihood import NAMES, ExpertLinearGaussianVAE, LinearGaussianVAE, sample_data
+from test_likelihood import (
+    NAMES,
+    ExpertLinearGaussianVAE,
+    LinearGaussianVAE,
+    delta_method_error,
+    sample_data,
+)
 
 from pyro_mmvae.infer.annealed import annealed_log_weights, temperatures
 from pyro_mmvae.infer.importance import ImportanceEstimate, importance_log_weights
@@ -24,12 +30,6 @@ from pyro_mmvae.metrics.likelihood import (
     parse_proposals,
     vae_log_likelihood,
 )
-
-
-def delta_method_error(log_weights: torch.Tensor) -> torch.Tensor:
-    r"""Standard error of :math:`\log\frac1K\sum_k w_k` per point: std(w) / (sqrt(K) mean(w))."""
-    w = torch.exp(log_weights - log_weights.max(0).values)
-    return w.std(0) / (math.sqrt(w.size(0)) * w.mean(0))
 
 
 def test_schedules_run_from_zero_to_one_and_increase():
@@ -138,7 +138,7 @@ def test_proposal_names_and_bad_options_are_refused():
     assert parse_proposals(["annealed", "model"]) == ("annealed", "model")
     with pytest.raises(ValueError, match="unknown proposal"):
         parse_proposals("annealed,bogus")
-    vae = LinearGaussianVAE()
+    vae = ExpertLinearGaussianVAE()
     data = sample_data(vae, 2)
     run = vae_log_likelihood
     for options, match in [

@@ -18,8 +18,10 @@ Proposals :math:`r(z \mid X_S)` (``proposal=``), each keeping the guide's other 
   concentrates (a mixture-of-experts :math:`q` spreads over every expert), the prior
   bounds the weights where both miss (for Laplace experts the product is that of Normals of
   the same variance; models without experts mix :math:`q` and the prior only);
-* ``"refined"``: a per-datapoint Normal started at :math:`q`'s moments and moved by a few
-  Adam steps on the per-point IWAE bound (:func:`~pyro_mmvae.infer.importance.refine_proposal`);
+* ``"refined"``: a per-datapoint Normal started at the moments of :math:`q` or of the
+  product of the present experts, whichever has the higher IWAE bound at that point (a
+  mixture-of-experts :math:`q` is far wider than the posterior), and moved by a few Adam
+  steps on the per-point IWAE bound (:func:`~pyro_mmvae.infer.importance.refine_proposal`);
 * ``"annealed"``: annealed importance sampling (:mod:`pyro_mmvae.infer.annealed`, Neal 2001;
   Wu et al. 2017) from a start proposal (``annealed_start``: ``"refined"`` by default) along
   :math:`r^{1-\beta_t} p(X, z)^{\beta_t}` over ``annealed_temperatures`` temperatures with
@@ -179,7 +181,7 @@ def vae_proposal(
     mixture_weights: Sequence[float] = MIXTURE_WEIGHTS,
     refine_steps: int = 50,
     refine_particles: int = 8,
-    refine_lr: float = 0.05,
+    refine_lr: float = 0.1,
 ) -> tuple[Any, dict[str, Any]]:
     """The proposal program (a guide taking ``(data, stratify=False)``) for ``data``, and
     what was done to build it (the refinement's bounds before and after)."""
@@ -199,8 +201,10 @@ def vae_proposal(
             "weights": {"q": mixture_weights[0], "experts": mixture_weights[1] if product
                         is not None else None, "prior": mixture_weights[2]}}
     if proposal == "refined":
+        product = _expert_product(vae, data)
         return refine_proposal(vae.model, vae.guide, data, stratify=False, steps=refine_steps,
-                               num_particles=refine_particles, lr=refine_lr)
+                               num_particles=refine_particles, lr=refine_lr,
+                               starts=() if product is None else (product,))
     if proposal == "annealed":
         raise ValueError("the annealed proposal is a sampler, not a guide: use "
                          "vae_log_likelihood(..., proposal='annealed')")
