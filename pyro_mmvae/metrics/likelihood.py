@@ -429,14 +429,18 @@ def _one_proposal(vae: Any, dataset: Any, names: tuple[str, ...],
             "info": _merge_info(infos)}
 
 
-def _warnings(label: str, summary: Mapping[str, Any], proposal: str, tried: int
-              ) -> list[str]:
+def _warnings(label: str, summary: Mapping[str, Any], proposal: str,
+              tried: Sequence[str]) -> list[str]:
     fraction = (summary.get("pareto_k") or {}).get("fraction_above_0.7")
     if fraction is None or fraction <= WARN_FRACTION:
         return []
-    which = f"the best of {tried} proposals, {proposal!r}" if tried > 1 else \
+    which = f"the best of {len(tried)} proposals, {proposal!r}" if len(tried) > 1 else \
         f"the {proposal!r} proposal"
-    advice = "a larger K" if tried > 1 else "--proposal all or a larger K"
+    advice = "a larger K" if len(tried) > 1 else "--proposal all or a larger K"
+    if "annealed" not in tried:
+        advice += ", or annealed importance sampling (--proposal all,annealed)"
+    else:
+        advice += " or more AIS temperatures (--annealed-temperatures)"
     return [f"{label}: k-hat > {PARETO_K_THRESHOLD} for {fraction:.0%} of the points with "
             f"{which} (more than {WARN_FRACTION:.0%}): the importance weights are "
             f"heavy-tailed and the estimate is a loose lower bound; try {advice}"]
@@ -471,9 +475,9 @@ def likelihood_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     best = result.get("best", next(iter(proposals)))
     by_proposal = {name: _proposal_summary(r) for name, r in proposals.items()}
     headline = by_proposal[best]
-    messages = _warnings("log p(X)", headline["joint"], best, len(by_proposal))
+    messages = _warnings("log p(X)", headline["joint"], best, list(by_proposal))
     for key, summary in headline["subsets"].items():
-        messages += _warnings(f"log p({key})", summary, best, len(by_proposal))
+        messages += _warnings(f"log p({key})", summary, best, list(by_proposal))
     return {
         "units": "nats per data point (sum over the modalities' dimensions)",
         "estimator": "importance sampling (stratify=False guides); proposals: "
