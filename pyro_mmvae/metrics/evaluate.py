@@ -13,7 +13,8 @@ object with the same methods: ``names``, ``generate``, ``sample``, ``model``/``g
   when ``fid_weights`` names the FID Inception weights file.
 * ``"likelihood"``: importance-sampled :math:`\log p(X)`, :math:`\log p(X_S)` and
   :math:`\log p(X_{\bar S} \mid X_S)` per data point with PSIS :math:`\hat k` and ESS, for
-  each chosen proposal (the model's q, a defensive mixture, a refined per-point Normal), the
+  each chosen proposal (the model's q, a defensive mixture, a refined per-point Normal;
+  opt-in, annealed importance sampling from the refined one), the
   best by :math:`\hat k` on top and a warning when :math:`\hat k > 0.7` for more than 10 %
   of the points (:mod:`pyro_mmvae.metrics.likelihood`).
 * ``"probe"``: linear-probe accuracy of the label from :math:`E[z \mid X_S]` by :math:`|S|`
@@ -94,7 +95,8 @@ class EvalSettings:
     :param batch_size: batch size of coherence, generation and feature extraction.
     :param seed: seed of every random choice (restored afterwards).
     :param proposal: importance proposals for the likelihoods: ``"model"``, ``"mixture"``,
-        ``"refined"`` or ``"all"`` (every one, the best by k-hat reported on top; see
+        ``"refined"``, ``"annealed"`` or ``"all"`` (the first three), or several
+        comma-separated (``"all,annealed"``); the best by k-hat is reported on top (see
         :mod:`pyro_mmvae.metrics.likelihood`).
     :param refine_steps: gradient steps of the ``"refined"`` proposal per batch.
     :param annealed_temperatures: T of the ``"annealed"`` proposal (AIS; opt-in, not in
