@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine-steps", type=int, default=50)
     parser.add_argument("--proposals", default="all,annealed")
     parser.add_argument("--annealed-temperatures", type=int, default=100)
-    parser.add_argument("--annealed-samples", type=int, default=100)
+    parser.add_argument("--annealed-samples", type=int, default=50)
     parser.add_argument("--annealed-leapfrog", type=int, default=1)
     parser.add_argument("--annealed-start", default="refined")
     parser.add_argument("--sweep", type=lambda s: [int(t) for t in s.split(",") if t],

@@ -302,7 +302,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--annealed-temperatures", type=_positive_int, default=100,
                           metavar="T", help="temperatures of 'annealed' (default: "
                           "%(default)s)")
-    evaluate.add_argument("--annealed-samples", type=_positive_int, default=100,
+    evaluate.add_argument("--annealed-samples", type=_positive_int, default=50,
                           metavar="K", help="AIS chains per point of 'annealed', at most "
                           "--num-samples (default: %(default)s)")
     evaluate.add_argument("--annealed-leapfrog", type=_positive_int, default=1, metavar="L",

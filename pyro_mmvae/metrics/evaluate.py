@@ -129,7 +129,7 @@ class EvalSettings:
     proposal: str = "all"
     refine_steps: int = 50
     annealed_temperatures: int = 100
-    annealed_samples: int = 100
+    annealed_samples: int = 50
     annealed_leapfrog: int = 1
     annealed_start: str = "refined"
     engine: str = "auto"

@@ -76,7 +76,7 @@ PROPOSALS = ("model", "mixture", "refined", "annealed")
 #: What ``"all"`` runs: every proposal but the (costly, opt-in) annealed one.
 CHEAP_PROPOSALS = ("model", "mixture", "refined")
 #: AIS chains per data point by default (each costs T × L model gradients).
-ANNEALED_SAMPLES = 100
+ANNEALED_SAMPLES = 50
 #: Defaults of the ``annealed_*`` options (see :func:`annealed_log_weights`).
 ANNEALED_DEFAULTS = {"start": "refined", "samples": ANNEALED_SAMPLES, "temperatures": 100,
                      "leapfrog": 1, "step_size": 0.2}
