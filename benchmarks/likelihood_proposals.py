@@ -118,23 +118,27 @@ def draw(results: list[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = len(results)
-    figure, axes = plt.subplots(rows, 2, figsize=(11, 3.8 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, 2, figsize=(12, 5.2 * rows), squeeze=False)
     for (ax_hist, ax_sweep), run in zip(axes, results, strict=True):
-        pooled = [k for r in run["proposals"].values() for k in r["pareto_k"]]
-        high = max(max(pooled, default=1.0), 1.0)
-        bins = [min(0.0, min(pooled, default=0.0)) + i * (high + 0.5) / 40 for i in range(41)]
-        for name, result in run["proposals"].items():
-            k = result["pareto_k"]
+        for name, result in run["proposals"].items():  # empirical CDF of k-hat per proposal
+            k = sorted(result["pareto_k"])
             above = result["joint"]["pareto_k"]["fraction_above_0.7"]
-            ax_hist.hist(k, bins=bins, alpha=0.55, label=f"{name}: {above:.0%} > 0.7, mean "
-                         f"{result['joint']['mean']:.1f}")
-        for value, style in ((0.5, ":"), (PARETO_K_THRESHOLD, "--")):
-            ax_hist.axvline(value, color="k", ls=style)
-        ax_hist.set_xlabel(r"Pareto $\hat{k}$ of log p(X) per test point")
-        ax_hist.set_ylabel("test points")
+            ax_hist.step(k, [(i + 1) / len(k) for i in range(len(k))], where="post",
+                         label=f"{name}: {above:.0%} > 0.7, mean {result['joint']['mean']:.1f} "
+                         f"(K = {result['joint']['num_samples']}, {result['seconds']:.0f} s)")
+        ax_hist.axvline(0.5, color="k", ls=":", lw=0.8)
+        ax_hist.axvline(PARETO_K_THRESHOLD, color="k", ls="--", lw=0.8)
+        ax_hist.axhline(0.8, color="gray", ls=":", lw=0.8)
+        ax_hist.set_xscale("symlog", linthresh=1.0, linscale=3.0)
+        ax_hist.set_xlim(left=-0.3)
+        ticks = [0, 0.5, 0.7, 1, 2, 5, 10, 20]
+        ax_hist.set_xticks(ticks, [str(t) for t in ticks])
+        ax_hist.set_xlabel(r"Pareto $\hat{k}$ of log p(X) per test point (linear below 1, "
+                           "log above)")
+        ax_hist.set_ylabel(r"fraction of test points with $\hat{k}$ below")
         ax_hist.set_title(f"{run['model']} (epoch {run['epoch']}), "
-                          f"{run['num_datapoints']} points")
-        ax_hist.legend(fontsize=8)
+                          f"{run['num_datapoints']} test points; target: 80 % below 0.7")
+        ax_hist.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
         if run["sweep"]:
             ts = [int(t) for t in run["sweep"]]
             med = [run["sweep"][str(t)]["joint"]["pareto_k"]["median"] for t in ts]
@@ -144,7 +148,7 @@ def draw(results: list[dict[str, Any]], path: str) -> None:
             ax_sweep.plot(ts, med, "o-", label=r"median $\hat{k}$")
             ax_sweep.plot(ts, frac, "s--", label=r"fraction $\hat{k}$ > 0.7")
             ax_sweep.axhline(PARETO_K_THRESHOLD, color="k", ls="--", lw=0.8)
-            ax_sweep.axhline(0.2, color="gray", ls=":", lw=0.8)
+            ax_sweep.axhline(0.2, color="gray", ls=":", lw=0.8, label="target fraction 0.2")
             ax_sweep.set_xscale("log")
             ax_sweep.set_xlabel("AIS temperatures T")
             ax_sweep.set_title(f"annealed: k-hat against T ({points} points)")
