@@ -241,7 +241,18 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 METRIC_NAMES = ("coherence", "quality", "likelihood", "probe")  # pyro_mmvae.metrics.METRICS
-PROPOSAL_NAMES = ("model", "mixture", "refined", "all")  # metrics.likelihood.PROPOSALS + all
+PROPOSAL_NAMES = ("model", "mixture", "refined", "annealed", "all")  # PROPOSALS + all
+ANNEALED_STARTS = ("model", "mixture", "refined")  # metrics.likelihood.CHEAP_PROPOSALS
+
+
+def _proposal_list(text: str) -> str:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PROPOSAL_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown proposal(s) {', '.join(unknown) or repr(text)}; choose from "
+            f"{','.join(PROPOSAL_NAMES)} (comma-separated for several)")
+    return ",".join(names)
 
 
 def _metric_list(text: str) -> tuple[str, ...]:
@@ -279,12 +290,26 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                           "chosen proposal (default: %(default)s)")
     evaluate.add_argument("--chunk-size", type=_positive_int, metavar="C",
                           help="importance samples per chunk (default: 4096 latents a chunk)")
-    evaluate.add_argument("--proposal", choices=PROPOSAL_NAMES, default="all",
-                          help="importance proposal for the likelihoods: the model's q(z|X) "
-                          "('model'), a defensive mixture of q, the product of the present "
-                          "experts and the prior ('mixture'), a per-point Normal refined by "
-                          "gradient steps ('refined'), or all three with the best by PSIS "
-                          "k-hat on top (default: %(default)s)")
+    evaluate.add_argument("--proposal", type=_proposal_list, default="all",
+                          metavar="LIST",
+                          help="importance proposals for the likelihoods, comma-separated: "
+                          "the model's q(z|X) ('model'), a defensive mixture of q, the "
+                          "product of the present experts and the prior ('mixture'), a "
+                          "per-point Normal refined by gradient steps ('refined'), annealed "
+                          "importance sampling from the refined proposal ('annealed', slow: "
+                          "opt-in), or 'all' (the first three); the best by PSIS k-hat is "
+                          "on top (default: %(default)s)")
+    evaluate.add_argument("--annealed-temperatures", type=_positive_int, default=100,
+                          metavar="T", help="temperatures of 'annealed' (default: "
+                          "%(default)s)")
+    evaluate.add_argument("--annealed-samples", type=_positive_int, default=50,
+                          metavar="K", help="AIS chains per point of 'annealed', at most "
+                          "--num-samples (default: %(default)s)")
+    evaluate.add_argument("--annealed-leapfrog", type=_positive_int, default=1, metavar="L",
+                          help="leapfrog steps per HMC transition of 'annealed', 1 = MALA "
+                          "(default: %(default)s)")
+    evaluate.add_argument("--annealed-start", choices=ANNEALED_STARTS, default="refined",
+                          help="the proposal 'annealed' starts from (default: %(default)s)")
     evaluate.add_argument("--likelihood-subsets", type=_non_negative_int, default=0,
                           metavar="N", help="also estimate log p(X_S) and the conditional "
                           "log p(X_rest | X_S) for N source subsets S of each size 1..M-1 "
@@ -447,6 +472,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         fid_weights=args.fid_weights,
         seed=args.seed,
         proposal=args.proposal,
+        annealed_temperatures=args.annealed_temperatures,
+        annealed_samples=args.annealed_samples,
+        annealed_leapfrog=args.annealed_leapfrog,
+        annealed_start=args.annealed_start,
         progress=args.progress,
         out_dir=args.out,
     )

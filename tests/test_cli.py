@@ -80,6 +80,30 @@ def test_set_parses_model_settings():
                                    "decoder_stop_gradient": True}
 
 
+def test_evaluate_takes_proposal_lists_and_annealing_options():
+    args = cli.build_parser().parse_args(
+        ["evaluate", "RUN", "--proposal", "all, annealed", "--annealed-temperatures", "300",
+         "--annealed-samples", "50", "--annealed-leapfrog", "2", "--annealed-start", "model"])
+    assert args.proposal == "all,annealed"
+    assert (args.annealed_temperatures, args.annealed_samples, args.annealed_leapfrog,
+            args.annealed_start) == (300, 50, 2, "model")
+    assert cli.build_parser().parse_args(["evaluate", "RUN"]).proposal == "all"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "RUN", "--proposal", "refined,bogus"], "unknown proposal(s) bogus"),
+        (["evaluate", "RUN", "--annealed-temperatures", "0"], "positive integer"),
+        (["evaluate", "RUN", "--annealed-start", "annealed"], "invalid choice"),
+    ],
+)
+def test_bad_evaluate_arguments_exit_2(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
 @needs_zoo
 @needs_data
 @pytest.mark.parametrize(

@@ -209,10 +209,11 @@ def test_inception_fid_is_reported_beside_the_classifier_distance(patched, tmp_p
 
 def test_metric_and_proposal_names_of_the_cli_match_the_library():
     from pyro_mmvae.metrics import METRICS
-    from pyro_mmvae.metrics.likelihood import PROPOSALS
+    from pyro_mmvae.metrics.likelihood import CHEAP_PROPOSALS, PROPOSALS
 
     assert cli.METRIC_NAMES == METRICS
     assert cli.PROPOSAL_NAMES == (*PROPOSALS, "all")
+    assert cli.ANNEALED_STARTS == CHEAP_PROPOSALS
 
 
 def test_an_unwritable_output_folder_is_refused_before_any_work(patched, tmp_path, capsys,

@@ -407,6 +407,7 @@ def refine_proposal(
     steps: int = 50,
     num_particles: int = 8,
     lr: float = 0.05,
+    starts: Sequence[TorchDistribution] = (),
     max_plate_nesting: int = 2,
     data_plate: str = "data",
     **kwargs: Any,
@@ -414,7 +415,10 @@ def refine_proposal(
     r"""A per-datapoint Normal proposal for ``site``, fitted by a few gradient steps.
 
     Starts from the moments of the guide's distribution of ``site`` (mean and standard
-    deviation per data point, shape ``(B, D)``) and runs ``steps`` Adam steps on
+    deviation per data point, shape ``(B, D)``) or, per data point, from those of whichever
+    of ``starts`` (further distributions of the site's batch and event shape, e.g. the
+    product of the experts) has the highest bound below at step 0; then runs ``steps``
+    Adam steps on
     :math:`(\mu_b, \log\sigma_b)` maximising :math:`\sum_b \log \frac1k \sum_j w_{jb}`
     (the IWAE bound with k = ``num_particles``, which is a sum of independent per-point
     bounds, so each point gets its own gradient). The model's parameters are not changed
@@ -423,7 +427,8 @@ def refine_proposal(
 
     Returns ``(proposal, info)``: the guide with ``site`` drawn from
     :math:`\mathcal{N}(\mu_b, \sigma_b)` and ``{"steps", "num_particles", "bound_start",
-    "bound_end"}`` (the mean per-point bound before and after).
+    "bound_end", "start_from"}`` (the mean per-point bound before and after; the fraction of
+    the points started from each candidate, the guide's own first).
     """
     if steps < 0 or num_particles < 1:
         raise ValueError(f"steps must be >= 0 and num_particles >= 1, got {steps}, "
@@ -438,13 +443,34 @@ def refine_proposal(
 
     proposal = replace_site(guide, site, lambda original: dist.Normal(
         loc, log_scale.exp()).to_event(len(original.event_shape)))
-    optimiser = torch.optim.Adam([loc, log_scale], lr=lr)
 
     def bound() -> Tensor:
         lw = particle_log_weights(model, proposal, num_particles, *args,
                                   max_plate_nesting=max_plate_nesting, data_plate=data_plate,
                                   **kwargs)
         return torch.logsumexp(lw, 0) - math.log(num_particles)
+
+    start_from = [1.0]
+    if starts:
+        candidates = [(mean, std)] + [_moments(d) for d in starts]
+        for c_mean, _ in candidates[1:]:
+            if c_mean.shape != mean.shape:
+                raise ValueError(f"a start of shape {tuple(c_mean.shape)} for site {site!r} "
+                                 f"of shape {tuple(mean.shape)}")
+        bounds = []
+        with torch.no_grad():
+            for c_mean, c_std in candidates:
+                loc.copy_(c_mean)
+                log_scale.copy_(c_std.clamp(min=1e-6).log())
+                bounds.append(bound())
+            choice = torch.stack(bounds).nan_to_num(-math.inf).argmax(0)  # (B,)
+            pick = choice.reshape(choice.shape + (1,) * (mean.dim() - choice.dim()))
+            loc.copy_(torch.stack([c[0] for c in candidates]).gather(
+                0, pick.unsqueeze(0).expand((1,) + mean.shape)).squeeze(0))
+            log_scale.copy_(torch.stack([c[1] for c in candidates]).clamp(min=1e-6).log()
+                            .gather(0, pick.unsqueeze(0).expand((1,) + mean.shape)).squeeze(0))
+        start_from = [float((choice == i).double().mean()) for i in range(len(candidates))]
+    optimiser = torch.optim.Adam([loc, log_scale], lr=lr)
 
     history = []
     with torch.enable_grad():
@@ -461,5 +487,6 @@ def refine_proposal(
         final = float(bound().mean())
     info = {"steps": steps, "num_particles": num_particles, "lr": lr,
             "bound_start": history[0] if history else final, "bound_end": final,
+            "start_from": start_from,
             "loc": loc.detach(), "scale": log_scale.detach().exp()}
     return proposal, info

@@ -18,8 +18,16 @@ Proposals :math:`r(z \mid X_S)` (``proposal=``), each keeping the guide's other 
   concentrates (a mixture-of-experts :math:`q` spreads over every expert), the prior
   bounds the weights where both miss (for Laplace experts the product is that of Normals of
   the same variance; models without experts mix :math:`q` and the prior only);
-* ``"refined"``: a per-datapoint Normal started at :math:`q`'s moments and moved by a few
-  Adam steps on the per-point IWAE bound (:func:`~pyro_mmvae.infer.importance.refine_proposal`).
+* ``"refined"``: a per-datapoint Normal started at the moments of :math:`q` or of the
+  product of the present experts, whichever has the higher IWAE bound at that point (a
+  mixture-of-experts :math:`q` is far wider than the posterior), and moved by a few Adam
+  steps on the per-point IWAE bound (:func:`~pyro_mmvae.infer.importance.refine_proposal`);
+* ``"annealed"``: annealed importance sampling (:mod:`pyro_mmvae.infer.annealed`, Neal 2001;
+  Wu et al. 2017) from a start proposal (``annealed_start``: ``"refined"`` by default) along
+  :math:`r^{1-\beta_t} p(X, z)^{\beta_t}` over ``annealed_temperatures`` temperatures with
+  HMC transitions on every latent site; ``annealed_samples`` chains per point (default
+  :data:`ANNEALED_SAMPLES`, at most K). Costs about T × L gradient passes of the decoders per
+  chain, so it is opt-in: ``"all"`` runs the three cheap proposals (:data:`CHEAP_PROPOSALS`).
 
 With several proposals (:func:`dataset_log_likelihood`), every one is run on the same data
 points and the *best* is the one with the fewest points with :math:`\hat k > 0.7` on
@@ -46,6 +54,7 @@ from torch import Tensor
 
 from pyro_mmvae.distributions.experts import product_of_experts
 from pyro_mmvae.distributions.subsets import complement, source_subsets, subset_key, subset_size
+from pyro_mmvae.infer.annealed import annealed_log_weights
 from pyro_mmvae.infer.importance import (
     PARETO_K_THRESHOLD,
     ImportanceEstimate,
@@ -62,14 +71,24 @@ from pyro_mmvae.metrics.common import evaluation_mode, head, progress_bar
 
 #: Latent draws decoded at once by default: ``chunk_size = max(1, CHUNK_BUDGET // batch)``.
 CHUNK_BUDGET = 4096
-#: The importance proposals :func:`vae_proposal` builds (see the module docstring).
-PROPOSALS = ("model", "mixture", "refined")
+#: The importance proposals (see the module docstring).
+PROPOSALS = ("model", "mixture", "refined", "annealed")
+#: What ``"all"`` runs: every proposal but the (costly, opt-in) annealed one.
+CHEAP_PROPOSALS = ("model", "mixture", "refined")
+#: AIS chains per data point by default (each costs T × L model gradients).
+ANNEALED_SAMPLES = 50
+#: Defaults of the ``annealed_*`` options (see :func:`annealed_log_weights`).
+ANNEALED_DEFAULTS = {"start": "refined", "samples": ANNEALED_SAMPLES, "temperatures": 100,
+                     "leapfrog": 1, "step_size": 0.2}
 #: Weights of q(z|X_S), the product of the present experts and the prior in ``"mixture"``.
 MIXTURE_WEIGHTS = (0.6, 0.3, 0.1)
 #: Warn when more than this fraction of the points have k-hat above 0.7.
 WARN_FRACTION = 0.1
 
 __all__ = [
+    "ANNEALED_DEFAULTS",
+    "ANNEALED_SAMPLES",
+    "CHEAP_PROPOSALS",
     "MIXTURE_WEIGHTS",
     "PROPOSALS",
     "ConditionalEstimate",
@@ -97,13 +116,17 @@ def default_chunk_size(batch_size: int, budget: int = CHUNK_BUDGET) -> int:
 
 
 def parse_proposals(proposal: str | Sequence[str]) -> tuple[str, ...]:
-    """``"all"``, one name or a list of :data:`PROPOSALS` -> validated tuple."""
-    names = PROPOSALS if proposal == "all" else \
-        ((proposal,) if isinstance(proposal, str) else tuple(proposal))
+    """``"all"`` (:data:`CHEAP_PROPOSALS`), one name, ``"a,b"`` or a list of
+    :data:`PROPOSALS` (``"all"`` may be one of them) -> validated tuple."""
+    items = [p.strip() for p in proposal.split(",")] if isinstance(proposal, str) \
+        else [str(p).strip() for p in proposal]
+    names: list[str] = []
+    for item in items:
+        names.extend(CHEAP_PROPOSALS if item == "all" else [item])
     unknown = [p for p in names if p not in PROPOSALS]
     if unknown or not names:
         raise ValueError(f"unknown proposal(s) {unknown or list(names)}; choose from "
-                         f"{', '.join(PROPOSALS)} or 'all'")
+                         f"{', '.join(PROPOSALS)} or 'all' (comma-separated for several)")
     return tuple(dict.fromkeys(names))
 
 
@@ -158,7 +181,7 @@ def vae_proposal(
     mixture_weights: Sequence[float] = MIXTURE_WEIGHTS,
     refine_steps: int = 50,
     refine_particles: int = 8,
-    refine_lr: float = 0.05,
+    refine_lr: float = 0.1,
 ) -> tuple[Any, dict[str, Any]]:
     """The proposal program (a guide taking ``(data, stratify=False)``) for ``data``, and
     what was done to build it (the refinement's bounds before and after)."""
@@ -178,8 +201,13 @@ def vae_proposal(
             "weights": {"q": mixture_weights[0], "experts": mixture_weights[1] if product
                         is not None else None, "prior": mixture_weights[2]}}
     if proposal == "refined":
+        product = _expert_product(vae, data)
         return refine_proposal(vae.model, vae.guide, data, stratify=False, steps=refine_steps,
-                               num_particles=refine_particles, lr=refine_lr)
+                               num_particles=refine_particles, lr=refine_lr,
+                               starts=() if product is None else (product,))
+    if proposal == "annealed":
+        raise ValueError("the annealed proposal is a sampler, not a guide: use "
+                         "vae_log_likelihood(..., proposal='annealed')")
     raise ValueError(f"unknown proposal {proposal!r}; choose from {', '.join(PROPOSALS)}")
 
 
@@ -197,11 +225,35 @@ def vae_log_likelihood(
     Only the modalities in S are passed to ``vae.model`` and the proposal (``"model"``:
     ``vae.guide`` with ``stratify=False``, the model's posterior :math:`q(z \mid X_S)`;
     ``"mixture"``, ``"refined"``: see the module docstring, options as for
-    :func:`vae_proposal`); the other modalities are masked out of :math:`p(X, z)`. Runs in
-    eval mode, no grad (the refinement takes its own gradients).
+    :func:`vae_proposal`; ``"annealed"``: AIS, options ``annealed_start``,
+    ``annealed_samples``, ``annealed_temperatures``, ``annealed_leapfrog``,
+    ``annealed_step_size`` (:data:`ANNEALED_DEFAULTS`), the start proposal taking the
+    others); the other modalities are masked out of :math:`p(X, z)`. Runs in eval mode, no
+    grad (the refinement and the HMC transitions take their own gradients).
     """
     return _vae_estimate(vae, data, modalities, num_samples, chunk_size, proposal,
                          proposal_options)[0]
+
+
+def _annealed_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``annealed_*`` options (validated, with defaults) from the others."""
+    annealed = dict(ANNEALED_DEFAULTS)
+    rest = {}
+    for key, value in options.items():
+        if key.startswith("annealed_"):
+            name = key[len("annealed_"):]
+            if name not in ANNEALED_DEFAULTS:
+                raise ValueError(f"unknown option {key!r}; the annealed proposal takes "
+                                 f"{', '.join('annealed_' + k for k in ANNEALED_DEFAULTS)}")
+            annealed[name] = value
+        else:
+            rest[key] = value
+    if annealed["start"] not in CHEAP_PROPOSALS:
+        raise ValueError(f"annealed_start must be one of {', '.join(CHEAP_PROPOSALS)}, got "
+                         f"{annealed['start']!r}")
+    if annealed["samples"] is not None and annealed["samples"] < 1:
+        raise ValueError(f"annealed_samples must be >= 1 (or None), got {annealed['samples']}")
+    return annealed, rest
 
 
 def _vae_estimate(vae: Any, data: Mapping[str, Tensor | None], modalities: Sequence[str] | None,
@@ -210,14 +262,26 @@ def _vae_estimate(vae: Any, data: Mapping[str, Tensor | None], modalities: Seque
     reason = supports_unstratified(vae)
     if reason is not None:
         raise ValueError(reason)
+    annealed, options = _annealed_options(options)
     subset = _select(data, modalities)
     batch = next(iter(subset.values())).shape[0]
     chunk = default_chunk_size(batch) if chunk_size is None else chunk_size
     with evaluation_mode(vae):
-        guide, info = vae_proposal(vae, subset, proposal, **options)
-        estimate = log_marginal(vae.model, guide, subset, num_samples=num_samples,
-                                chunk_size=chunk, stratify=False)
-    return estimate, info
+        if proposal != "annealed":
+            guide, info = vae_proposal(vae, subset, proposal, **options)
+            estimate = log_marginal(vae.model, guide, subset, num_samples=num_samples,
+                                    chunk_size=chunk, stratify=False)
+            return estimate, info
+        guide, start_info = vae_proposal(vae, subset, annealed["start"], **options)
+        chains = num_samples if annealed["samples"] is None else \
+            min(num_samples, annealed["samples"])
+        log_weights, info = annealed_log_weights(
+            vae.model, guide, subset, num_samples=chains,
+            num_temperatures=annealed["temperatures"], leapfrog_steps=annealed["leapfrog"],
+            step_size=annealed["step_size"], chunk_size=chunk, stratify=False)
+    info = {"start": annealed["start"], "num_samples": chains, **info,
+            **{f"start_{k}": v for k, v in start_info.items() if not isinstance(v, Tensor)}}
+    return ImportanceEstimate(log_weights), info
 
 
 @dataclass
@@ -279,12 +343,14 @@ def _rank(estimate: ImportanceEstimate) -> tuple[float, float]:
 
 
 def _merge_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """Average the numeric entries of the per-batch proposal infos (refinement bounds)."""
+    """Average the numeric entries of the per-batch proposal infos (refinement bounds,
+    AIS acceptance and step sizes)."""
     if not infos or not infos[0]:
         return infos[0] if infos else {}
     out = {k: v for k, v in infos[0].items() if not isinstance(v, Tensor)}
+    averaged = ("bound", "start_bound", "acceptance", "step_size")
     for key, value in infos[0].items():
-        if isinstance(value, float) and key.startswith("bound"):
+        if isinstance(value, float) and key.startswith(averaged):
             out[key] = float(np.mean([i[key] for i in infos]))
     return out
 
@@ -363,14 +429,18 @@ def _one_proposal(vae: Any, dataset: Any, names: tuple[str, ...],
             "info": _merge_info(infos)}
 
 
-def _warnings(label: str, summary: Mapping[str, Any], proposal: str, tried: int
-              ) -> list[str]:
+def _warnings(label: str, summary: Mapping[str, Any], proposal: str,
+              tried: Sequence[str]) -> list[str]:
     fraction = (summary.get("pareto_k") or {}).get("fraction_above_0.7")
     if fraction is None or fraction <= WARN_FRACTION:
         return []
-    which = f"the best of {tried} proposals, {proposal!r}" if tried > 1 else \
+    which = f"the best of {len(tried)} proposals, {proposal!r}" if len(tried) > 1 else \
         f"the {proposal!r} proposal"
-    advice = "a larger K" if tried > 1 else "--proposal all or a larger K"
+    advice = "a larger K" if len(tried) > 1 else "--proposal all or a larger K"
+    if "annealed" not in tried:
+        advice += ", or annealed importance sampling (--proposal all,annealed)"
+    else:
+        advice += " or more AIS temperatures (--annealed-temperatures)"
     return [f"{label}: k-hat > {PARETO_K_THRESHOLD} for {fraction:.0%} of the points with "
             f"{which} (more than {WARN_FRACTION:.0%}): the importance weights are "
             f"heavy-tailed and the estimate is a loose lower bound; try {advice}"]
@@ -405,9 +475,9 @@ def likelihood_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     best = result.get("best", next(iter(proposals)))
     by_proposal = {name: _proposal_summary(r) for name, r in proposals.items()}
     headline = by_proposal[best]
-    messages = _warnings("log p(X)", headline["joint"], best, len(by_proposal))
+    messages = _warnings("log p(X)", headline["joint"], best, list(by_proposal))
     for key, summary in headline["subsets"].items():
-        messages += _warnings(f"log p({key})", summary, best, len(by_proposal))
+        messages += _warnings(f"log p({key})", summary, best, list(by_proposal))
     return {
         "units": "nats per data point (sum over the modalities' dimensions)",
         "estimator": "importance sampling (stratify=False guides); proposals: "

@@ -239,7 +239,11 @@ def run_likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch
             vae, test_ds, subsets, num_samples=settings.num_samples,
             batch_size=settings.likelihood_batch_size, chunk_size=settings.chunk_size,
             max_points=settings.max_points, device=device, proposals=settings.proposal,
-            progress=settings.progress, refine_steps=settings.refine_steps)
+            progress=settings.progress, refine_steps=settings.refine_steps,
+            annealed_temperatures=settings.annealed_temperatures,
+            annealed_samples=settings.annealed_samples,
+            annealed_leapfrog=settings.annealed_leapfrog,
+            annealed_start=settings.annealed_start)
     except NotImplementedError as err:
         return {"skipped": f"{type(vae).__name__} cannot be importance-sampled: {err}"}, None
     summary = likelihood_summary(raw)
