@@ -132,6 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def vs_multivae(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """All-subset conditional coherence beside MultiVae's evaluator
     (``benchmarks/peer_coherence.py``); writes ``--out`` and its ``.md``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import peer_coherence  # beside this file
 
     if args.coherence_points == "all":

@@ -102,6 +102,32 @@ class _RowCounter:
             h.remove()
 
 
+class _NetworkClock:
+    """Process CPU seconds spent inside modules, by kind (forward pre- and post-hooks; a few
+    microseconds per call, against milliseconds of convolution)."""
+
+    def __init__(self, modules: dict[str, list[nn.Module]]) -> None:
+        self.seconds = dict.fromkeys(modules, 0.0)
+        self._start = 0.0
+        self.handles = []
+        for kind, mods in modules.items():
+            for m in mods:
+                self.handles += [m.register_forward_pre_hook(self._enter),
+                                 m.register_forward_hook(self._exit(kind))]
+
+    def _enter(self, module, inputs) -> None:
+        self._start = time.process_time()
+
+    def _exit(self, kind: str):
+        def hook(module, inputs, output) -> None:
+            self.seconds[kind] += time.process_time() - self._start
+        return hook
+
+    def reset(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, dict.fromkeys(self.seconds, 0.0)
+        return out
+
+
 def _flops(fn, *args) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -126,7 +152,17 @@ class CoherenceWorker(throughput.Worker):
         raise NotImplementedError
 
     def step(self, _batch=None) -> None:
+        clock = getattr(self, "clock", None)
+        if clock is not None:
+            clock.reset()
         self.result = self.evaluate()
+        if clock is not None:
+            self.network_cpu_s.append(clock.reset())
+
+    def memory(self) -> dict:
+        """The worker's memory, and the CPU seconds inside each kind of network per timed
+        evaluation (read at the end)."""
+        return {**super().memory(), "network_cpu_s": self.network_cpu_s}
 
     def count_flops(self) -> None:
         """One untimed evaluation (the warm-up) under the flop counter and the row counters,
@@ -151,6 +187,7 @@ class CoherenceWorker(throughput.Worker):
         self.info["flops_by_network"] = {k: per[k] * rows.rows[k] for k in per}
         self.info["coherence_by_subset_size"] = self.by_size()
         self.info["pairs"] = self.num_pairs()
+        self.clock, self.network_cpu_s = _NetworkClock(self.networks), []  # the timed passes
 
 
 class OursCoherenceWorker(CoherenceWorker):
@@ -309,6 +346,16 @@ def summarise_side(info: dict, times: dict[str, list[float]], memory: dict) -> d
         record[f"{clock}_median_s"] = statistics.median(times[clock])
     record["achieved_gflop_per_cpu_s"] = (info["flops_per_evaluation"] / 1e9
                                           / record["cpu_median_s"])
+    per_round = memory.get("network_cpu_s") or []
+    if per_round:
+        record["network_cpu_median_s"] = {k: statistics.median(r[k] for r in per_round)
+                                          for k in per_round[0]}
+        record["network_cpu_median_s"]["outside the networks"] = statistics.median(
+            c - sum(r.values()) for c, r in zip(times["cpu"], per_round, strict=True))
+        record["network_gflop_per_cpu_s"] = {
+            k: info["flops_by_network"][k] / 1e9 / v
+            for k, v in record["network_cpu_median_s"].items()
+            if k in info["flops_by_network"] and v > 0}
     return record
 
 
@@ -370,6 +417,21 @@ def render_markdown(result: dict) -> str:
                       for side, s in (("ours", o), ("MultiVae", t))),
                   "- per image (MFLOP): " + ", ".join(
                       f"{k} {v / 1e6:.0f}" for k, v in o["flops_per_image"].items())]
+    if all("network_cpu_median_s" in s for s in sides.values()):
+        lines += ["", "CPU seconds inside each kind of network per evaluation (medians; "
+                  "forward hooks) and the GFLOP per CPU second reached there:", "",
+                  "| | " + " | ".join(sides["ours"]["network_cpu_median_s"]) + " |",
+                  "|---" * (1 + len(sides["ours"]["network_cpu_median_s"])) + "|"]
+        for side, s in sides.items():
+            rates = s["network_gflop_per_cpu_s"]
+            lines.append(f"| {side} | " + " | ".join(
+                f"{v:.1f} s" + (f" ({rates[k]:.0f} GFLOP/s)" if k in rates else "")
+                for k, v in s["network_cpu_median_s"].items()) + " |")
+    full = 10_000 / result["tuples"]
+    lines += ["", "Linear extrapolation to the 10,000 tuples of the PolyMNIST test set (CPU "
+              "medians x 10,000 / N, one thread): " + "; ".join(
+                  f"{side} {s['cpu_median_s'] * full / 3600:.2f} h"
+                  for side, s in sides.items()) + "."]
     lines += ["", "Coherence by subset size (untrained models: ~chance, a check that every "
               "subset was evaluated): " + "; ".join(
                   f"{side} " + ", ".join(f"{x:.3f}" for x in s["coherence_by_subset_size"])
