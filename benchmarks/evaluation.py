@@ -117,6 +117,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "beside MultiVae's CoherenceEvaluator (on --coherence-points tuples)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved evaluations per side beside MultiVae (default 3)")
+    p.add_argument("--decode-chunks", default="",
+                   help="beside MultiVae: also time our side with these latents per decoder "
+                   "call, comma-separated (the library's default is 4096)")
     p.add_argument("--dry-run", action="store_true",
                    help="the side-by-side path, our side only, 2 tuples, one round")
     args = p.parse_args(argv)
@@ -141,7 +144,8 @@ def vs_multivae(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     command = (f"OMP_NUM_THREADS={threads} python benchmarks/evaluation.py "
                + " ".join(sys.argv[1:] if argv is None else argv))
     result = peer_coherence.run(int(args.coherence_points), args.rounds, threads, args.seed,
-                                args.multivae_python, command)
+                                args.multivae_python, command,
+                                decode_chunks=[int(c) for c in args.decode_chunks.split(",") if c])
     md = peer_coherence.write(result, Path(args.out))
     print(md.read_text())
     print(f"written: {args.out}, {md}")

@@ -213,6 +213,13 @@ class OursCoherenceWorker(CoherenceWorker):
         self.classifiers.to(self.device)
         self.data = MultimodalTensorDataset(self.batches[0], self.labels.cpu(), name="polymnist")
         self.batch_size = cfg.get("batch_size") or 256  # conditional_coherence's default
+        chunk = cfg.get("decode_chunk")
+        if chunk:  # latents per decoder call (the library's default: DECODE_CHUNK, 4096)
+            from pyro_mmvae.metrics import coherence
+
+            defaults = list(coherence.cross_generate.__defaults__)
+            defaults[-1] = int(chunk)
+            coherence.cross_generate.__defaults__ = tuple(defaults)
         mods = [self.vae.mods[m] for m in names]
         self.networks = {"encoder": [m.encoder for m in mods], "decoder": [m.decoder for m in mods],
                          "classifier": [self.classifiers.nets[m] for m in names]}
@@ -220,7 +227,8 @@ class OursCoherenceWorker(CoherenceWorker):
         self.info.update(params=throughput.count_parameters(self.vae),
                          params_classifiers=throughput.count_parameters(self.classifiers.nets),
                          evaluator="pyro_mmvae.metrics.conditional_coherence(subset_sizes=None, "
-                                   f"batch_size={self.batch_size}, engine='cached')")
+                                   f"batch_size={self.batch_size}, engine='cached')"
+                                   + (f", {chunk} latents per decoder call" if chunk else ""))
         self.count_flops()
 
     def evaluate(self):
@@ -289,27 +297,31 @@ WORKER_CLASSES = {"ours": OursCoherenceWorker, "multivae": MultiVaeCoherenceWork
 # Parent: both workers, interleaved
 # ------------------------------------------------------------------------------------------
 def compare(n: int, rounds: int, threads: int, seed: int, multivae_python: str | None,
-            log_dir: Path, batch_size: int | None = None, device: str = "cpu") -> dict:
+            log_dir: Path, batch_size: int | None = None, device: str = "cpu",
+            decode_chunks: list[int] | None = None) -> dict:
     """Set up a worker per side, then ``rounds`` rounds of one timed evaluation per side, in
-    an order that alternates every round (so both see the same machine load)."""
+    an order that alternates every round (so both see the same machine load).
+    ``decode_chunks`` adds our side with that many latents per decoder call (each a worker
+    of its own, labelled ``ours, decode chunk C``)."""
     model, settings = throughput.recipe_settings(RECIPE)
-    sides = [("ours", sys.executable)]
+    sides = [("ours", "ours", sys.executable, None)]
+    sides += [(f"ours, decode chunk {c}", "ours", sys.executable, c) for c in decode_chunks or []]
     if multivae_python:
-        sides.append(("multivae", multivae_python))
+        sides.append(("multivae", "multivae", multivae_python, None))
     workers: dict[str, throughput.WorkerProcess] = {}
     infos: dict[str, dict] = {}
     times: dict[str, dict[str, list[float]]] = {}
     loads: list[list[float]] = [list(os.getloadavg())]
     try:
-        for side, python in sides:
+        for number, (side, kind, python, chunk) in enumerate(sides):
             print(f"[{_now()}] setup {side} (model, {n} tuples, one untimed counted pass)",
                   flush=True)
-            workers[side] = throughput.WorkerProcess(python, f"coherence-{side}", threads,
-                                                     log_dir, script=Path(__file__))
+            workers[side] = throughput.WorkerProcess(python, f"coherence-{number}-{kind}",
+                                                     threads, log_dir, script=Path(__file__))
             infos[side] = workers[side].call(
-                cmd="setup", side=side, variant="fp32", recipe=RECIPE, model=model,
+                cmd="setup", side=kind, variant="fp32", recipe=RECIPE, model=model,
                 settings=settings, batch=n, num_batches=1, threads=threads, seed=seed,
-                device=device, warmup=0, batch_size=batch_size)["info"]
+                device=device, warmup=0, batch_size=batch_size, decode_chunk=chunk)["info"]
             times[side] = {"wall": [], "cpu": []}
             info = infos[side]
             print(f"    {info['flops_per_evaluation'] / 1e9:.1f} GFLOP, images {info['images']},"
@@ -337,6 +349,9 @@ def compare(n: int, rounds: int, threads: int, seed: int, multivae_python: str |
                      for side in infos}}
     if "multivae" in out["sides"]:
         out["comparison"] = compare_sides(out["sides"]["ours"], out["sides"]["multivae"])
+        out["comparison_variants"] = {
+            side: compare_sides(s, out["sides"]["multivae"])
+            for side, s in out["sides"].items() if side.startswith("ours, ")}
     return out
 
 
@@ -417,6 +432,10 @@ def render_markdown(result: dict) -> str:
                       for side, s in (("ours", o), ("MultiVae", t))),
                   "- per image (MFLOP): " + ", ".join(
                       f"{k} {v / 1e6:.0f}" for k, v in o["flops_per_image"].items())]
+        for side, v in result.get("comparison_variants", {}).items():
+            lines.append(f"- {side}: **{v['speedup_wall']:.2f}x wall, {v['speedup_cpu']:.2f}x "
+                         f"CPU** over MultiVae (rate ratio "
+                         f"{v['achieved_rate_ratio_faster_work']:.2f}x)")
     if all("network_cpu_median_s" in s for s in sides.values()):
         lines += ["", "CPU seconds inside each kind of network per evaluation (medians; "
                   "forward hooks) and the GFLOP per CPU second reached there:", "",
@@ -444,7 +463,8 @@ def _now() -> str:
 
 
 def run(n: int, rounds: int, threads: int, seed: int, multivae_python: str | None,
-        command: str, batch_size: int | None = None) -> dict:
+        command: str, batch_size: int | None = None,
+        decode_chunks: list[int] | None = None) -> dict:
     """:func:`compare` with the machine, command and commit recorded."""
     import tempfile
 
@@ -457,7 +477,8 @@ def run(n: int, rounds: int, threads: int, seed: int, multivae_python: str | Non
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="coherence-peer-") as tmp:
-        result = compare(n, rounds, threads, seed, multivae_python, Path(tmp), batch_size)
+        result = compare(n, rounds, threads, seed, multivae_python, Path(tmp), batch_size,
+                         decode_chunks=decode_chunks)
     return {"benchmark": "all-subset conditional coherence, pyro_mmvae vs MultiVae",
             "command": command, "started": started, "wall_s": time.time() - t0,
             "commit": throughput._git_commit(), "machine": throughput.machine_info(),
