@@ -20,7 +20,8 @@ does not depend on the weights), fp32, the same torch and thread count.
 * **ours**: ``pyro_mmvae.metrics.conditional_coherence(vae, data, classifiers,
   subset_sizes=None, batch_size=256, engine="cached")`` (the library's defaults): each batch
   is encoded once, every subset's posterior is built from the cached experts, each target
-  decoded for all subsets in one call and classified in one call;
+  decoded for all subsets in one call (up to ``DECODE_CHUNK`` = 4096 latents; a worker with
+  ``decode_chunk`` set decodes that many per call instead) and classified in one call;
 * **MultiVae** 1.0.3: ``CoherenceEvaluator(model, classifiers, data,
   eval_config=CoherenceEvaluatorConfig(num_classes=10)).cross_coherences()`` with its
   defaults (batch 512, one generation per tuple, ``include_recon=False``: only the targets
