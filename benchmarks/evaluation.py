@@ -13,6 +13,23 @@ Usage (from the repository root)::
         --coherence-points 64 --threads 1 \
         --out benchmarks/results/evaluation_coherence_cpu.json
 
+Beside MultiVae's evaluator (all-subset conditional coherence of the MMVAE+ ResNet recipe,
+both sides in their own worker processes, interleaved; ``benchmarks/peer_coherence.py``
+describes the work of each side)::
+
+    bash benchmarks/multivae_env.sh /work/mv-venv      # MultiVae 1.0.3 in its own venv
+    OMP_NUM_THREADS=1 python benchmarks/evaluation.py --multivae-python /work/mv-venv/bin/python \
+        --coherence-points 32 --rounds 3 --threads 1 --decode-chunks 32 \
+        --out benchmarks/results/evaluation_vs_multivae_cpu.json
+
+writes the JSON and a table beside it (``.md``): wall and CPU time of each side per round,
+their ratio, the FLOPs of each evaluation (torch's flop counter) split by network, and the
+images each side encodes, decodes and classifies, so the speed-up can be read as less work
+times faster work; ``--decode-chunks 32`` adds our side with 32 latents per decoder call
+(the library decodes up to 4096 at once). ``--dry-run`` runs that path with our side alone
+on 2 tuples, one round (a seconds-long smoke test; no MultiVae, no data set). Without
+``--multivae-python`` or ``--dry-run`` the script times the suite below.
+
 ``--data-root`` holds ``PolyMNIST/{train,test}/m{i}/*.png`` (never copied into the
 repository); ``--dataset polymnist-mini`` has tuples of the same shape built in memory, which
 is all a timing needs. ``--engines cached,generate`` times conditional coherence with the
@@ -94,8 +111,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=None, help="particles per chunk")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results/evaluation_cpu.json")
-    return p.parse_args(argv)
+    p.add_argument("--out", default=None, help="JSON to write (default: benchmarks/results/"
+                   "evaluation_cpu.json, or evaluation_vs_multivae_cpu.json beside MultiVae)")
+    p.add_argument("--multivae-python", default=None,
+                   help="python of MultiVae's own venv: time all-subset conditional coherence "
+                   "beside MultiVae's CoherenceEvaluator (on --coherence-points tuples)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved evaluations per side beside MultiVae (default 3)")
+    p.add_argument("--decode-chunks", default="",
+                   help="beside MultiVae: also time our side with these latents per decoder "
+                   "call, comma-separated (the library's default is 4096)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the side-by-side path, our side only, 2 tuples, one round")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.multivae_python, args.coherence_points, args.rounds = None, "2", 1
+    if args.out is None:
+        args.out = ("benchmarks/results/evaluation_vs_multivae_cpu.json"
+                    if args.multivae_python or args.dry_run
+                    else "benchmarks/results/evaluation_cpu.json")
+    return args
+
+
+def vs_multivae(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """All-subset conditional coherence beside MultiVae's evaluator
+    (``benchmarks/peer_coherence.py``); writes ``--out`` and its ``.md``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peer_coherence  # beside this file
+
+    if args.coherence_points == "all":
+        raise ValueError("--coherence-points must be a number beside MultiVae (random tuples)")
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", 1))
+    command = (f"OMP_NUM_THREADS={threads} python benchmarks/evaluation.py "
+               + " ".join(sys.argv[1:] if argv is None else argv))
+    result = peer_coherence.run(int(args.coherence_points), args.rounds, threads, args.seed,
+                                args.multivae_python, command,
+                                decode_chunks=[int(c) for c in args.decode_chunks.split(",") if c])
+    md = peer_coherence.write(result, Path(args.out))
+    print(md.read_text())
+    print(f"written: {args.out}, {md}")
+    return 0
 
 
 def _count(text: str, total: int) -> int:
@@ -245,6 +300,8 @@ def synthetic_frechet_2048(seed: int) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.multivae_python or args.dry_run:
+        return vs_multivae(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -458,9 +458,12 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def worker_main() -> None:
+def worker_main(classes: dict | None = None) -> None:
     """Serve commands, one JSON object per line on stdin; answer one JSON line each on the
-    original stdout (library output goes to stderr)."""
+    original stdout (library output goes to stderr). ``classes`` maps a setup's ``side`` to
+    its :class:`Worker` class (default: this file's training-step workers; another script,
+    e.g. ``benchmarks/peer_coherence.py``, passes its own)."""
+    classes = classes or {"ours": OursWorker, "multivae": MultiVaeWorker}
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     worker = None
@@ -473,7 +476,7 @@ def worker_main() -> None:
         try:
             if msg["cmd"] == "setup":
                 t0 = time.perf_counter()
-                cls = OursWorker if msg["side"] == "ours" else MultiVaeWorker
+                cls = classes[msg["side"]]
                 worker = cls(msg)
                 worker.info["setup_s"] = time.perf_counter() - t0
                 worker.info["rss_after_setup_kb"] = _rss_now_kb()
@@ -501,9 +504,10 @@ def worker_main() -> None:
 # Parent: launch workers, interleave, summarise
 # ------------------------------------------------------------------------------------------
 class WorkerProcess:
-    """A worker subprocess running this file with ``--worker``."""
+    """A worker subprocess running ``script`` (default: this file) with ``--worker``."""
 
-    def __init__(self, python: str, label: str, threads: int, log_dir: Path) -> None:
+    def __init__(self, python: str, label: str, threads: int, log_dir: Path,
+                 script: Path | None = None) -> None:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if python == sys.executable:  # ours: import the pyro_mmvae next to this file
             root = str(_repo_root())
@@ -513,7 +517,8 @@ class WorkerProcess:
         self.label = label
         self.log = log_dir / f"{label}.log"
         self._log_file = open(self.log, "w")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--worker"],
+        script = Path(script or __file__).resolve()
+        self.proc = subprocess.Popen([python, str(script), "--worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log_file, text=True, env=env,
                                      cwd=tempfile.gettempdir())
