@@ -20,8 +20,9 @@ does not depend on the weights), fp32, the same torch and thread count.
 * **ours**: ``pyro_mmvae.metrics.conditional_coherence(vae, data, classifiers,
   subset_sizes=None, batch_size=256, engine="cached")`` (the library's defaults): each batch
   is encoded once, every subset's posterior is built from the cached experts, each target
-  decoded for all subsets in one call (up to ``DECODE_CHUNK`` = 4096 latents; a worker with
-  ``decode_chunk`` set decodes that many per call instead) and classified in one call;
+  decoded for all subsets at once (``CPU_DECODE_CHUNK`` = 32 latents per call on the CPU
+  since 2026-12-01, 4096 before and on accelerators; a worker with ``decode_chunk`` set
+  decodes that many per call instead) and classified in one call;
 * **MultiVae** 1.0.3: ``CoherenceEvaluator(model, classifiers, data,
   eval_config=CoherenceEvaluatorConfig(num_classes=10)).cross_coherences()`` with its
   defaults (batch 512, one generation per tuple, ``include_recon=False``: only the targets
@@ -215,7 +216,7 @@ class OursCoherenceWorker(CoherenceWorker):
         self.data = MultimodalTensorDataset(self.batches[0], self.labels.cpu(), name="polymnist")
         self.batch_size = cfg.get("batch_size") or 256  # conditional_coherence's default
         chunk = cfg.get("decode_chunk")
-        if chunk:  # latents per decoder call (the library's default: DECODE_CHUNK, 4096)
+        if chunk:  # latents per decoder call (library default: 32 on the CPU, 4096 elsewhere)
             from pyro_mmvae.metrics import coherence
 
             defaults = list(coherence.cross_generate.__defaults__)

@@ -31,8 +31,12 @@ from pyro_mmvae.metrics.classifiers import ModalityClassifiers
 from pyro_mmvae.metrics.common import evaluation_mode, progress_bar
 
 DIVERSITY_IMAGES = 256  # images per modality used for the pairwise-distance figure
-#: Latents decoded by one decoder call of the cached engine (bounds its memory).
+#: Latents decoded by one decoder call of the cached engine on an accelerator (bounds its
+#: memory) and on the CPU, where smaller calls run faster: the PolyMNIST ResNet decoder ran
+#: at 45 GFLOP per CPU second in calls of 32 latents and at 30 in calls of 4096 (one thread,
+#: AMD EPYC; ``benchmarks/results/evaluation_vs_multivae_cpu.md``).
 DECODE_CHUNK = 4096
+CPU_DECODE_CHUNK = 32
 #: Cross-generation engines of :func:`cross_generate`.
 ENGINES = ("auto", "cached", "generate")
 
@@ -62,12 +66,14 @@ def supports_cached_generation(vae: Any) -> bool:
     return all(callable(getattr(vae, a, None)) for a in ("encode_experts", "generation_latents"))
 
 
-def _decode(vae: Any, target: str, latents: Tensor, chunk: int) -> Tensor:
+def _decode(vae: Any, target: str, latents: Tensor, chunk: int | None) -> Tensor:
     decode = vae.mods[target].mean
+    if chunk is None:
+        chunk = CPU_DECODE_CHUNK if latents.device.type == "cpu" else DECODE_CHUNK
     return torch.cat([decode(part) for part in latents.split(chunk)])
 
 
-def _generate_cached(vae: Any, batch: dict[str, Tensor], plan: Plan, chunk: int
+def _generate_cached(vae: Any, batch: dict[str, Tensor], plan: Plan, chunk: int | None
                      ) -> dict[tuple[tuple[str, ...], str], Tensor]:
     """Encode once, build every subset's latents, decode each target in one large batch.
 
@@ -93,14 +99,15 @@ def cross_generate(
     batch: dict[str, Tensor],
     plan: Plan,
     engine: str = "auto",
-    chunk: int = DECODE_CHUNK,
+    chunk: int | None = None,
 ) -> dict[tuple[tuple[str, ...], str], Tensor]:
     """Decoder means of every ``(sources, target)`` of ``plan`` (pairs ``(S, targets)``).
 
     ``engine="generate"`` calls ``vae.generate(X_S, sources=S, targets=...)`` once per S;
     ``"cached"`` encodes each data point once (``vae.encode_experts``), builds every
     subset's posterior from the cached expert parameters and decodes each target for all
-    subsets at once, in chunks of ``chunk`` latents: the same numbers (and random draws)
+    subsets at once, in chunks of ``chunk`` latents (default: :data:`CPU_DECODE_CHUNK` on the
+    CPU, :data:`DECODE_CHUNK` elsewhere): the same numbers (and random draws)
     at a fraction of the encoder passes and Python calls. ``"auto"``: cached where the
     model supports it (:func:`supports_cached_generation`). Call under ``torch.no_grad()``.
     """
