@@ -8,7 +8,8 @@ Usage (from the repository root)::
     pyro-mmvae make-polymnist --mnist-root ../shared/data/mnist \
         --backgrounds ../shared/data/polymnist_backgrounds --out DATA/translated --translated
 
-    # the CPU protocol, model by model (each row resumes where it stopped)
+    # the CPU protocol, model by model (each row resumes where it stopped; after a killed
+    # run, add --break-lock)
     python benchmarks/reproduce.py --rows mmvae_plus --polymnist DATA/polymnist \
         --translated DATA/translated --runs RUNS
     python benchmarks/reproduce.py --rows all ...          # every row in turn
@@ -131,6 +132,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="test tuples for the final evaluation (default: all 10,000)")
     p.add_argument("--estimate", action="store_true",
                    help="time a few training steps per row and print each row's wall time")
+    p.add_argument("--break-lock", action="store_true",
+                   help="replace a stale run-folder lock left by a killed run (never a live one)")
     p.add_argument("--out", default=str(RESULTS / JSON_NAME))
     args = p.parse_args(argv)
     rows = ROW_KEYS if args.rows == "all" else tuple(r.strip() for r in args.rows.split(","))
@@ -195,7 +198,7 @@ def train_row(args: argparse.Namespace, row: Row, run_dir: Path, datasets: tuple
         config = TrainConfig(model=row.model, dataset="polymnist", data_root=data_root(args, row),
                              preset=preset, epochs=epoch, out=str(run_dir),
                              resume=(run_dir / "checkpoint.pt").is_file(), device=args.device,
-                             seed=0)
+                             seed=0, break_lock=args.break_lock)
         summary = train(config, progress=False, datasets=datasets)
         seconds = time.perf_counter() - start
         last = _last_metrics(run_dir)
