@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,9 +268,11 @@ def check_value(name: str, value: Any) -> Any:
     if kind == "int_tuple":
         if isinstance(value, int) and not isinstance(value, bool):
             value = (value,)
+        if isinstance(value, str) and re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", value):
+            value = tuple(int(v) for v in value.split(","))  # "400,400" from --set
         if not (isinstance(value, (list, tuple)) and value and all(
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            raise _fail(name, "a list of positive integers such as [256, 256]", value)
+            raise _fail(name, "a list of positive integers such as [256, 256] or 256,256", value)
         return tuple(value)
     return value
 

@@ -284,3 +284,23 @@ def test_make_polymnist_missing_mnist_exits_2(tmp_path, capsys):
             "procedural", "--out", str(tmp_path / "out")]
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("text, expected", [("hidden=400,400", (400, 400)),
+                                            ("hidden=[64, 32]", (64, 32)),
+                                            ("hidden=128", (128,))])
+def test_set_hidden_accepts_lists_and_comma_form(text, expected):
+    from pyro_mmvae.cli import parse_setting
+    from pyro_mmvae.settings import check_value
+
+    key, value = parse_setting(text)
+    assert check_value(key, value) == expected
+
+
+@pytest.mark.parametrize("text", ["hidden=400,,400", "hidden=0,4", "hidden=a,b"])
+def test_set_hidden_rejects_bad_comma_forms(text):
+    from pyro_mmvae.cli import parse_setting
+    from pyro_mmvae.settings import check_value
+
+    with pytest.raises(ValueError, match="hidden"):
+        check_value(*parse_setting(text))
