@@ -254,7 +254,7 @@ def row_result(args: argparse.Namespace, row: Row, run_dir: Path, curve: list[di
         "eval_points": args.eval_points,
         "learning_curve": curve,
         "preset": preset,
-        "settings": {k: v for k, v in PRESETS[preset].items()},
+        "settings": dict(PRESETS[preset]),
         "classifier_accuracy": coherence.get("classifier_accuracy"),
         "command": command_line(args, row),
         "machine": machine(),

@@ -2,7 +2,6 @@
 digit classifier is exact, its arithmetic is right, and its dry run works (our side only;
 MultiVae is never needed here)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,20 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from pyro_mmvae.nets.classifier import DigitClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "evaluation.py"
-PEER = ROOT / "benchmarks" / "peer_coherence.py"
 
 
 @pytest.fixture(scope="module")
 def peer():
-    spec = importlib.util.spec_from_file_location("peer_coherence_script", PEER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("peer_coherence", "peer_coherence_script")
 
 
 def test_ported_classifier_is_ours(peer):

@@ -162,30 +162,27 @@ def test_proposal_names_and_bad_options_are_refused():
             annealed_log_weights(vae.model, vae.guide, data, stratify=False, **options)
 
 
-def test_a_model_latent_the_guide_does_not_propose_is_refused():
-    def model(x):
-        with pyro.plate("data", x.size(0), dim=-1):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            u = pyro.sample("u", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z + u, 1.0), obs=x)
+def _two_latent_model(x):
+    """z ~ N(0, 1), u ~ N(0, 1), x ~ N(z + u, 1) per data point."""
+    with pyro.plate("data", x.size(0), dim=-1):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        u = pyro.sample("u", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z + u, 1.0), obs=x)
 
+
+def test_a_model_latent_the_guide_does_not_propose_is_refused():
     def guide(x):
         with pyro.plate("data", x.size(0), dim=-1):
             pyro.sample("z", dist.Normal(x / 2, 1.0))
 
     with pytest.raises(ValueError, match=r"latent sites \['u'\] are not proposed"):
-        annealed_log_weights(model, guide, torch.zeros(3), num_samples=4, num_temperatures=2)
+        annealed_log_weights(_two_latent_model, guide, torch.zeros(3), num_samples=4,
+                             num_temperatures=2)
 
 
 def test_a_plain_pyro_model_with_two_latent_sites():
     """z ~ N(0, 1), u ~ N(0, 1), x ~ N(z + u, 1): p(x) = N(x; 0, 3); a poor mean-field guide
     is annealed to the closed form on both sites."""
-
-    def model(x):
-        with pyro.plate("data", x.size(0), dim=-1):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            u = pyro.sample("u", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z + u, 1.0), obs=x)
 
     def guide(x):
         with pyro.plate("data", x.size(0), dim=-1):
@@ -195,10 +192,10 @@ def test_a_plain_pyro_model_with_two_latent_sites():
     x = torch.tensor([-2.0, 0.0, 1.0, 3.0], dtype=torch.float64)
     exact = dist.Normal(0.0, math.sqrt(3.0)).log_prob(x)
     pyro.set_rng_seed(0)
-    plain = ImportanceEstimate(importance_log_weights(model, guide, x, num_samples=300,
+    plain = ImportanceEstimate(importance_log_weights(_two_latent_model, guide, x, num_samples=300,
                                                       max_plate_nesting=1).double())
     pyro.set_rng_seed(0)
-    log_weights, _ = annealed_log_weights(model, guide, x, num_samples=300,
+    log_weights, _ = annealed_log_weights(_two_latent_model, guide, x, num_samples=300,
                                           num_temperatures=40, max_plate_nesting=1)
     annealed = ImportanceEstimate(log_weights)
     assert float((annealed.log_likelihood - exact).abs().max()) < 0.05

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 from pyro_mmvae.data import make_polymnist
 from pyro_mmvae.presets import PRESETS, preset_settings
@@ -18,15 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = Path(os.environ.get("PYRO_MMVAE_DATA_ROOT", ROOT.parent / "shared" / "data")) / "mnist"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = _load_script()
+reproduce = load_script("reproduce")
 
 
 @pytest.mark.parametrize("row", reproduce.ROWS, ids=lambda r: r.key)

@@ -1,7 +1,6 @@
 """benchmarks/throughput.py: its port of our ResNets is exact, and its dry run works (our side
 only; MultiVae is never needed here)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from pyro_mmvae.nets.polymnist import PolyMNISTResNetDecoder, PolyMNISTResNetEncoder
 
@@ -19,10 +19,7 @@ SCRIPT = ROOT / "benchmarks" / "throughput.py"
 
 @pytest.fixture(scope="module")
 def throughput():
-    spec = importlib.util.spec_from_file_location("throughput_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("throughput", "throughput_script")
 
 
 def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_mmvae.nets.mlp import OUTPUT_ACTIVATIONS, check_latent_shape, check_trailing_shape
+from pyro_mmvae.nets.polymnist import GaussianHead
 
 POLYMNIST_SHAPE = (3, 28, 28)
 DEFAULT_CHANNELS = (32, 64, 128)
@@ -52,16 +53,8 @@ def _check_channels(channels) -> tuple[int, int, int]:
     return channels  # type: ignore[return-value]
 
 
-class _Head(nn.Module):
-    def __init__(self, out_dim: int, channels: tuple[int, int, int], feature_dim: int) -> None:
-        super().__init__()
-        self.tower = _tower(channels, feature_dim)
-        self.loc = nn.Linear(feature_dim, out_dim)
-        self.raw_scale = nn.Linear(feature_dim, out_dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.tower(x)
-        return self.loc(h), self.raw_scale(h)
+def _conv_head(out_dim: int, channels: tuple[int, int, int], feature_dim: int) -> GaussianHead:
+    return GaussianHead(_tower(channels, feature_dim), feature_dim, out_dim)
 
 
 class PolyMNISTConvEncoder(nn.Module):
@@ -80,8 +73,8 @@ class PolyMNISTConvEncoder(nn.Module):
                              f"got {latent_dim}, {feature_dim} and {private_dim}.")
         channels = _check_channels(channels)
         self.latent_dim, self.private_dim = int(latent_dim), int(private_dim)
-        self.shared = _Head(self.latent_dim, channels, feature_dim)
-        self.private = (_Head(self.private_dim, channels, feature_dim)
+        self.shared = _conv_head(self.latent_dim, channels, feature_dim)
+        self.private = (_conv_head(self.private_dim, channels, feature_dim)
                         if self.private_dim > 0 else None)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:

@@ -66,19 +66,23 @@ def _downsampling_tower() -> nn.Sequential:
     )
 
 
-class _GaussianHead(nn.Module):
-    """A downsampling tower followed by two linear heads: (loc, raw_scale)."""
+class GaussianHead(nn.Module):
+    """A feature tower ``x -> (B, features)`` followed by two linear heads: (loc, raw_scale).
+    The image encoders build their shared and private codes from one each."""
 
-    def __init__(self, out_dim: int) -> None:
+    def __init__(self, tower: nn.Module, features: int, out_dim: int) -> None:
         super().__init__()
-        self.tower = _downsampling_tower()
-        features = _TOP_CHANNELS * _TOP_SIZE * _TOP_SIZE
+        self.tower = tower
         self.loc = nn.Linear(features, out_dim)
         self.raw_scale = nn.Linear(features, out_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.tower(x)
         return self.loc(h), self.raw_scale(h)
+
+
+def _resnet_head(out_dim: int) -> GaussianHead:
+    return GaussianHead(_downsampling_tower(), _TOP_CHANNELS * _TOP_SIZE * _TOP_SIZE, out_dim)
 
 
 class PolyMNISTResNetEncoder(nn.Module):
@@ -108,8 +112,8 @@ class PolyMNISTResNetEncoder(nn.Module):
             )
         self.latent_dim = int(latent_dim)
         self.private_dim = int(private_dim)
-        self.shared = _GaussianHead(self.latent_dim)
-        self.private = _GaussianHead(self.private_dim) if self.private_dim > 0 else None
+        self.shared = _resnet_head(self.latent_dim)
+        self.private = _resnet_head(self.private_dim) if self.private_dim > 0 else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         check_trailing_shape(x, POLYMNIST_SHAPE, type(self).__name__)
