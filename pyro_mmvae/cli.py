@@ -511,13 +511,15 @@ def _print_evaluation(results: dict) -> None:
             print(f"  {label:<25} {value}")
     proposals = likelihood.get("proposals") or {}
     if len(proposals) > 1:
-        print("  log p(X) by proposal      mean     k-hat median  k-hat>0.7  ESS/K")
+        print("  log p(X) by proposal      mean     k-hat median  k-hat>0.7  ESS/K"
+              "      seconds")
         for name, entry in proposals.items():
             est = entry.get("joint") or {}
             khat = est.get("pareto_k") or {}
             cells = [_fmt(est.get("mean"), 2), _fmt(khat.get("median"), 2),
                      _fmt(khat.get("fraction_above_0.7"), 2),
-                     _fmt((est.get("ess") or {}).get("mean_fraction"), 4)]
+                     _fmt((est.get("ess") or {}).get("mean_fraction"), 4),
+                     _fmt(entry.get("seconds"), 1)]
             print(f"    {name:<10} " + " ".join(f"{c or '-':>12}" for c in cells))
     for message in likelihood.get("warnings") or []:
         print(f"warning: {message}")

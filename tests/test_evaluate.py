@@ -114,6 +114,7 @@ def test_evaluate_command_on_a_trained_run(model, patched, tmp_path, capsys):
         assert set(likelihood["proposals"]) == {"model", "mixture", "refined"}  # default: all
         best = likelihood["proposals"][likelihood["best_proposal"]]["joint"]
         assert best == joint
+        assert all(p["seconds"] > 0 for p in likelihood["proposals"].values())  # timed each
         assert isinstance(likelihood["warnings"], list)
         for key, summary in likelihood["conditional"].items():
             sources = key.split("|")[1]

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -397,9 +398,11 @@ def dataset_log_likelihood(
     with progress_bar(total, "likelihood", progress, unit="point") as bar:
         for proposal in chosen:
             bar.set_postfix_str(proposal)
+            start = time.perf_counter()
             results[proposal] = _one_proposal(vae, dataset, names, subsets, num_samples,
                                               batch_size, chunk_size, device, proposal,
                                               proposal_options, bar)
+            results[proposal]["seconds"] = time.perf_counter() - start
     best = min(chosen, key=lambda p: _rank(results[p]["joint"]))
     return {"proposals": results, "best": best, **results[best], "num_samples": num_samples,
             "num_datapoints": results[best]["joint"].log_weights.size(1)}
@@ -464,6 +467,7 @@ def _proposal_summary(result: Mapping[str, Any]) -> dict[str, Any]:
         "conditional_mean_by_num_sources": {
             k: float(np.mean(v)) for k, v in sorted(conditional_by_size.items())},
         "info": dict(result.get("info") or {}),
+        "seconds": round(float(result["seconds"]), 2) if "seconds" in result else None,
     }
 
 
@@ -488,7 +492,8 @@ def likelihood_summary(result: Mapping[str, Any]) -> dict[str, Any]:
         "num_datapoints": result["num_datapoints"],
         **{k: v for k, v in headline.items() if k != "info"},
         "proposals": {name: {"joint": s["joint"], "subset_mean_by_size":
-                             s["subset_mean_by_size"], "info": s["info"]}
+                             s["subset_mean_by_size"], "info": s["info"],
+                             "seconds": s["seconds"]}
                       for name, s in by_proposal.items()},
         "warnings": messages,
     }
