@@ -19,8 +19,9 @@ Usage (from the repository root)::
     python benchmarks/reproduce.py --full --device cuda --rows all ...
 
 **Protocol** (:data:`ROWS`, presets ``<model>_polymnist_cpu`` in :mod:`pyro_mmvae.presets`):
-all 60,000 training tuples, the small convolutional networks of
-:mod:`pyro_mmvae.nets.conv`, each model's paper settings otherwise (β, α, latent sizes,
+all 60,000 training tuples, the library's MLP networks (chosen over the small convolutional
+networks of :mod:`pyro_mmvae.nets.conv` by measurement, see :mod:`pyro_mmvae.presets` and
+``benchmarks/digit_probe.py``), each model's paper settings otherwise (β, α, latent sizes,
 posterior family), a fixed number of epochs chosen so that a row fits in 2 hours of a 2-core
 CPU. After every epoch the script records the losses and the single-source conditional
 coherence of the first ``--curve-points`` test tuples (``RUNS/<row>/curve.jsonl``, the

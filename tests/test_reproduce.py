@@ -22,7 +22,7 @@ reproduce = load_script("reproduce")
 
 @pytest.mark.parametrize("row", reproduce.ROWS, ids=lambda r: r.key)
 def test_every_row_has_a_cpu_and_a_full_recipe_for_its_model(row):
-    assert preset_settings(row.cpu_preset, row.model)["nets"] == "conv"
+    assert preset_settings(row.cpu_preset, row.model)["nets"] == "mlp"
     assert preset_settings(row.full_preset, row.model)["nets"] == "resnet"
     cpu = resolve_settings(row.model, row.cpu_preset, "polymnist")
     full = resolve_settings(row.model, row.full_preset, "polymnist")
@@ -74,6 +74,7 @@ def test_estimate_prints_each_rows_time_from_measured_steps(tmp_path, capsys):
                            str(tmp_path / "data")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["mopoe", "crmvae"]
-    for line in lines:  # "<row>: <preset>, 12 epochs x 469 steps x 0.123 s = 0.2 h (...)"
-        assert "12 epochs x 469 steps x" in line
+    epochs = PRESETS["mopoe_polymnist_cpu"]["epochs"]
+    for line in lines:  # "<row>: <preset>, 20 epochs x 469 steps x 0.123 s = 0.2 h (...)"
+        assert f"{epochs} epochs x 469 steps x" in line
         assert float(line.split(" = ")[1].split(" h")[0]) > 0
