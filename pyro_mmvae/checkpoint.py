@@ -307,12 +307,12 @@ def check_checkpoint_matches(
             )
 
 
-def _comparable(value: Any) -> Any:
+def as_stored(value: Any) -> Any:
     """Settings as JSON stores them: tuples become lists, recursively."""
     if isinstance(value, (list, tuple)):
-        return [_comparable(v) for v in value]
+        return [as_stored(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _comparable(v) for k, v in value.items()}
+        return {str(k): as_stored(v) for k, v in value.items()}
     return value
 
 
@@ -329,7 +329,7 @@ def check_resume_settings(saved: Mapping[str, Any], requested: Mapping[str, Any]
     for key, value in requested.items():
         if key not in saved:
             continue
-        old, new = _comparable(saved[key]), _comparable(value)
+        old, new = as_stored(saved[key]), as_stored(value)
         if old != new:
             differ.append(f"{key} {old!r} -> {new!r}")
     if differ:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pyro_mmvae.checkpoint import (
     CheckpointError,
-    _comparable,
+    as_stored,
     check_checkpoint_matches,
     check_resume_settings,
 )
@@ -175,7 +175,7 @@ def check_resume_modalities(dataset: Any, saved: dict[str, Any] | None,
         old = modality_choice(dataset, name, saved)
         new = modality_choice(dataset, name, settings)
         for key in sorted(set(old) | set(new)):
-            if _comparable(old.get(key)) != _comparable(new.get(key)):
+            if as_stored(old.get(key)) != as_stored(new.get(key)):
                 differ.append(f"modalities.{name}.{key} {old.get(key)!r} -> {new.get(key)!r}")
     if differ:
         raise CheckpointError(

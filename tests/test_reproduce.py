@@ -78,3 +78,22 @@ def test_estimate_prints_each_rows_time_from_measured_steps(tmp_path, capsys):
     for line in lines:  # "<row>: <preset>, 20 epochs x 469 steps x 0.123 s = 0.2 h (...)"
         assert f"{epochs} epochs x 469 steps x" in line
         assert float(line.split(" = ")[1].split(" h")[0]) > 0
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files of ../shared/data")
+def test_pilot_and_digit_probe_report_per_epoch_and_per_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_MMVAE_CACHE", str(tmp_path / "cache"))
+    make_polymnist(MNIST, "procedural", out=tmp_path / "data", limit=150, workers=1)
+    pilot = load_script("reproduce_pilot")
+    records = pilot.main(["--model", "mmvae", "--preset", "mmvae_polymnist_cpu", "--polymnist",
+                          str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                          "--train-tuples", "64", "--epochs", "2", "--points", "40",
+                          "--set", "latent_dim=4", "--set", 'hidden=[16]'])
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0 <= r["coherence_single_source"] <= 1 for r in records)
+    assert records[1]["loss"] < records[0]["loss"] * 1.5  # a finite, logged training loss
+    probe = load_script("digit_probe")
+    steps = probe.main(["--data-root", str(tmp_path / "data"), "--nets", "mlp", "--steps", "4",
+                        "--every", "2", "--batch-size", "16", "--train-images", "100"])
+    assert [r["step"] for r in steps] == [2, 4]
+    assert all(0 <= r["probe"] <= 1 and r["kl"] == r["kl"] for r in steps)
