@@ -3,8 +3,9 @@
 The layout of the PolyMNIST networks of MoPoE (Sutter et al. 2021, "Generalized multimodal
 ELBO", ICLR; public code thomassutter/MoPoE), re-written here: three stride-2 convolutions
 and their transposes, 1/46 (decoder: 4.6 vs 212 MFLOP per image) and 1/38 (encoder: 5.6 vs
-213) of the floating-point work of the ResNets (:mod:`pyro_mmvae.nets.polymnist`), which
-makes full-PolyMNIST training fit a CPU budget (``benchmarks/reproduce.py``).
+213) of the floating-point work of the ResNets (:mod:`pyro_mmvae.nets.polymnist`). (The CPU
+reproduction protocol measured them against the MLPs and chose the MLPs, which cost a third
+per step and learned faster in its budget: ``benchmarks/results/reproduction-progress.md``.)
 
 Encoder tower (``channels = (c1, c2, c3)``, default (32, 64, 128)), ReLU after each layer::
 
