@@ -41,7 +41,9 @@ and ``reproduction.md`` (the table with the papers' figures and the command of e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import json
 import math
 import os
@@ -335,13 +337,27 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive ``flock`` on ``.<out name>.lock`` beside ``out``: queues of rows run
+    side by side (``--rows a,b`` and ``--rows c,d``) merge into one table without losing an
+    entry."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_results(out: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
     """Merge ``entry`` into the JSON at ``out`` and rewrite the Markdown beside it."""
-    table = json.loads(out.read_text()) if out.is_file() else {}
-    table[key] = entry
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_json(out, table)
-    out.with_suffix(".md").write_text(markdown(table))
+    with _exclusive(out):
+        table = json.loads(out.read_text()) if out.is_file() else {}
+        table[key] = entry
+        save_json(out, table)
+        out.with_suffix(".md").write_text(markdown(table))
     return table
 
 

@@ -97,3 +97,30 @@ def test_pilot_and_digit_probe_report_per_epoch_and_per_step(tmp_path, monkeypat
                         "--every", "2", "--batch-size", "16", "--train-images", "100"])
     assert [r["step"] for r in steps] == [2, 4]
     assert all(0 <= r["probe"] <= 1 and r["kl"] == r["kl"] for r in steps)
+
+
+def _write_one(out: str, key: str) -> None:
+    entry = {"conditional_coherence": [0.1] * 4, "epochs": 1, "seconds": 1.0,
+             "unconditional_coherence": 0.1, "class_entropy_normalised": 1.0,
+             "frechet_prior": 1.0, "frechet_conditional": 1.0, "command": key,
+             "machine": "m", "torch": "t", "date": "d"}
+    for j in range(10):
+        reproduce.write_results(Path(out), f"{key}-{j}", entry)
+
+
+def test_queues_writing_one_table_side_by_side_lose_no_row(tmp_path):
+    import multiprocessing
+
+    out = tmp_path / "reproduction.json"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_one, args=(str(out), f"row{i}"))
+               for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert all(worker.exitcode == 0 for worker in workers)
+    table = json.loads(out.read_text())
+    keys = sorted(f"row{i}-{j}" for i in range(8) for j in range(10))
+    assert sorted(table) == keys  # without the lock, read-modify-write races drop rows
+    assert all(f"- {key}:" in out.with_suffix(".md").read_text() for key in keys)
