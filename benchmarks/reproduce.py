@@ -14,6 +14,7 @@ Usage (from the repository root)::
         --translated DATA/translated --runs RUNS
     python benchmarks/reproduce.py --rows all ...          # every row in turn
     python benchmarks/reproduce.py --estimate ...          # time of each row, from a few steps
+    python benchmarks/reproduce.py --progress --runs RUNS  # the learning curves so far
 
     # the papers' recipes (ResNets, 150-800 epochs) on a GPU
     python benchmarks/reproduce.py --full --device cuda --rows all ...
@@ -135,6 +136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="test tuples for the final evaluation (default: all 10,000)")
     p.add_argument("--estimate", action="store_true",
                    help="time a few training steps per row and print each row's wall time")
+    p.add_argument("--progress", action="store_true",
+                   help="print the learning curves recorded so far in --runs (Markdown) and exit")
     p.add_argument("--break-lock", action="store_true",
                    help="replace a stale run-folder lock left by a killed run (never a live one)")
     p.add_argument("--out", default=str(RESULTS / JSON_NAME))
@@ -361,6 +364,25 @@ def write_results(out: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
+# --------------------------------------------------------------------------- progress
+def progress(args: argparse.Namespace) -> str:
+    """The learning curves recorded so far in ``args.runs``, one Markdown table per row."""
+    parts = []
+    for key in args.rows:
+        curve = read_curve(Path(args.runs) / key.replace("/", "-"))
+        if not curve:
+            continue
+        preset, epochs = recipe(args, row_of(key))
+        lines = [f"### {key} (preset `{preset}`, {len(curve)} of {epochs} epochs)", "",
+                 "| epoch | train loss | test loss | single-source coherence | train s | "
+                 "finished |", "|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {r['epoch']} | {r['train_loss']:.1f} | {r['test_loss']:.1f} | "
+                  f"{r['coherence_single_source']:.3f} | {r['train_seconds']:.0f} | "
+                  f"{r['time']} |" for r in curve]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n" if parts else "no learning curve recorded yet\n"
+
+
 # --------------------------------------------------------------------------- estimate
 def time_steps(model: str, preset: str, dataset: Any, device: str, train_size: int,
                steps: int = 6) -> tuple[float, int]:
@@ -415,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.estimate:
         estimate(args)
+        return 0
+    if args.progress:
+        print(progress(args), end="")
         return 0
     for key in args.rows:
         row = row_of(key)

@@ -46,7 +46,7 @@ def test_bad_rows_and_missing_data_are_clear_errors(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files of ../shared/data")
-def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch):
+def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PYRO_MMVAE_CACHE", str(tmp_path / "cache"))
     make_polymnist(MNIST, "procedural", out=tmp_path / "data", limit=150, workers=1)
     out = tmp_path / "results" / "reproduction.json"
@@ -64,6 +64,15 @@ def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch):
     second = json.loads(out.read_text())["mopoe"]
     assert [r["epoch"] for r in second["learning_curve"]] == [1, 2]
     assert second["learning_curve"][0] == first["learning_curve"][0]
+    # --progress prints the curve recorded so far, one table row per epoch
+    capsys.readouterr()
+    assert reproduce.main(["--progress", "--rows", "mopoe,mmvae", "--runs",
+                           str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().out
+    assert "### mopoe (preset `mopoe_polymnist_cpu`, 2 of 20 epochs)" in printed
+    coherence = second["learning_curve"][1]["coherence_single_source"]
+    assert "| 2 | " in printed and f"{coherence:.3f}" in printed
+    assert "### mmvae" not in printed  # no curve recorded for it
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files of ../shared/data")
