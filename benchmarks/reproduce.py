@@ -183,10 +183,11 @@ def read_curve(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def curve_coherence(run_dir: Path, root: str, test_ds: Any, classifiers: Any, points: int,
-                    device: str) -> float:
+def curve_coherence(run_dir: Path, root: str, datasets: tuple[Any, Any], classifiers: Any,
+                    points: int, device: str) -> float:
     """Mean single-source conditional coherence of the run's model on ``points`` tuples."""
-    vae = load_run(run_dir, device=device, data_root=root).vae
+    test_ds = datasets[1]
+    vae = load_run(run_dir, device=device, data_root=root, datasets=datasets).vae
     pyro.set_rng_seed(0)
     part = test_ds.subset(torch.arange(min(points, len(test_ds))))
     result = conditional_coherence(vae, part, classifiers, subset_sizes=(1,), device=device)
@@ -208,7 +209,7 @@ def train_row(args: argparse.Namespace, row: Row, run_dir: Path, datasets: tuple
         summary = train(config, progress=False, datasets=datasets)
         seconds = time.perf_counter() - start
         last = _last_metrics(run_dir)
-        coherence = curve_coherence(run_dir, data_root(args, row), datasets[1], classifiers,
+        coherence = curve_coherence(run_dir, data_root(args, row), datasets, classifiers,
                                     args.curve_points, summary["device"])
         record = {"epoch": epoch, "train_loss": last.get("train_loss"),
                   "test_loss": last.get("test_loss"), "coherence_single_source": coherence,

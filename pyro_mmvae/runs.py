@@ -246,12 +246,15 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
-             data_root: str | None = None) -> LoadedRun:
+             data_root: str | None = None, datasets: tuple[Any, Any] | None = None
+             ) -> LoadedRun:
     """Rebuild the model of a run folder (eval mode, on ``device``) and load its datasets.
 
     The datasets come from the checkpoint's dataset name and data root (``data_root`` or
-    ``$PYRO_MMVAE_DATA_ROOT`` override it). Extra ``pyro.param`` values (if the model has
-    any) are created in the active param store.
+    ``$PYRO_MMVAE_DATA_ROOT`` override it), unless ``datasets`` gives the (train, test) pair
+    already loaded (as the run saw them, missing modalities included), which saves reading
+    them again. Extra ``pyro.param`` values (if the model has any) are created in the active
+    param store.
     """
     from pyro_mmvae.zoo import build_model
 
@@ -259,8 +262,13 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
     state = folder.load_checkpoint()
     config = state.get("config") or {}
     hyper = state.get("hyper") or {}
-    train_ds, test_ds = load_datasets(state["dataset"], data_root or config.get("data_root"),
-                                      hyper.get("missing_ratio") or 0.0, hyper.get("seed", 0))
+    if datasets is not None:
+        train_ds, test_ds = datasets
+    else:
+        train_ds, test_ds = load_datasets(state["dataset"],
+                                          data_root or config.get("data_root"),
+                                          hyper.get("missing_ratio") or 0.0,
+                                          hyper.get("seed", 0))
     spec = build_model(state["model"], train_ds, state.get("preset"),
                        **dict(state.get("overrides") or {}))
     vae = spec.vae.to(device)

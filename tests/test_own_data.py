@@ -325,6 +325,10 @@ def test_train_and_evaluate_files_with_missing_ratio(tmp_path, monkeypatch):
     loaded = load_run(run)  # the same entries are dropped again (seed 3, test: seed 4)
     fresh = load_dataset(f"files:{tmp_path / 'data'}", split="test").with_missing(0.5, 4)
     assert torch.equal(loaded.test_ds.presence(), fresh.presence())
+    given = load_run(run, datasets=(loaded.train_ds, fresh))  # already loaded: used as given
+    assert given.test_ds is fresh and given.train_ds is loaded.train_ds
+    restored = given.vae.state_dict()
+    assert all(torch.equal(v, restored[k]) for k, v in loaded.vae.state_dict().items())
     monkeypatch.chdir(tmp_path / "data")  # evaluate does not need the original cwd
     assert cli.main(["evaluate", str(run), "--metrics", "coherence,likelihood,probe",
                      "--num-samples", "8", "--max-points", "16"]) == 0
