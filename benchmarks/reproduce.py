@@ -141,6 +141,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--break-lock", action="store_true",
                    help="replace a stale run-folder lock left by a killed run (never a live one)")
     p.add_argument("--out", default=str(RESULTS / JSON_NAME))
+    p.add_argument("--readme", help="also rewrite the table between the reproduction-table "
+                                    "markers of this README")
     args = p.parse_args(argv)
     rows = ROW_KEYS if args.rows == "all" else tuple(r.strip() for r in args.rows.split(","))
     unknown = [r for r in rows if r not in ROW_KEYS]
@@ -365,6 +367,20 @@ def write_results(out: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
+README_START, README_END = "<!-- reproduction-table-start -->", "<!-- reproduction-table-end -->"
+
+
+def update_readme(readme: Path, table: dict[str, dict[str, Any]]) -> None:
+    """Replace the text between the README's reproduction-table markers with the table
+    (without its title); a README without both markers is an error."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
+    body = markdown(table).split("\n", 2)[2]  # drop the "# ..." title and its blank line
+    readme.write_text(text[:start + len(README_START)] + "\n" + body + text[end:])
+
+
 # --------------------------------------------------------------------------- progress
 def progress(args: argparse.Namespace) -> str:
     """The learning curves recorded so far in ``args.runs``, one Markdown table per row."""
@@ -454,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = evaluate_row(args, row, run_dir)
         table = write_results(Path(args.out), key, row_result(args, row, run_dir, curve,
                                                                results))
+        if args.readme:
+            update_readme(Path(args.readme), table)
         print(markdown({key: table[key]}), flush=True)
     return 0
 

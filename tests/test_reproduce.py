@@ -53,7 +53,13 @@ def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch, capsys):
     argv = ["--rows", "mopoe", "--polymnist", str(tmp_path / "data"), "--runs",
             str(tmp_path / "runs"), "--curve-points", "40", "--eval-points", "50",
             "--out", str(out)]
-    assert reproduce.main([*argv, "--epochs", "1"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- reproduction-table-start -->\nold\n"
+                      "<!-- reproduction-table-end -->\noutro\n")
+    assert reproduce.main([*argv, "--epochs", "1", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| mopoe | 1 |" in text and "# PolyMNIST reproduction" not in text
     first = json.loads(out.read_text())["mopoe"]
     assert len(first["conditional_coherence"]) == 4
     assert all(0 <= c <= 1 for c in first["conditional_coherence"])
@@ -115,6 +121,14 @@ def _write_one(out: str, key: str) -> None:
              "machine": "m", "torch": "t", "date": "d"}
     for j in range(10):
         reproduce.write_results(Path(out), f"{key}-{j}", entry)
+
+
+def test_a_readme_without_the_markers_is_an_error(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="reproduction-table-start"):
+        reproduce.update_readme(readme, {})
+    assert readme.read_text() == "no markers\n"
 
 
 def test_queues_writing_one_table_side_by_side_lose_no_row(tmp_path):
