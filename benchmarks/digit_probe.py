@@ -4,7 +4,8 @@ The CPU reproduction (``benchmarks/reproduce.py``) has a few thousand steps per 
 script isolates what limits the first of them: a one-modality VAE with the small
 convolutional networks (:mod:`pyro_mmvae.nets.conv`) or the library's MLPs (``--nets mlp``)
 is trained on modality ``m0`` with a chosen image likelihood and posterior, and every
-``--every`` steps a logistic-regression probe (fitted on the posterior means of 5,000
+``--every`` steps the library's logistic-regression probe
+(:func:`pyro_mmvae.metrics.probe.probe_accuracy`, fitted on the posterior means of 5,000
 training images, scored on 2,000 test images) measures how much of the digit class the
 latent carries (chance: 0.1).
 
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyro_mmvae.metrics.probe import probe_accuracy
 from pyro_mmvae.nets.conv import PolyMNISTConvDecoder, PolyMNISTConvEncoder
 from pyro_mmvae.nets.mlp import MLPDecoder, MLPEncoder
 from pyro_mmvae.runs import load_datasets
@@ -62,27 +64,6 @@ def first_images(dataset, n: int) -> tuple[Tensor, Tensor]:
     batch, labels = next(iter(dataset.subset(torch.arange(min(n, len(dataset))))
                               .batches(n, device="cpu")))
     return batch["m0"], torch.as_tensor(labels)
-
-
-def probe_accuracy(features: Tensor, labels: Tensor, test_features: Tensor,
-                   test_labels: Tensor) -> float:
-    """Held-out accuracy of a standardised, L2-regularised logistic regression (L-BFGS)."""
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    weight = torch.zeros(features.size(1), 10, requires_grad=True)
-    bias = torch.zeros(10, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200)
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        logits = ((features - mean) / std) @ weight + bias
-        loss = F.cross_entropy(logits, labels) + 1e-3 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with torch.no_grad():
-        predicted = (((test_features - mean) / std) @ weight + bias).argmax(-1)
-    return float(predicted.eq(test_labels).float().mean())
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
@@ -125,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
                 features, test_features = encoder(x_train[:5000])[0], encoder(x_test)[0]
             record = {"step": step, "loss": round(loss.item(), 1),
                       "kl": round(kl.mean().item(), 2),
-                      "probe": round(probe_accuracy(features, y_train[:5000], test_features,
-                                                    y_test), 3),
+                      "probe": round(probe_accuracy(features.numpy(), y_train[:5000].numpy(),
+                                                    test_features.numpy(), y_test.numpy()), 3),
                       "seconds": round(time.perf_counter() - start, 1)}
             records.append(record)
             print(json.dumps(record), flush=True)
