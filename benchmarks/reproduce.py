@@ -313,6 +313,53 @@ def _pct(value: float | None) -> str:
         else f"{100 * value:.1f}"
 
 
+#: The seeds' orderings: (claim, better row, worse row, measure); measure is
+#: ``"coherence"`` (mean conditional coherence over 1-4 inputs, higher is better) or a
+#: Fréchet distance key (lower is better).
+CLAIMS: tuple[tuple[str, str, str, str], ...] = (
+    ("MMVAE+ at least as coherent as MMVAE (seed 001)", "mmvae_plus", "mmvae", "coherence"),
+    ("MMVAE+ more coherent than its private-latent baseline (seed 001)", "mmvae_plus",
+     "mmvae_private", "coherence"),
+    ("MMVAE+ lower Fréchet distance (prior samples) than MMVAE (seed 001)", "mmvae_plus",
+     "mmvae", "frechet_prior"),
+    ("MMVAE+ lower Fréchet distance (conditional) than MMVAE (seed 001)", "mmvae_plus",
+     "mmvae", "frechet_conditional"),
+    ("MMVAE+ lower Fréchet distance (prior samples) than the private-latent baseline "
+     "(seed 001)", "mmvae_plus", "mmvae_private", "frechet_prior"),
+    ("CRMVAE more coherent than MVTCAE on Translated PolyMNIST (seed 000)",
+     "crmvae/translated", "mvtcae/translated", "coherence"),
+    ("CRMVAE more coherent than JMVAE on Translated PolyMNIST (seed 000)",
+     "crmvae/translated", "jmvae/translated", "coherence"),
+)
+
+
+def _measure(entry: dict[str, Any], measure: str) -> float:
+    if measure == "coherence":
+        cond = entry["conditional_coherence"]
+        return sum(cond) / len(cond)
+    return float(entry[measure])
+
+
+def orderings(table: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows checking each of :data:`CLAIMS` whose two rows are in ``table``:
+    the two figures and whether our measurement orders them as the paper does."""
+    lines = []
+    for claim, better, worse, measure in CLAIMS:
+        if better not in table or worse not in table:
+            continue
+        a, b = _measure(table[better], measure), _measure(table[worse], measure)
+        holds = a >= b if measure == "coherence" else a < b
+        unit = (lambda v: f"{100 * v:.1f} %") if measure == "coherence" \
+            else (lambda v: f"{v:.2f}")
+        lines.append(f"| {claim} | {better} {unit(a)} vs {worse} {unit(b)} | "
+                     f"{'yes' if holds else '**no**'} |")
+    if not lines:
+        return []
+    return ["", "The seeds' orderings on our rows (the reasons for a **no** are in "
+            "`reproduction-progress.md`):", "", "| claim | ours | holds |", "|---|---|---|",
+            *lines]
+
+
 def markdown(table: dict[str, dict[str, Any]]) -> str:
     """The reproduction table with the papers' figures in the same rows."""
     head = ("| row | epochs | hours | cond. coherence 1/2/3/4 inputs (%) | mean | paper (%) | "
@@ -331,6 +378,7 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
             f"{_pct(r['unconditional_coherence'])} | "
             f"{r['class_entropy_normalised']:.2f} | {r['frechet_prior']:.1f} | "
             f"{r['frechet_conditional']:.1f} |")
+    lines += orderings(table)
     lines += ["", "Coherence: decoder means at the posterior mean (MMVAE+ family: private "
               "latents of the targets from their prior), digit classifiers of the library; "
               "Fréchet: classifier Fréchet distance (penultimate layer of the library's digit "

@@ -147,3 +147,22 @@ def test_queues_writing_one_table_side_by_side_lose_no_row(tmp_path):
     keys = sorted(f"row{i}-{j}" for i in range(8) for j in range(10))
     assert sorted(table) == keys  # without the lock, read-modify-write races drop rows
     assert all(f"- {key}:" in out.with_suffix(".md").read_text() for key in keys)
+
+
+def _row(cond: float, prior: float, conditional: float) -> dict:
+    return {"conditional_coherence": [cond] * 4, "frechet_prior": prior,
+            "frechet_conditional": conditional}
+
+
+def test_orderings_check_the_seeds_claims_on_the_rows_present():
+    table = {"mmvae_plus": _row(0.7, 5.0, 9.0), "mmvae": _row(0.8, 6.0, 8.0),
+             "crmvae/translated": _row(0.2, 1.0, 1.0)}
+    lines = "\n".join(reproduce.orderings(table))
+    assert "| MMVAE+ at least as coherent as MMVAE (seed 001) | mmvae_plus 70.0 % vs mmvae " \
+           "80.0 % | **no** |" in lines
+    assert "(prior samples) than MMVAE (seed 001) | mmvae_plus 5.00 vs mmvae 6.00 | yes |" \
+        in lines
+    assert "(conditional) than MMVAE (seed 001) | mmvae_plus 9.00 vs mmvae 8.00 | **no** |" \
+        in lines
+    assert "private" not in lines and "JMVAE" not in lines  # rows not in the table
+    assert reproduce.orderings({"mmvae": _row(0.8, 6.0, 8.0)}) == []
