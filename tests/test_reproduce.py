@@ -166,3 +166,47 @@ def test_orderings_check_the_seeds_claims_on_the_rows_present():
         in lines
     assert "private" not in lines and "JMVAE" not in lines  # rows not in the table
     assert reproduce.orderings({"mmvae": _row(0.8, 6.0, 8.0)}) == []
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files of ../shared/data")
+def test_private_latent_diagnosis_separates_what_the_decoder_reads_from_w(tmp_path, monkeypatch):
+    import torch
+
+    from pyro_mmvae.runs import load_datasets, load_run
+
+    monkeypatch.setenv("PYRO_MMVAE_CACHE", str(tmp_path / "cache"))
+    make_polymnist(MNIST, "procedural", out=tmp_path / "data", limit=150, workers=1)
+    pilot = load_script("reproduce_pilot")
+    for model in ("mmvae", "mmvae_plus"):
+        pilot.main(["--model", model, "--preset", f"{model}_polymnist_cpu", "--polymnist",
+                    str(tmp_path / "data"), "--out", str(tmp_path / model), "--train-tuples",
+                    "64", "--epochs", "1", "--points", "40", "--set", "latent_dim=4",
+                    "--set", "hidden=[16]"])
+    diagnosis = load_script("private_latent_diagnosis")
+    out = tmp_path / "diagnosis.json"
+    runs = f"{tmp_path / 'mmvae'},{tmp_path / 'mmvae_plus'}"
+    assert diagnosis.main(["--runs", runs, "--data-root", str(tmp_path / "data"), "--points",
+                           "60", "--probe-train", "80", "--out", str(out)]) == 0
+    mmvae, plus = json.loads(out.read_text())["runs"]
+    assert set(mmvae["coherence"]) == {"prior"} and "probe_w" not in mmvae
+    assert set(plus["coherence"]) == set(diagnosis.VARIANTS) and 0 <= plus["probe_w"] <= 1
+    assert all(0 <= v <= 1 for r in (mmvae, plus) for v in r["coherence"].values())
+    # a decoder blind to w (its first layer's w columns zeroed) gives one coherence whatever
+    # w is; the trained one reads w, so the variants differ. The "classifier" hashes the
+    # image, so any change of the generated images changes its predictions.
+
+    class ImageHash:
+        def predict(self, name, images):
+            return (images.flatten(1).sum(1) * 1e4).long() % 10
+
+    datasets = load_datasets("polymnist", str(tmp_path / "data"))
+    classifiers = ImageHash()
+    vae = load_run(tmp_path / "mmvae_plus", datasets=datasets).vae
+    read = diagnosis.diagnose_model(vae, datasets, classifiers, 60, 80, seed=0)["coherence"]
+    with torch.no_grad():
+        for mod in vae.mods.values():
+            first = next(m for m in mod.decoder.modules() if isinstance(m, torch.nn.Linear))
+            first.weight[:, vae.latent_dim:] = 0.0
+    blind = diagnosis.diagnose_model(vae, datasets, classifiers, 60, 80, seed=0)["coherence"]
+    assert len(set(blind.values())) == 1
+    assert len(set(read.values())) > 1
