@@ -53,8 +53,9 @@ than 10x slower than fp32)::
 Variants (``--variants``, comma-separated, parts joined with ``+``): ``fp32`` (default
 precision), ``bf16``/``fp16`` (``network_precision``), ``compile``, and ``split``/``stacked``
 to override the decoder batching (default: what ``pyro-mmvae train`` picks for the device,
-``split`` on CPU). ``--device cuda`` times CUDA steps (synchronised) and adds
-``torch.cuda.max_memory_allocated``.
+``split`` on CPU), ``channels_last``/``contiguous`` to override the memory format (default:
+``auto``, channels_last for the ResNets on the CPU). ``--device cuda`` times CUDA steps
+(synchronised) and adds ``torch.cuda.max_memory_allocated``.
 
 ``--append`` adds the new rows to an existing ``--json`` (the table is re-rendered from all
 rows), so batch sizes can be measured in separate runs. ``--dry-run`` is a seconds-long smoke
@@ -89,7 +90,7 @@ IMAGE_SHAPE = (3, 28, 28)
 SETTING_KEYS = ("latent_dim", "private_dim", "beta", "likelihood", "likelihood_scale",
                 "posterior", "scale_param", "lr", "amsgrad", "num_particles", "estimator")
 PRECISIONS = {"fp32": "32", "bf16": "bf16", "fp16": "16"}
-VARIANT_FLAGS = ("compile", "split", "stacked")
+VARIANT_FLAGS = ("compile", "split", "stacked", "channels_last", "contiguous")
 WORKER_TIMEOUT_S = 3600
 
 # ------------------------------------------------------------------------------------------
@@ -199,8 +200,10 @@ def count_parameters(module: nn.Module, trainable: bool = False) -> int:
 
 def parse_variant(variant: str) -> dict:
     """``"bf16+compile"`` -> ``{"precision": "bf16", "compile": True, "decoder_batching":
-    None}``. Parts: one of fp32/bf16/fp16 (default fp32), ``compile``, ``split``/``stacked``."""
-    spec = {"precision": "32", "compile": False, "decoder_batching": None}
+    None, "memory_format": None}``. Parts: one of fp32/bf16/fp16 (default fp32), ``compile``,
+    ``split``/``stacked``, ``channels_last``/``contiguous`` (None: what ``auto`` picks)."""
+    spec = {"precision": "32", "compile": False, "decoder_batching": None,
+            "memory_format": None}
     for part in filter(None, variant.split("+")):
         if part in PRECISIONS:
             spec["precision"] = PRECISIONS[part]
@@ -208,6 +211,8 @@ def parse_variant(variant: str) -> dict:
             spec["compile"] = True
         elif part in ("split", "stacked"):
             spec["decoder_batching"] = part
+        elif part in ("channels_last", "contiguous"):
+            spec["memory_format"] = part
         else:
             raise ValueError(f"unknown variant part {part!r} in {variant!r}; parts: "
                              f"{', '.join((*PRECISIONS, *VARIANT_FLAGS))} joined with '+'")
@@ -287,7 +292,7 @@ class OursWorker(Worker):
         import pyro
 
         from pyro_mmvae import engine
-        from pyro_mmvae.engine.networks import set_decoder_batching
+        from pyro_mmvae.engine.networks import set_decoder_batching, set_memory_format
         from pyro_mmvae.runs import extra_params
         from pyro_mmvae.train import set_pyro_registration
         from pyro_mmvae.zoo import build_model
@@ -304,6 +309,7 @@ class OursWorker(Worker):
         batching = variant["decoder_batching"] or "auto"  # as pyro-mmvae train
         set_decoder_batching(vae, batching, device)
         batching = next(iter(vae.mods.values())).decoder_batching  # what auto chose
+        formats = set_memory_format(vae, variant["memory_format"] or "auto", device)
         vae.train()
         extras = extra_params(vae, {m: x[:2] for m, x in self.batches[0].items()})
         set_pyro_registration(vae, False)
@@ -321,6 +327,7 @@ class OursWorker(Worker):
             params_decoders=sum(count_parameters(m.decoder) for m in mods),
             extra_pyro_params=sorted(extras),
             decoder_batching=batching,
+            memory_format=sorted(set(formats.values())),
             settings={k: spec.settings.get(k) for k in SETTING_KEYS},
         )
         self.count_flops()  # on the eager networks, before compiling
@@ -693,8 +700,10 @@ def render_markdown(results: dict) -> str:
         ours, theirs = row["ours"], row.get("multivae")
         first = ours["warmup_wall_s"][0] if ours["warmup_wall_s"] else float("nan")
         variant = row["variant"]
-        if ours.get("decoder_batching"):
-            variant += f" ({ours['decoder_batching']})"
+        layout = [ours["decoder_batching"]] if ours.get("decoder_batching") else []
+        layout += ours.get("memory_format") or []
+        if layout:
+            variant += f" ({', '.join(layout)})"
         cells = [str(row.get("run", 1)), f"`{row['recipe']}`", str(row["batch"]), variant,
                  _ms(ours["wall"])]
         if theirs:

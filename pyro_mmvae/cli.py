@@ -212,6 +212,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--decoder-batching", choices=("auto", "stacked", "split"),
                        default="auto", help="decode all particles/strata in one call "
                        "(stacked) or one call per batch (split); auto picks by device")
+    train.add_argument("--memory-format", choices=("auto", "contiguous", "channels_last"),
+                       default="auto", help="layout of convolution weights and activations; "
+                       "auto: channels_last for convolutional networks on the CPU (measured)")
     train.add_argument("--tensorboard", action="store_true",
                        help="write TensorBoard logs into RUN_DIR/tensorboard")
     train.add_argument("--seed", type=int, help="random seed (default: 0)")
@@ -403,6 +406,7 @@ def _run_train(args: argparse.Namespace) -> int:
         lr_schedule=args.lr_schedule,
         clip_grad=args.clip_grad,
         decoder_batching=args.decoder_batching,
+        memory_format=args.memory_format,
         tensorboard=args.tensorboard,
         break_lock=args.break_lock,
         missing_ratio=args.missing_ratio,

@@ -15,7 +15,7 @@ from pyro_mmvae.checkpoint import (
     check_resume_settings,
 )
 from pyro_mmvae.engine import LR_SCHEDULES, check_precision
-from pyro_mmvae.engine.networks import DECODER_BATCHING
+from pyro_mmvae.engine.networks import DECODER_BATCHING, MEMORY_FORMATS
 from pyro_mmvae.settings import GROUP_OF, MODALITIES_PREFIX, check_value
 from pyro_mmvae.stages import Stage, as_stages, resolve_stages, stages_to_json
 
@@ -58,6 +58,9 @@ class TrainConfig:
     clip_grad: float | None = None
     #: ``auto`` (by device), ``stacked`` or ``split``: how decoders batch particles/strata.
     decoder_batching: str = "auto"
+    #: ``auto`` (by device and network), ``contiguous`` or ``channels_last``: the layout of
+    #: the convolution weights and activations (same arithmetic, different speed).
+    memory_format: str = "auto"
     #: Write TensorBoard logs into ``RUN_DIR/tensorboard``.
     tensorboard: bool = False
     #: Replace a stale run-folder lock left by a killed run (never a live one).
@@ -83,6 +86,9 @@ class TrainConfig:
         if self.decoder_batching not in ("auto", *DECODER_BATCHING):
             raise ValueError(f"unknown decoder batching {self.decoder_batching!r}; choose "
                              f"auto, {', '.join(DECODER_BATCHING)}")
+        if self.memory_format not in ("auto", *MEMORY_FORMATS):
+            raise ValueError(f"unknown memory format {self.memory_format!r}; choose "
+                             f"auto, {', '.join(MEMORY_FORMATS)}")
         if self.seed is not None and (isinstance(self.seed, bool)
                                       or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int, got {self.seed!r}")

@@ -256,6 +256,7 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
     them again. Extra ``pyro.param`` values (if the model has any) are created in the active
     param store.
     """
+    from pyro_mmvae.engine.networks import set_memory_format
     from pyro_mmvae.zoo import build_model
 
     folder = RunFolder(run_dir)
@@ -274,5 +275,6 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
     vae = spec.vae.to(device)
     batch = next(iter(train_ds.batches(2, device=device)))[0]
     restore_parameters(vae, state, batch)
+    set_memory_format(vae, "auto", device)  # evaluation decodes fastest in the device's layout
     vae.eval()
     return LoadedRun(folder, vae, spec.elbo, train_ds, test_ds, state)

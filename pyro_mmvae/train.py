@@ -31,7 +31,7 @@ import datetime
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
@@ -57,7 +57,7 @@ from pyro_mmvae.engine import (
 )
 from pyro_mmvae.engine.device import resolve_device
 from pyro_mmvae.engine.distributed import all_gather_object, all_reduce_sum, local_device, shard
-from pyro_mmvae.engine.networks import set_decoder_batching
+from pyro_mmvae.engine.networks import set_decoder_batching, set_memory_format
 from pyro_mmvae.engine.optim import restore_lr
 from pyro_mmvae.engine.rng import (
     epoch_generator,
@@ -151,6 +151,8 @@ class _Loop:
     extras: dict[str, torch.Tensor]
     tensorboard: TensorBoardLog | None = None
     validate_next_step: bool = True
+    #: What ``decoder_batching`` and ``memory_format`` chose (``auto`` resolved).
+    layout: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -379,6 +381,7 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
         train_ds, test_ds = train_ds.to(device), test_ds.to(device)
     vae = spec.vae.to(device)
     set_decoder_batching(vae, config.decoder_batching, device)
+    memory_formats = set_memory_format(vae, config.memory_format, device)
     check_patterns(vae, hyper.stages)
     vae.train()
     batch = next(iter(train_ds.batches(min(hyper.batch_size, len(train_ds)), device=device)))[0]
@@ -411,7 +414,11 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     return _Loop(step=step, vae=vae, elbo=spec.elbo, settings=spec.settings, train_ds=train_ds,
                  test_subset=test_ds.head(MAX_TEST_POINTS), hyper=hyper, config=config,
                  device=device, group=group, folder=folder, progress=progress,
-                 history=history, extras=extras, tensorboard=tensorboard)
+                 history=history, extras=extras, tensorboard=tensorboard,
+                 layout={"decoder_batching": sorted({
+                     getattr(m, "decoder_batching", "stacked")
+                     for m in getattr(vae, "mods", {}).values()}),
+                         "memory_format": memory_formats})
 
 
 def _restore_engine(resumed: dict[str, Any], step: TrainStep, lr: float,
@@ -448,6 +455,7 @@ def _summary(loop: _Loop | None) -> dict[str, Any]:
         "clip_grad": loop.hyper.clip_grad,
         "precision": loop.hyper.precision,
         "compile": loop.config.compile,
+        **loop.layout,
         "stages": stages_to_json(loop.hyper.stages) or None,
         "final_loss": last.get("train_loss"),
         "final_test_loss": last.get("test_loss"),

@@ -219,6 +219,9 @@ def test_train_end_to_end(tmp_path, monkeypatch, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "mmvae" and summary["epochs"] == 2
     assert np.isfinite(summary["final_loss"]) and summary["parameters"] > 0
+    # the default MLPs: no convolution to lay out, decoders stacked on the CPU
+    assert summary["memory_format"] == {"encoder": "contiguous", "decoder": "contiguous"}
+    assert summary["decoder_batching"] == ["stacked"]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert (run / "checkpoint.pt").is_file()
     out = capsys.readouterr().out

@@ -211,3 +211,43 @@ def test_one_validation_path_for_settings(capsys):
     assert message in capsys.readouterr().err
     assert cli.main(["train", "--set", "epochs=0", "--out", "unused-run"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_memory_format_is_chosen_by_network_and_device(mini):
+    from pyro_mmvae.engine.networks import choose_memory_format, set_memory_format
+
+    conv = fresh("mmvae", mini[0], nets="conv")
+    mlp = fresh("mmvae", mini[0])
+    encoder = next(iter(conv.vae.mods.values())).encoder
+    assert choose_memory_format(encoder, "cpu") == "channels_last"
+    assert choose_memory_format(encoder, "cuda") == "contiguous"
+    assert set_memory_format(mlp.vae, "auto") == {"encoder": "contiguous",
+                                                  "decoder": "contiguous"}
+    assert set_memory_format(conv.vae, "auto") == {"encoder": "channels_last",
+                                                   "decoder": "channels_last"}
+    weights = [p for p in conv.vae.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    with pytest.raises(ValueError, match="unknown memory format"):
+        set_memory_format(conv.vae, "nhwc")
+
+
+@pytest.mark.parametrize("name", ["mmvae_plus", "mopoe"])
+def test_channels_last_gives_the_contiguous_loss_and_gradient(mini, name):
+    from pyro_mmvae.engine.networks import set_memory_format
+
+    spec = fresh(name, mini[0], nets="conv", num_particles=2)
+    batch = batch_of(mini[0], 8)
+    results = []
+    for fmt in ("contiguous", "channels_last"):
+        set_memory_format(spec.vae, fmt)
+        spec.vae.zero_grad()
+        pyro.set_rng_seed(3)
+        loss = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in spec.vae.named_parameters()
+                 if p.grad is not None}
+        results.append((float(loss.detach()), grads))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert results[0][1].keys() == results[1][1].keys()
+    for key, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][key], rtol=1e-3, atol=1e-4)

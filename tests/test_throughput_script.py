@@ -54,9 +54,11 @@ def test_ported_decoder_is_ours(throughput, latent_dim):
 
 def test_parse_variant(throughput):
     assert throughput.parse_variant("fp32") == {"precision": "32", "compile": False,
-                                                "decoder_batching": None}
-    assert throughput.parse_variant("bf16+compile+split") == {
-        "precision": "bf16", "compile": True, "decoder_batching": "split"}
+                                                "decoder_batching": None,
+                                                "memory_format": None}
+    assert throughput.parse_variant("bf16+compile+split+contiguous") == {
+        "precision": "bf16", "compile": True, "decoder_batching": "split",
+        "memory_format": "contiguous"}
     with pytest.raises(ValueError, match="unknown variant part 'int8'"):
         throughput.parse_variant("int8")
 
