@@ -105,4 +105,4 @@ def test_dry_run_ours_only(tmp_path):
     assert ours["params"] == sum(p.numel() for p in vae.parameters())
     assert ours["flops_per_step"] > 0 and ours["wall"]["n"] == 1
     assert ours["peak_rss_kb"] >= ours["rss_after_setup_kb"] > 0
-    assert "`mmvae_plus_polymnist` | 1 | fp32 (split)" in out_md.read_text()
+    assert "`mmvae_plus_polymnist` | 1 | fp32 (split, channels_last)" in out_md.read_text()

@@ -64,7 +64,7 @@ if [ "$DRY" = 1 ]; then
     --json "$OUT/throughput.json" --md "$OUT/throughput.md"
 else
   step throughput 200 "$PY" benchmarks/throughput.py --device "$DEVICE" --batches 128 \
-    --variants fp32,bf16,compile --rounds 5 --warmup 3 \
+    --variants fp32,bf16,bf16+channels_last,compile --rounds 5 --warmup 3 \
     --json "$OUT/throughput.json" --md "$OUT/throughput.md"
 fi
 
