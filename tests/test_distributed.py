@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pyro_mmvae.data import polymnist_mini
+from pyro_mmvae.engine import build_optimizer
 from pyro_mmvae.engine.distributed import ProcessGroup, shard
 from pyro_mmvae.engine.networks import set_decoder_batching
 from pyro_mmvae.train import epoch_generator, rank_seed, seed_everything
@@ -75,8 +76,8 @@ def reference_parameters(steps_per_epoch: int = 4) -> dict[str, torch.Tensor]:
     vae.pyro_register = False
     vae.train()
     vae.start_epoch(0)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=spec.train_defaults["lr"],
-                                 amsgrad=spec.train_defaults["amsgrad"], foreach=True)
+    optimizer = build_optimizer(vae.parameters(), spec.train_defaults["lr"],
+                                spec.train_defaults["amsgrad"], torch.device("cpu"))
     streams = []
     for rank in range(2):
         seed_everything(rank_seed(0, rank))

