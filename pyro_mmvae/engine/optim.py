@@ -2,8 +2,8 @@
 
 One :class:`torch.optim.Adam` over every parameter of the run (the model's modules and any
 ``pyro.param`` sites its programs create), with the ``fused`` kernel where the device has
-one (else the multi-tensor ``foreach`` one). :mod:`pyro.optim` wraps one Adam per parameter tensor
-instead (about 70 per step for a small MMVAE), which costs Python time on every step.
+one (else the multi-tensor ``foreach`` one). :mod:`pyro.optim` wraps one Adam per parameter
+tensor instead (about 70 per step for a small MMVAE), which costs Python time on every step.
 """
 
 from __future__ import annotations
