@@ -451,29 +451,32 @@ def progress(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------- estimate
 def time_steps(model: str, preset: str, dataset: Any, device: str, train_size: int,
                steps: int = 6) -> tuple[float, int]:
-    """Median seconds of one training step of ``preset`` (differentiable loss, backward, Adam;
-    validation off, after two warm-up steps) and the steps of one epoch of ``train_size``."""
+    """Median seconds of one training step of ``preset`` (the engine's
+    :class:`~pyro_mmvae.engine.TrainStep` with the layout and optimizer ``pyro-mmvae train``
+    uses on ``device``; validation off, after two warm-up steps) and the steps of one epoch of
+    ``train_size``."""
+    from pyro_mmvae.engine import TrainStep, build_optimizer
     from pyro_mmvae.engine.device import resolve_device
-    from pyro_mmvae.engine.networks import set_decoder_batching
+    from pyro_mmvae.engine.networks import set_decoder_batching, set_memory_format
     from pyro_mmvae.zoo import build_model
 
     torch_device = resolve_device(device)
     spec = build_model(model, dataset, preset)
     vae = spec.vae.to(torch_device)
     set_decoder_batching(vae, "auto", torch_device)
+    set_memory_format(vae, "auto", torch_device)
     batch_size = int(PRESETS[preset]["batch_size"])
     batch = next(iter(dataset.batches(batch_size, device=torch_device)))[0]
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-4)
+    params = list(vae.named_parameters())
+    optimizer = build_optimizer([p for _, p in params], 1e-4, False, torch_device)
+    step = TrainStep(vae, spec.elbo, params, optimizer, torch_device)
     times = []
     with pyro.validation_enabled(False):
         for _ in range(steps + 2):
             if torch_device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            loss = spec.elbo.differentiable_loss(vae.model, vae.guide, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            step(batch)
             if torch_device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
