@@ -121,6 +121,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode-chunks", default="",
                    help="beside MultiVae: also time our side with these latents per decoder "
                    "call, comma-separated (the library's default is 4096)")
+    p.add_argument("--peer-engines", default="",
+                   help="beside MultiVae: also time our side with these coherence engines "
+                   "(e.g. cached: one expert drawn per row, MultiVae's method); our main side "
+                   "runs the library's default, auto", metavar="E1,E2")
     p.add_argument("--dry-run", action="store_true",
                    help="the side-by-side path, our side only, 2 tuples, one round")
     args = p.parse_args(argv)
@@ -146,7 +150,8 @@ def vs_multivae(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                + " ".join(sys.argv[1:] if argv is None else argv))
     result = peer_coherence.run(int(args.coherence_points), args.rounds, threads, args.seed,
                                 args.multivae_python, command,
-                                decode_chunks=[int(c) for c in args.decode_chunks.split(",") if c])
+                                decode_chunks=[int(c) for c in args.decode_chunks.split(",") if c],
+                                engines=[e for e in args.peer_engines.split(",") if e])
     md = peer_coherence.write(result, Path(args.out))
     print(md.read_text())
     print(f"written: {args.out}, {md}")

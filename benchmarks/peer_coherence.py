@@ -208,8 +208,12 @@ class OursCoherenceWorker(CoherenceWorker):
         dataset = SimpleNamespace(name="polymnist", modalities=tuple(names),
                                   event_shapes={m: torch.Size(throughput.IMAGE_SHAPE)
                                                 for m in names})
+        from pyro_mmvae.engine.networks import set_memory_format
+
         spec = build_model(cfg["model"], dataset, preset=cfg["recipe"])
         self.vae = spec.vae.to(self.device).eval()
+        set_memory_format(self.vae, "auto", self.device)  # as load_run (pyro-mmvae evaluate)
+        self.engine = cfg.get("engine") or "auto"
         torch.manual_seed(cfg["seed"])
         self.classifiers = ModalityClassifiers({m: OurDigitClassifier() for m in names})
         self.classifiers.to(self.device)
@@ -229,7 +233,7 @@ class OursCoherenceWorker(CoherenceWorker):
         self.info.update(params=throughput.count_parameters(self.vae),
                          params_classifiers=throughput.count_parameters(self.classifiers.nets),
                          evaluator="pyro_mmvae.metrics.conditional_coherence(subset_sizes=None, "
-                                   f"batch_size={self.batch_size}, engine='cached')"
+                                   f"batch_size={self.batch_size}, engine={self.engine!r})"
                                    + (f", {chunk} latents per decoder call" if chunk else ""))
         self.count_flops()
 
@@ -238,7 +242,7 @@ class OursCoherenceWorker(CoherenceWorker):
 
         return conditional_coherence(self.vae, self.data, self.classifiers, subset_sizes=None,
                                      batch_size=self.batch_size, device=self.device,
-                                     engine="cached")
+                                     engine=self.engine)
 
     def by_size(self) -> list[float]:
         return [float(v) for _, v in sorted(self.result["by_subset_size"].items())]
@@ -300,22 +304,25 @@ WORKER_CLASSES = {"ours": OursCoherenceWorker, "multivae": MultiVaeCoherenceWork
 # ------------------------------------------------------------------------------------------
 def compare(n: int, rounds: int, threads: int, seed: int, multivae_python: str | None,
             log_dir: Path, batch_size: int | None = None, device: str = "cpu",
-            decode_chunks: list[int] | None = None) -> dict:
+            decode_chunks: list[int] | None = None, engines: list[str] | None = None) -> dict:
     """Set up a worker per side, then ``rounds`` rounds of one timed evaluation per side, in
     an order that alternates every round (so both see the same machine load).
     ``decode_chunks`` adds our side with that many latents per decoder call (each a worker
-    of its own, labelled ``ours, decode chunk C``)."""
+    of its own, labelled ``ours, decode chunk C``), ``engines`` our side with that coherence
+    engine (``ours, engine E``; ``ours`` itself runs the library's default, ``auto``)."""
     model, settings = throughput.recipe_settings(RECIPE)
-    sides = [("ours", "ours", sys.executable, None)]
-    sides += [(f"ours, decode chunk {c}", "ours", sys.executable, c) for c in decode_chunks or []]
+    sides = [("ours", "ours", sys.executable, None, None)]
+    sides += [(f"ours, engine {e}", "ours", sys.executable, None, e) for e in engines or []]
+    sides += [(f"ours, decode chunk {c}", "ours", sys.executable, c, None)
+              for c in decode_chunks or []]
     if multivae_python:
-        sides.append(("multivae", "multivae", multivae_python, None))
+        sides.append(("multivae", "multivae", multivae_python, None, None))
     workers: dict[str, throughput.WorkerProcess] = {}
     infos: dict[str, dict] = {}
     times: dict[str, dict[str, list[float]]] = {}
     loads: list[list[float]] = [list(os.getloadavg())]
     try:
-        for number, (side, kind, python, chunk) in enumerate(sides):
+        for number, (side, kind, python, chunk, engine) in enumerate(sides):
             print(f"[{_now()}] setup {side} (model, {n} tuples, one untimed counted pass)",
                   flush=True)
             workers[side] = throughput.WorkerProcess(python, f"coherence-{number}-{kind}",
@@ -323,7 +330,8 @@ def compare(n: int, rounds: int, threads: int, seed: int, multivae_python: str |
             infos[side] = workers[side].call(
                 cmd="setup", side=kind, variant="fp32", recipe=RECIPE, model=model,
                 settings=settings, batch=n, num_batches=1, threads=threads, seed=seed,
-                device=device, warmup=0, batch_size=batch_size, decode_chunk=chunk)["info"]
+                device=device, warmup=0, batch_size=batch_size, decode_chunk=chunk,
+                engine=engine)["info"]
             times[side] = {"wall": [], "cpu": []}
             info = infos[side]
             print(f"    {info['flops_per_evaluation'] / 1e9:.1f} GFLOP, images {info['images']},"
@@ -466,7 +474,7 @@ def _now() -> str:
 
 def run(n: int, rounds: int, threads: int, seed: int, multivae_python: str | None,
         command: str, batch_size: int | None = None,
-        decode_chunks: list[int] | None = None) -> dict:
+        decode_chunks: list[int] | None = None, engines: list[str] | None = None) -> dict:
     """:func:`compare` with the machine, command and commit recorded."""
     import tempfile
 
@@ -480,7 +488,7 @@ def run(n: int, rounds: int, threads: int, seed: int, multivae_python: str | Non
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="coherence-peer-") as tmp:
         result = compare(n, rounds, threads, seed, multivae_python, Path(tmp), batch_size,
-                         decode_chunks=decode_chunks)
+                         decode_chunks=decode_chunks, engines=engines)
     return {"benchmark": "all-subset conditional coherence, pyro_mmvae vs MultiVae",
             "command": command, "started": started, "wall_s": time.time() - t0,
             "commit": throughput._git_commit(), "machine": throughput.machine_info(),

@@ -145,3 +145,58 @@ def test_mmvae_plus_generate_by_hand(dataset):
         other = vae.mods["m2"].mean(concat_latents(z, vae.private_prior().sample((z.size(0),))))
     torch.testing.assert_close(out["m1"], own, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["m2"], other, atol=1e-5, rtol=1e-5)
+
+
+class _HashClassifier:
+    """Stands in for the classifiers: a "prediction" that changes with the image."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+        self.device = torch.device("cpu")
+        self.test_accuracy = {n: 1.0 for n in names}
+
+    def predict(self, target, images):
+        return (images.flatten(1).sum(1) * 1000).long() % 10
+
+
+@pytest.mark.parametrize("name", ["mmvae", "mmvae_plus"])
+def test_mixture_engine_is_the_expectation_over_the_drawn_expert(name, dataset):
+    from pyro_mmvae.metrics.coherence import supports_mixture_coherence
+
+    vae = build_model(name, dataset, hidden=(32,), latent_dim=4).vae
+    _perturb(vae)
+    assert supports_mixture_coherence(vae)
+    clf = _HashClassifier(dataset.modalities)
+    pyro.set_rng_seed(0)
+    mixture = conditional_coherence(vae, dataset, clf, subset_sizes=None, batch_size=16)
+    if name == "mmvae":  # "auto" is "mixture" for mixture posteriors (no draw: same figures)
+        assert mixture == conditional_coherence(vae, dataset, clf, subset_sizes=None,
+                                                batch_size=16, engine="mixture")
+    single = mixture["single_source_matrix"]
+    for key, by_target in mixture["by_subset"].items():
+        sources = key.split("+")
+        for t, value in by_target.items():
+            if name == "mmvae":  # deterministic decoding: exactly the mean of the singles
+                assert value == pytest.approx(sum(single[e][t] for e in sources) / len(sources))
+    # drawing one expert per row ("cached") scatters around the expectation
+    draws = []
+    for seed in range(24):
+        pyro.set_rng_seed(seed)
+        draws.append(conditional_coherence(vae, dataset, clf, subset_sizes=(4,), batch_size=40,
+                                           engine="cached")["by_subset_size"][4])
+    pyro.set_rng_seed(0)
+    expected = conditional_coherence(vae, dataset, clf, subset_sizes=(1, 4),
+                                     batch_size=40)["by_subset_size"][4]
+    spread = torch.tensor(draws).std().item()
+    assert abs(sum(draws) / len(draws) - expected) < 4 * spread / len(draws) ** 0.5 + 0.01
+    assert spread > 0  # the drawn engine does vary
+
+
+def test_mixture_engine_is_refused_for_other_posteriors(dataset):
+    vae = build_model("mopoe", dataset, hidden=(32,), latent_dim=4).vae
+    with pytest.raises(ValueError, match="mixture posterior"):
+        conditional_coherence(vae, dataset, _HashClassifier(dataset.modalities),
+                              engine="mixture")
+    with pytest.raises(ValueError, match="engine"):
+        conditional_coherence(vae, dataset, _HashClassifier(dataset.modalities),
+                              engine="fast")

@@ -106,8 +106,11 @@ class EvalSettings:
     :param annealed_start: the proposal AIS starts from (``"refined"``, ``"model"``,
         ``"mixture"``).
     :param engine: cross-generation engine of coherence and quality (``"auto"``: each
-        batch encoded once, subset posteriors from cached experts; ``"generate"``: one
-        ``vae.generate`` call per subset).
+        batch encoded once, subset posteriors from cached experts, and for mixture posteriors
+        coherence as the expectation over the drawn expert, see
+        :func:`~pyro_mmvae.metrics.coherence.conditional_coherence`; ``"cached"``: one
+        expert drawn per row as generation does; ``"generate"``: one ``vae.generate`` call
+        per subset; ``"mixture"``: the expectation, an error for other models).
     :param progress: progress bars on stderr.
     """
 

@@ -125,7 +125,9 @@ def _quality_batches(vae: Any, train_ds: Any, test_part: Any, names: Sequence[st
     for batch, _ in test_part.batches(batch_size, device=device):
         yield REFERENCE, _observed(batch, names)
         if len(vae.names) > 1:
-            generated = cross_generate(vae, batch, plan, engine)
+            # generated images are needed here: the mixture engine's expectation is coherence's
+            generated = cross_generate(vae, batch, plan, "cached" if engine == "mixture"
+                                       else engine)
             mask = getattr(batch, "mask", None)
             out = {}
             for s, t in plan:

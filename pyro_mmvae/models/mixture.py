@@ -23,6 +23,10 @@ from pyro_mmvae.models.base import Data, Mask, MultimodalVAE, Strata
 class MMVAE(MultimodalVAE):
     """Mixture-of-experts joint posterior with one stratum per modality."""
 
+    #: Generation from a subset S decodes one expert of S drawn uniformly (the mixture's
+    #: component), which :func:`pyro_mmvae.metrics.conditional_coherence` can average over.
+    mixture_generation = True
+
     def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
         """One stratum per expert, available where its modality is present."""
         return Strata(available=present)
