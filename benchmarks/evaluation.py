@@ -105,6 +105,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--run-dir", help="a trained `pyro-mmvae train --preset mmvae_polymnist` run")
     p.add_argument("--coherence-points", default="200", help="test tuples or 'all'")
+    p.add_argument("--bound-points", default=None, help="tuples the coherence bound is timed "
+                   "on (default: --coherence-points), extrapolated to those")
     p.add_argument("--quality-samples", default="500", help="generated images or 'all'")
     p.add_argument("--likelihood-points", default="4", help="test tuples or 'all'")
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples K")
@@ -256,15 +258,23 @@ def leave_one_out_features(vae: Any, classifiers: Any, dataset: Any, batch_size:
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def coherence_bound(vae: Any, classifiers: Any, num_tuples: int, chunk: int = 4096
-                    ) -> dict[str, Any]:
+def coherence_bound(vae: Any, classifiers: Any, num_tuples: int, chunk: int | None = None,
+                    single_source: bool = False) -> dict[str, Any]:
     """The work conditional coherence cannot avoid, timed alone: decoding every (S, t)
-    image of ``num_tuples`` tuples (75 per tuple for M = 5) from random latents in chunks of
-    ``chunk`` and classifying them; plus its FLOPs (torch's flop counter)."""
+    image of ``num_tuples`` tuples (75 per tuple for M = 5; with ``single_source`` only the
+    M(M-1) single-source ones, all the mixture engine needs) from random latents in chunks
+    of ``chunk`` (default: the coherence engine's, 32 on the CPU) and classifying them; plus
+    its FLOPs (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from pyro_mmvae.metrics import coherence
+
     names = list(vae.names)
-    per_target = 2 ** (len(names) - 1) - 1  # subsets S of the others, |S| = 1..M-1
+    if chunk is None:
+        chunk = (coherence.CPU_DECODE_CHUNK if classifiers.device.type == "cpu"
+                 else coherence.DECODE_CHUNK)
+    # subsets S of the others, |S| = 1..M-1 (or the M-1 single sources)
+    per_target = len(names) - 1 if single_source else 2 ** (len(names) - 1) - 1
     with evaluation_mode(vae):
         probe = vae.sample(2)  # decoder input width, read from the cached-expert latents
         latent = vae.generation_latents(vae.encode_experts(probe), names[:1], names[1:2])
@@ -281,7 +291,7 @@ def coherence_bound(vae: Any, classifiers: Any, num_tuples: int, chunk: int = 40
                 classifiers.predict(t, vae.mods[t].mean(part))
         seconds = time.perf_counter() - start
     images = num_tuples * per_target * len(names)
-    return {"seconds": round(seconds, 3), "images": images,
+    return {"seconds": round(seconds, 3), "images": images, "latents_per_call": chunk,
             "gflop_per_image_decoder_and_classifier": round(per_image / 1e9, 4),
             "tflop_total": round(per_image * images / 1e12, 4),
             "achieved_gflop_per_s": round(per_image * images / seconds / 1e9, 2)}
@@ -341,15 +351,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       subset_sizes=None, batch_size=args.batch_size,
                                       device=device, engine=engine)
         first = by_engine[engines[0]]
+        n_bound = _count(args.bound_points or args.coherence_points, n_test)
         bound = timer("coherence bound: decode + classify only", coherence_bound, vae,
-                      classifiers, n_coh)
+                      classifiers, n_bound)
+        single = timer("coherence bound, single-source images only", coherence_bound, vae,
+                       classifiers, n_bound, single_source=True)
+        for b in (bound, single):  # extrapolated to the coherence tuples
+            b["measured_on_tuples"] = n_bound
+            b["seconds_measured"] = b["seconds"]
+            b["seconds"] = round(b["seconds"] * n_coh / n_bound, 3)
         uncond = timer("unconditional coherence", unconditional_coherence, vae, classifiers,
                        num_samples=n_coh, batch_size=args.batch_size)
         for engine in engines:
             full[f"conditional coherence (all subsets), engine {engine}"] = \
                 s[f"conditional coherence, engine {engine}"] * n_test / n_coh
         full["coherence bound (decode + classify the same images, nothing else)"] = \
-            s["coherence bound: decode + classify only"] * n_test / n_coh
+            bound["seconds"] * n_test / n_coh
+        full["coherence bound, single-source images only (the mixture engine's work)"] = \
+            single["seconds"] * n_test / n_coh
         full["unconditional coherence"] = s["unconditional coherence"] * n_test / n_coh
         results["coherence"] = {
             "by_subset_size": first["by_subset_size"],
@@ -357,7 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  for r in by_engine.values()),
             "seconds_over_bound": {e: round(s[f"conditional coherence, engine {e}"]
                                             / bound["seconds"], 2) for e in engines},
+            "seconds_over_single_source_bound": {
+                e: round(s[f"conditional coherence, engine {e}"] / single["seconds"], 2)
+                for e in engines},
             "bound": bound,
+            "single_source_bound": single,
             "unconditional_coherence": uncond["coherence"],
         }
     if "quality" in parts:
