@@ -215,14 +215,19 @@ class Timer:
 
 
 def build_vae(train_ds: Any, run_dir: str | None, device: torch.device, model: str = "mmvae",
-              preset: str | None = "mmvae_polymnist") -> Any:
+              preset: str | None = "mmvae_polymnist", layout: bool = True) -> Any:
     """A model of the zoo (default: MMVAE with the PolyMNIST ResNets), trained weights
-    optional."""
+    optional, in the memory format ``pyro-mmvae evaluate`` uses (``layout=False``: torch's
+    default, contiguous)."""
     vae = build_model(model, train_ds, preset=preset).vae
     if run_dir:
         from pyro_mmvae.checkpoint import load_checkpoint
 
         vae.load_state_dict(load_checkpoint(Path(run_dir) / "checkpoint.pt")["vae_state"])
+    if layout:
+        from pyro_mmvae.engine.networks import set_memory_format
+
+        set_memory_format(vae, "auto", device)  # as load_run (pyro-mmvae evaluate) does
     return vae.to(device).eval()
 
 
