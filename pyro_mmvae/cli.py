@@ -311,6 +311,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--annealed-leapfrog", type=_positive_int, default=1, metavar="L",
                           help="leapfrog steps per HMC transition of 'annealed', 1 = MALA "
                           "(default: %(default)s)")
+    evaluate.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
+                          help="precision of the model's networks in coherence and quality "
+                          "(autocast; bf16 is fast on GPUs and AMX CPUs only; default 32)")
     evaluate.add_argument("--annealed-start", choices=ANNEALED_STARTS, default="refined",
                           help="the proposal 'annealed' starts from (default: %(default)s)")
     evaluate.add_argument("--likelihood-subsets", type=_non_negative_int, default=0,
@@ -480,6 +483,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         annealed_samples=args.annealed_samples,
         annealed_leapfrog=args.annealed_leapfrog,
         annealed_start=args.annealed_start,
+        precision=args.precision,
         progress=args.progress,
         out_dir=args.out,
     )

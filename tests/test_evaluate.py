@@ -266,3 +266,24 @@ def test_eval_json_is_written_after_each_metric_and_out_redirects(patched, tmp_p
     assert final["complete"] and set(final["likelihood"]["proposals"]) == {"model"}
     assert (out / FIGURES["conditional_grid"]).is_file()
     assert not (run / "eval.json").exists()
+
+
+def test_coherence_can_run_the_networks_in_bf16(patched):
+    train_ds, test_ds = tiny_mini("train"), tiny_mini("test")
+    vae = tiny_model("mmvae", train_ds, None).vae
+    dtypes = set()
+    hooks = [m.decoder.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype))
+             for m in vae.mods.values()]
+    settings = EvalSettings(coherence_points=8, unconditional_samples=8, precision="bf16")
+    result = evaluate_model(vae, train_ds, test_ds, metrics="coherence", settings=settings)
+    assert dtypes == {torch.bfloat16}  # the decoders ran under autocast
+    assert result["settings"]["precision"] == "bf16"
+    assert all(0 <= v <= 1 for v in result["coherence"]["by_subset_size"].values())
+    dtypes.clear()
+    evaluate_model(vae, train_ds, test_ds, metrics="coherence",
+                   settings=EvalSettings(coherence_points=8, unconditional_samples=8))
+    assert dtypes == {torch.float32}
+    for hook in hooks:
+        hook.remove()
+    with pytest.raises(ValueError, match="precision"):
+        EvalSettings(precision="int8").check()

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from pyro_mmvae.engine.networks import check_precision, network_precision
 from pyro_mmvae.jsonutil import jsonable
 from pyro_mmvae.metrics.coherence import (
     ENGINES,
@@ -136,6 +137,10 @@ class EvalSettings:
     annealed_leapfrog: int = 1
     annealed_start: str = "refined"
     engine: str = "auto"
+    #: Precision of the model's networks (encoders, decoders) in coherence and quality:
+    #: ``"32"``, ``"bf16"`` or ``"16"`` autocast (:func:`pyro_mmvae.engine.network_precision`,
+    #: outputs cast back to fp32); likelihoods and probes always run them in fp32.
+    precision: str = "32"
     progress: bool = False
 
     def check(self) -> None:
@@ -162,6 +167,7 @@ class EvalSettings:
         parse_proposals(self.proposal)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        self.precision = check_precision(self.precision)
 
 
 def parse_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -227,9 +233,12 @@ def evaluate_model(
                 results[name] = {"skipped": "the dataset has no labels (labels.npy): "
                                             "coherence, quality and probes need classes"}
             elif name == "coherence":
-                results[name] = run_coherence(vae, test_ds, classifiers, settings, device)
+                with network_precision(settings.precision, device):
+                    results[name] = run_coherence(vae, test_ds, classifiers, settings, device)
             elif name == "quality":
-                results[name] = run_quality(vae, train_ds, test_ds, classifiers, settings, device)
+                with network_precision(settings.precision, device):
+                    results[name] = run_quality(vae, train_ds, test_ds, classifiers, settings,
+                                                device)
             elif name == "likelihood":
                 results[name], raw_likelihood = run_likelihood(vae, test_ds, settings, device)
             elif name == "probe":
