@@ -111,18 +111,23 @@ def test_lr_schedules_follow_their_formula():
 def test_split_and_stacked_decoders_give_the_same_loss_and_gradient(mini, name):
     spec = fresh(name, mini[0], num_particles=3)
     batch = batch_of(mini[0], 8)
-    results = []
-    for mode in ("stacked", "split"):
-        set_decoder_batching(spec.vae, mode)
-        spec.vae.zero_grad()
-        pyro.set_rng_seed(3)
-        loss = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
-        loss.backward()
-        results.append((float(loss), [p.grad.clone() for p in spec.vae.parameters()
-                                      if p.grad is not None]))
+    results = [_loss_and_gradients(spec, batch, lambda vae, mode=mode:
+                                   set_decoder_batching(vae, mode))
+               for mode in ("stacked", "split")]
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-    for a, b in zip(results[0][1], results[1][1], strict=True):
+    for a, b in zip(results[0][1].values(), results[1][1].values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _loss_and_gradients(spec, batch, configure):
+    """``configure(vae)``, then the loss and the gradient of every parameter (seed 3)."""
+    configure(spec.vae)
+    spec.vae.zero_grad()
+    pyro.set_rng_seed(3)
+    loss = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in spec.vae.named_parameters()
+                                  if p.grad is not None}
 
 
 def test_compiled_networks_give_the_same_loss_and_keep_state_dict_keys(mini):
@@ -237,16 +242,9 @@ def test_channels_last_gives_the_contiguous_loss_and_gradient(mini, name):
 
     spec = fresh(name, mini[0], nets="conv", num_particles=2)
     batch = batch_of(mini[0], 8)
-    results = []
-    for fmt in ("contiguous", "channels_last"):
-        set_memory_format(spec.vae, fmt)
-        spec.vae.zero_grad()
-        pyro.set_rng_seed(3)
-        loss = spec.elbo.differentiable_loss(spec.vae.model, spec.vae.guide, batch)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in spec.vae.named_parameters()
-                 if p.grad is not None}
-        results.append((float(loss.detach()), grads))
+    results = [_loss_and_gradients(spec, batch, lambda vae, fmt=fmt:
+                                   set_memory_format(vae, fmt))
+               for fmt in ("contiguous", "channels_last")]
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     assert results[0][1].keys() == results[1][1].keys()
     for key, grad in results[0][1].items():
