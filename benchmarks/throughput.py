@@ -721,6 +721,22 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_markdown(path: Path, table: str) -> None:
+    """Write the rendered table to ``path``, keeping the file's hand-written sections.
+
+    The rendered part has no second-level headings; everything of an existing file from its
+    first line starting with ``## `` on (the findings written by hand under each run) is
+    appended unchanged, so re-rendering after a new run never drops them.
+    """
+    kept = ""
+    if path.exists():
+        old = "\n" + path.read_text()
+        start = old.find("\n## ")
+        kept = old[start + 1:] if start != -1 else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + ("\n" + kept if kept else ""))
+
+
 def _ms(s: dict) -> str:
     return f"{s['median_ms']:.0f} ({s['min_ms']:.0f}-{s['max_ms']:.0f})"
 
@@ -750,7 +766,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--md", type=Path, default=None, help="write the markdown table here")
+    p.add_argument("--md", type=Path, default=None,
+                   help="write the markdown table here (an existing file's hand-written "
+                        "'## ' sections are kept)")
     p.add_argument("--append", action="store_true",
                    help="add to the rows of an existing --json instead of replacing them")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
@@ -798,7 +816,7 @@ def main(argv=None) -> dict:
         results = json.loads(args.render.read_text())
         text = render_markdown(results)
         if args.md:
-            args.md.write_text(text)
+            write_markdown(args.md, text)
         print(text)
         return results
     # our side (settings here, the workers through PYTHONPATH) uses the package beside this file
@@ -831,8 +849,7 @@ def main(argv=None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text)
+        write_markdown(args.md, text)
     return results
 
 

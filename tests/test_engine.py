@@ -266,3 +266,18 @@ def test_the_optimizer_uses_the_fused_adam_kernel_on_the_cpu():
             opt.step()
     torch.testing.assert_close(weight, w)
     torch.testing.assert_close(bias, b)
+
+
+def test_bf16_without_matrix_units_warns(monkeypatch):
+    import warnings
+
+    from pyro_mmvae.engine import networks
+
+    monkeypatch.setattr(networks, "bf16_supported", lambda device: False)
+    with pytest.warns(UserWarning, match="no bfloat16 matrix units"):
+        networks.warn_if_emulated("bf16", "cpu")
+    monkeypatch.setattr(networks, "bf16_supported", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        networks.warn_if_emulated("bf16", "cpu")
+        networks.warn_if_emulated("32", "cpu")

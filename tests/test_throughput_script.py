@@ -106,3 +106,14 @@ def test_dry_run_ours_only(tmp_path):
     assert ours["flops_per_step"] > 0 and ours["wall"]["n"] == 1
     assert ours["peak_rss_kb"] >= ours["rss_after_setup_kb"] > 0
     assert "`mmvae_plus_polymnist` | 1 | fp32 (split, channels_last)" in out_md.read_text()
+
+
+def test_markdown_keeps_hand_written_sections(throughput, tmp_path):
+    md = tmp_path / "t.md"
+    throughput.write_markdown(md, "# table\n\n| a |\n")
+    assert md.read_text() == "# table\n\n| a |\n"
+    md.write_text(md.read_text() + "\n## Findings of run 1\n\nwritten by hand\n")
+    throughput.write_markdown(md, "# table\n\n| a |\n| b |\n")
+    text = md.read_text()
+    assert text.startswith("# table\n\n| a |\n| b |\n")
+    assert text.count("## Findings of run 1") == 1 and text.endswith("written by hand\n")

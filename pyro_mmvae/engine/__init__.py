@@ -14,6 +14,7 @@ from pyro_mmvae.engine.networks import (
     compile_networks,
     network_precision,
     run_network,
+    warn_if_emulated,
 )
 from pyro_mmvae.engine.optim import LR_SCHEDULES, build_lr_schedule, build_optimizer
 from pyro_mmvae.engine.step import NonFiniteError, TrainStep
@@ -32,4 +33,5 @@ __all__ = [
     "init_process_group",
     "network_precision",
     "run_network",
+    "warn_if_emulated",
 ]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_mmvae.engine.distributed import ProcessGroup, all_reduce_sum, shard, wrap_ddp
-from pyro_mmvae.engine.networks import grad_scaler, network_precision
+from pyro_mmvae.engine.networks import grad_scaler, network_precision, warn_if_emulated
 
 
 class NonFiniteError(RuntimeError):
@@ -70,6 +70,7 @@ class TrainStep:
         self.scheduler = scheduler
         self.group = group or ProcessGroup()
         self.scaler = grad_scaler(precision, device)
+        warn_if_emulated(precision, device)
         self._ddp: nn.Module | None = None
         self.refresh()
 

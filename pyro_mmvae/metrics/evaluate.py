@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from pyro_mmvae.engine.networks import check_precision, network_precision
+from pyro_mmvae.engine.networks import check_precision, network_precision, warn_if_emulated
 from pyro_mmvae.jsonutil import jsonable
 from pyro_mmvae.metrics.coherence import (
     ENGINES,
@@ -226,6 +226,8 @@ def evaluate_model(
         results["classifiers"] = {"test_accuracy": dict(classifiers.test_accuracy),
                                   "info": dict(classifiers.info)}
     raw_likelihood = None
+    if {"coherence", "quality"} & set(chosen):
+        warn_if_emulated(settings.precision, device)
     with seeded(settings.seed):
         for name in chosen:
             start = time.perf_counter()
