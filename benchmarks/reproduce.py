@@ -32,6 +32,8 @@ conditional coherence for 1..4 inputs (every subset), unconditional coherence wi
 class histogram and diversity, classifier Fréchet distances of prior samples and of
 leave-one-out conditional generations. Training runs one epoch per call of the library's
 trainer with ``resume=True`` (exact resume), so killing the script loses at most one epoch.
+A row that has finished and whose evaluation of that final epoch is already in the JSON is
+skipped (``--reevaluate`` evaluates it again, e.g. after the evaluator changed).
 
 Writes ``benchmarks/results/reproduction.json``
 (``{"<model>[/<dataset>]": {"conditional_coherence": [c1, c2, c3, c4],
@@ -140,6 +142,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="print the learning curves recorded so far in --runs (Markdown) and exit")
     p.add_argument("--break-lock", action="store_true",
                    help="replace a stale run-folder lock left by a killed run (never a live one)")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="evaluate finished rows again even when --out already holds their "
+                        "evaluation of the same final epoch (after the evaluator changed)")
     p.add_argument("--out", default=str(RESULTS / JSON_NAME))
     p.add_argument("--readme", help="also rewrite the table between the reproduction-table "
                                     "markers of this README")
@@ -231,6 +236,22 @@ def _last_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- evaluation
+def evaluated_entry(args: argparse.Namespace, row: Row, run_dir: Path) -> dict[str, Any] | None:
+    """The row's entry of ``--out`` when it already evaluates this run's final epoch: the run
+    has trained all its epochs, the entry's learning curve is the run's, and it used the same
+    number of test points. None otherwise (or with ``--reevaluate``)."""
+    out = Path(args.out)
+    if args.reevaluate or not out.is_file():
+        return None
+    entry = json.loads(out.read_text()).get(row.key)
+    curve = read_curve(run_dir)
+    _, epochs = recipe(args, row)
+    if (not entry or len(curve) < epochs or entry.get("learning_curve") != curve
+            or entry.get("eval_points") != args.eval_points):
+        return None
+    return entry
+
+
 def evaluate_row(args: argparse.Namespace, row: Row, run_dir: Path) -> dict[str, Any]:
     """The library's evaluator on the trained row (writes ``RUN/eval.json`` and figures)."""
     pyro.set_rng_seed(0)
@@ -513,6 +534,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = row_of(key)
         run_dir = Path(args.runs) / key.replace("/", "-")
         run_dir.mkdir(parents=True, exist_ok=True)
+        done = evaluated_entry(args, row, run_dir)
+        if done is not None:
+            print(f"{key}: finished and evaluated ({done['date']}); --reevaluate redoes it",
+                  flush=True)
+            if args.readme:
+                update_readme(Path(args.readme), json.loads(Path(args.out).read_text()))
+            continue
         root = data_root(args, row)
         datasets = (load_dataset("polymnist", root, "train"),
                     load_dataset("polymnist", root, "test"))

@@ -70,6 +70,16 @@ def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch, capsys):
     second = json.loads(out.read_text())["mopoe"]
     assert [r["epoch"] for r in second["learning_curve"]] == [1, 2]
     assert second["learning_curve"][0] == first["learning_curve"][0]
+    # a finished, evaluated row is not evaluated again unless --reevaluate asks
+    calls = []
+    real_evaluate = reproduce.evaluate_row
+    monkeypatch.setattr(reproduce, "evaluate_row",
+                        lambda *a: calls.append(a) or real_evaluate(*a))
+    assert reproduce.main([*argv, "--epochs", "2"]) == 0
+    assert calls == [] and json.loads(out.read_text())["mopoe"] == second
+    assert reproduce.main([*argv, "--epochs", "2", "--reevaluate"]) == 0
+    assert len(calls) == 1 and json.loads(out.read_text())["mopoe"]["learning_curve"] == \
+        second["learning_curve"]
     # --progress prints the curve recorded so far, one table row per epoch
     capsys.readouterr()
     assert reproduce.main(["--progress", "--rows", "mopoe,mmvae", "--runs",
