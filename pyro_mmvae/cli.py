@@ -200,7 +200,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--beta", type=_setting("beta", float), metavar="BETA",
                        help="weight of the KL (prior-ratio) terms; same as --set beta=BETA")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    train.add_argument("--precision", choices=("32", "bf16", "16"),
+    train.add_argument("--precision", choices=PRECISION_NAMES,
                        help="precision of the networks (autocast; distributions and the "
                        "objective stay fp32); default 32")
     train.add_argument("--compile", action="store_true",
@@ -243,6 +243,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_run_train)
 
 
+PRECISION_NAMES = ("32", "bf16", "16")  # pyro_mmvae.engine.PRECISIONS
 METRIC_NAMES = ("coherence", "quality", "likelihood", "probe")  # pyro_mmvae.metrics.METRICS
 PROPOSAL_NAMES = ("model", "mixture", "refined", "annealed", "all")  # PROPOSALS + all
 ANNEALED_STARTS = ("model", "mixture", "refined")  # metrics.likelihood.CHEAP_PROPOSALS
@@ -311,7 +312,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--annealed-leapfrog", type=_positive_int, default=1, metavar="L",
                           help="leapfrog steps per HMC transition of 'annealed', 1 = MALA "
                           "(default: %(default)s)")
-    evaluate.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
+    evaluate.add_argument("--precision", choices=PRECISION_NAMES, default="32",
                           help="precision of the model's networks in coherence and quality "
                           "(autocast; bf16 is fast on GPUs and AMX CPUs only; default 32)")
     evaluate.add_argument("--annealed-start", choices=ANNEALED_STARTS, default="refined",

@@ -216,6 +216,10 @@ def test_metric_and_proposal_names_of_the_cli_match_the_library():
     assert cli.PROPOSAL_NAMES == (*PROPOSALS, "all")
     assert cli.ANNEALED_STARTS == CHEAP_PROPOSALS
 
+    from pyro_mmvae.engine import PRECISIONS
+
+    assert cli.PRECISION_NAMES == PRECISIONS
+
 
 def test_an_unwritable_output_folder_is_refused_before_any_work(patched, tmp_path, capsys,
                                                                 monkeypatch):
