@@ -244,6 +244,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 PRECISION_NAMES = ("32", "bf16", "16")  # pyro_mmvae.engine.PRECISIONS
+POSTERIOR_NAMES = ("mean", "sample")  # pyro_mmvae.models.base.POSTERIOR_POINTS
 METRIC_NAMES = ("coherence", "quality", "likelihood", "probe")  # pyro_mmvae.metrics.METRICS
 PROPOSAL_NAMES = ("model", "mixture", "refined", "annealed", "all")  # PROPOSALS + all
 ANNEALED_STARTS = ("model", "mixture", "refined")  # metrics.likelihood.CHEAP_PROPOSALS
@@ -315,6 +316,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", choices=PRECISION_NAMES, default="32",
                           help="precision of the model's networks in coherence and quality "
                           "(autocast; bf16 is fast on GPUs and AMX CPUs only; default 32)")
+    evaluate.add_argument("--posterior", choices=POSTERIOR_NAMES, default="mean",
+                          help="conditional generation in coherence and quality decodes the "
+                          "posterior mean of z or one draw z ~ q(z|X_S) per point "
+                          "(MultiVae's coherence; default: %(default)s)")
     evaluate.add_argument("--annealed-start", choices=ANNEALED_STARTS, default="refined",
                           help="the proposal 'annealed' starts from (default: %(default)s)")
     evaluate.add_argument("--likelihood-subsets", type=_non_negative_int, default=0,
@@ -485,6 +490,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         annealed_leapfrog=args.annealed_leapfrog,
         annealed_start=args.annealed_start,
         precision=args.precision,
+        posterior=args.posterior,
         progress=args.progress,
         out_dir=args.out,
     )

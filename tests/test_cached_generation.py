@@ -200,3 +200,122 @@ def test_mixture_engine_is_refused_for_other_posteriors(dataset):
     with pytest.raises(ValueError, match="engine"):
         conditional_coherence(vae, dataset, _HashClassifier(dataset.modalities),
                               engine="fast")
+
+
+# ---------------------------------------------------------------------- posterior="sample"
+@pytest.mark.parametrize("name", MODELS)
+def test_sampled_posterior_cached_engine_reproduces_generate(name, dataset):
+    """``posterior="sample"``: the cached engine draws the same z as ``generate`` does."""
+    vae = build_model(name, dataset, hidden=(32,), latent_dim=4).vae
+    _perturb(vae)
+    vae.eval()
+    batch, _ = next(iter(dataset.batches(17)))
+    plan = _plan(vae.names)
+    with torch.no_grad():
+        pyro.set_rng_seed(3)
+        direct = cross_generate(vae, batch, plan, engine="generate", posterior="sample")
+        pyro.set_rng_seed(3)
+        cached = cross_generate(vae, batch, plan, engine="cached", posterior="sample")
+        pyro.set_rng_seed(3)
+        means = cross_generate(vae, batch, plan, engine="cached")
+    for key, images in direct.items():
+        torch.testing.assert_close(cached[key], images, atol=1e-5, rtol=1e-5, msg=str(key))
+    assert any(not torch.allclose(direct[k], means[k]) for k in direct)  # a draw, not the mean
+
+
+def _repeated(dataset, rows):
+    """One test tuple repeated ``rows`` times, so that draws of z can be compared with the
+    distribution of that one tuple's posterior."""
+    batch, _ = next(iter(dataset.batches(1)))
+    return {m: x.expand(rows, *x.shape[1:]) for m, x in batch.items()}
+
+
+@pytest.mark.parametrize("name", ["mvae", "mvtcae", "jmvae"])
+def test_sampled_z_follows_the_product_posterior(name, dataset):
+    r"""For a Gaussian posterior (a product of experts, or the joint encoder) the drawn z have
+    the posterior's mean and standard deviation: 4000 draws, 5 standard errors."""
+    vae = build_model(name, dataset, hidden=(32,), latent_dim=4).vae
+    _perturb(vae)
+    vae.eval()
+    rows = 4000
+    data = _repeated(dataset, rows)
+    for sources in (["m0"], ["m1", "m3"], list(vae.names)):
+        with torch.no_grad():
+            experts = vae.encode_experts(data)
+            q = vae.posterior_from_experts(experts, sources)
+            z = vae.generation_latents(experts, sources, ["m2"], posterior="sample")["m2"]
+        loc, std = q.mean[0], q.stddev[0]
+        rounding = 1e-5 * (1 + loc.abs())  # float32 resolution (perturbed scales reach 1e-6)
+        assert torch.all((z.mean(0) - loc).abs() < 5 * std / rows ** 0.5 + rounding), sources
+        assert torch.all((z.std(0) - std).abs() < 0.08 * std + rounding), sources
+
+
+def test_sampled_z_of_a_mixture_follows_the_mixture(dataset):
+    r"""MMVAE: from two sources, z is a draw from a uniformly chosen expert, so the draws have
+    the mixture's mean :math:`(\mu_1 + \mu_2)/2` and variance
+    :math:`\frac12\sum_e(\sigma_e^2 + \mu_e^2) - \bar\mu^2`."""
+    vae = build_model("mmvae", dataset, hidden=(32,), latent_dim=4).vae
+    _perturb(vae)
+    vae.eval()
+    rows = 6000
+    with torch.no_grad():
+        experts = vae.encode_experts(_repeated(dataset, rows))
+        z = vae.generation_latents(experts, ["m1", "m3"], ["m0"], posterior="sample")["m0"]
+        q = [vae.posterior_from_experts(experts, [s]) for s in ("m1", "m3")]
+    mu = torch.stack([qe.mean[0] for qe in q])
+    second = torch.stack([qe.variance[0] + qe.mean[0] ** 2 for qe in q]).mean(0)
+    mean = mu.mean(0)
+    var = second - mean ** 2
+    assert torch.all((z.mean(0) - mean).abs() < 5 * (var / rows).sqrt())
+    torch.testing.assert_close(z.var(0), var, rtol=0.12, atol=0.0)
+
+
+def test_mmvae_plus_samples_the_private_latent_of_a_source_target(dataset):
+    """MMVAE+ with ``posterior="sample"``: a target among the sources gets a draw from its
+    own q(w_t|x_t) (mean ``loc_w``, spread ``scale_w`` for the Laplace family); with
+    ``"mean"`` exactly ``loc_w``."""
+    from pyro_mmvae.distributions.experts import component_distribution
+
+    vae = build_model("mmvae_plus", dataset, hidden=(32,), latent_dim=4, private_dim=3).vae
+    _perturb(vae)
+    vae.eval()
+    rows = 4000
+    with torch.no_grad():
+        experts = vae.encode_experts(_repeated(dataset, rows))
+        drawn = vae.generation_latents(experts, ["m1"], ["m1"], posterior="sample")["m1"]
+        mean = vae.generation_latents(experts, ["m1"], ["m1"])["m1"]
+    dz = experts["loc"].size(-1)
+    qw = component_distribution(vae.posterior_family, experts["loc_w"][1, 0],
+                                experts["scale_w"][1, 0])
+    torch.testing.assert_close(mean[:, dz:], experts["loc_w"][1])
+    w = drawn[:, dz:]
+    assert torch.all((w.mean(0) - qw.mean).abs() < 5 * qw.stddev / rows ** 0.5)
+    torch.testing.assert_close(w.std(0), qw.stddev, rtol=0.1, atol=0.0)
+
+
+def test_unknown_posterior_point_is_refused(dataset):
+    from pyro_mmvae.metrics.evaluate import EvalSettings
+
+    vae = build_model("mvae", dataset, hidden=(32,), latent_dim=4).vae
+    batch, _ = next(iter(dataset.batches(4)))
+    for call in (lambda: vae.generate(batch, ["m0"], posterior="mode"),
+                 lambda: cross_generate(vae, batch, [(("m0",), ["m1"])], posterior="mode"),
+                 lambda: conditional_coherence(vae, dataset, _HashClassifier(dataset.modalities),
+                                               posterior="mode"),
+                 lambda: EvalSettings(posterior="mode").check()):
+        with pytest.raises(ValueError, match="posterior point 'mode'.*mean, sample"):
+            call()
+
+
+def test_coherence_records_the_posterior_point_and_sampling_changes_it(dataset):
+    vae = build_model("mvae", dataset, hidden=(32,), latent_dim=4).vae
+    _perturb(vae)
+    clf = _HashClassifier(dataset.modalities)
+    pyro.set_rng_seed(0)
+    mean = conditional_coherence(vae, dataset, clf, subset_sizes=(1,))
+    sampled = [conditional_coherence(vae, dataset, clf, subset_sizes=(1,), posterior="sample")
+               for _ in range(2)]
+    assert mean["posterior"] == "mean" and sampled[0]["posterior"] == "sample"
+    assert mean["by_subset"] == conditional_coherence(vae, dataset, clf,
+                                                      subset_sizes=(1,))["by_subset"]
+    assert sampled[0]["by_subset"] != sampled[1]["by_subset"]  # fresh draws each call

@@ -220,6 +220,10 @@ def test_metric_and_proposal_names_of_the_cli_match_the_library():
 
     assert cli.PRECISION_NAMES == PRECISIONS
 
+    from pyro_mmvae.models.base import POSTERIOR_POINTS
+
+    assert cli.POSTERIOR_NAMES == POSTERIOR_POINTS
+
 
 def test_an_unwritable_output_folder_is_refused_before_any_work(patched, tmp_path, capsys,
                                                                 monkeypatch):
@@ -291,3 +295,27 @@ def test_coherence_can_run_the_networks_in_bf16(patched):
         hook.remove()
     with pytest.raises(ValueError, match="precision"):
         EvalSettings(precision="int8").check()
+
+
+def test_evaluate_with_sampled_posterior_points(patched, tmp_path, capsys):
+    """``--posterior sample``: coherence and quality decode z ~ q(z|X_S); recorded in
+    eval.json, and the figures differ from the posterior-mean evaluation of the same run."""
+    run = trained_run("mvae", tmp_path)
+    common = ["--metrics", "coherence,quality", "--quality-points", "60",
+              "--coherence-points", "60", "--no-progress", "--device", "cpu"]
+    results = {}
+    for point in ("mean", "sample"):
+        out = tmp_path / point
+        assert cli.main(["evaluate", str(run), "--out", str(out), "--posterior", point,
+                         *common]) == 0
+        results[point] = json.loads((out / "eval.json").read_text())
+    capsys.readouterr()
+    for point, result in results.items():
+        assert result["settings"]["posterior"] == point
+        assert result["coherence"]["conditional"]["posterior"] == point
+    mean, sampled = (results[p]["quality"]["classifier_frechet_distance"]
+                     for p in ("mean", "sample"))
+    assert mean["train_vs_test"] == sampled["train_vs_test"]  # no generation involved
+    assert mean["conditional_leave_one_out"] != sampled["conditional_leave_one_out"]
+    assert cli.main(["evaluate", str(run), "--posterior", "mode"]) == 2
+    assert "invalid choice: 'mode'" in capsys.readouterr().err

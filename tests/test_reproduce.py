@@ -89,6 +89,20 @@ def test_tiny_run_writes_the_table_and_resumes(tmp_path, monkeypatch, capsys):
     coherence = second["learning_curve"][1]["coherence_single_source"]
     assert "| 2 | " in printed and f"{coherence:.3f}" in printed
     assert "### mmvae" not in printed  # no curve recorded for it
+    # posterior_point.py: the finished row again with z ~ q(z|X_S), beside the mean figures
+    sampled = tmp_path / "results" / "posterior-point.json"
+    assert load_script("posterior_point").main([
+        "--runs", str(tmp_path / "runs"), "--polymnist", str(tmp_path / "data"),
+        "--table", str(out), "--out", str(sampled), "--rows", "mopoe,mvtcae"]) == 0
+    entry = json.loads(sampled.read_text())["mopoe"]
+    assert entry["mean"] == second["conditional_coherence"] and entry["points"] == 50
+    assert len(entry["sample"]) == 4 and all(0 <= c <= 1 for c in entry["sample"])
+    assert entry["sample"] != entry["mean"]
+    evaluation = json.loads((tmp_path / "runs" / "mopoe" / "eval-sample" / "eval.json")
+                            .read_text())
+    assert evaluation["settings"]["posterior"] == "sample"
+    assert "| mopoe |" in sampled.with_suffix(".md").read_text()
+    assert "mvtcae: not in" in capsys.readouterr().out  # unfinished rows are skipped
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files of ../shared/data")

@@ -8,8 +8,11 @@ for a non-empty source subset S and a target t not in S,
           \qquad \hat x_t^{(i)} = \mathbb{E}\, p_\theta(x_t \mid z = \mathbb{E}_{q(z|X_S^{(i)})} z),
 
 i.e. the decoder mean at the posterior mean (``vae.generate``), classified by the target's
-classifier :math:`f_t` and compared with the label. Reported per (S, t), averaged by :math:`|S|`,
-as the single-source matrix and as leave-one-out (:math:`|S| = M - 1`) figures.
+classifier :math:`f_t` and compared with the label. With ``posterior="sample"`` the decoder
+mean at one draw :math:`z \sim q(z|X_S)` per data point is classified instead (MultiVae's
+default), which includes the posterior's spread in the figure. Reported per (S, t),
+averaged by :math:`|S|`, as the single-source matrix and as leave-one-out
+(:math:`|S| = M - 1`) figures.
 
 Unconditional coherence: draw :math:`z \sim p(z)` (``vae.sample``), generate every modality
 and count the samples whose M predicted classes agree. A collapsed generator (one blob for
@@ -29,6 +32,7 @@ from torch import Tensor
 from pyro_mmvae.distributions.subsets import source_subsets, subset_key
 from pyro_mmvae.metrics.classifiers import ModalityClassifiers
 from pyro_mmvae.metrics.common import evaluation_mode, progress_bar
+from pyro_mmvae.models.base import check_posterior_point
 
 DIVERSITY_IMAGES = 256  # images per modality used for the pairwise-distance figure
 #: Latents decoded by one decoder call of the cached engine on an accelerator (bounds its
@@ -82,8 +86,14 @@ def _decode(vae: Any, target: str, latents: Tensor, chunk: int | None) -> Tensor
     return torch.cat([decode(part) for part in latents.split(chunk)])
 
 
-def _generate_cached(vae: Any, batch: dict[str, Tensor], plan: Plan, chunk: int | None
-                     ) -> dict[tuple[tuple[str, ...], str], Tensor]:
+def _posterior_kwargs(posterior: str) -> dict[str, str]:
+    """``posterior=`` for ``generate``/``generation_latents`` only when it is not the default,
+    so that a user's model written before the option (no such argument) still evaluates."""
+    return {} if check_posterior_point(posterior) == "mean" else {"posterior": posterior}
+
+
+def _generate_cached(vae: Any, batch: dict[str, Tensor], plan: Plan, chunk: int | None,
+                     posterior: str = "mean") -> dict[tuple[tuple[str, ...], str], Tensor]:
     """Encode once, build every subset's latents, decode each target in one large batch.
 
     Subsets are visited in ``plan`` order, so random choices (a mixture's component, a
@@ -92,7 +102,8 @@ def _generate_cached(vae: Any, batch: dict[str, Tensor], plan: Plan, chunk: int 
     experts = vae.encode_experts(batch)
     latents: dict[str, list[tuple[tuple[str, ...], Tensor]]] = {}
     for sources, targets in plan:
-        for t, latent in vae.generation_latents(experts, list(sources), list(targets)).items():
+        for t, latent in vae.generation_latents(experts, list(sources), list(targets),
+                                                **_posterior_kwargs(posterior)).items():
             latents.setdefault(t, []).append((sources, latent))
     out = {}
     for t, parts in latents.items():
@@ -109,6 +120,7 @@ def cross_generate(
     plan: Plan,
     engine: str = "auto",
     chunk: int | None = None,
+    posterior: str = "mean",
 ) -> dict[tuple[tuple[str, ...], str], Tensor]:
     """Decoder means of every ``(sources, target)`` of ``plan`` (pairs ``(S, targets)``).
 
@@ -118,8 +130,11 @@ def cross_generate(
     subsets at once, in chunks of ``chunk`` latents (default: :data:`CPU_DECODE_CHUNK` on the
     CPU, :data:`DECODE_CHUNK` elsewhere): the same numbers (and random draws)
     at a fraction of the encoder passes and Python calls. ``"auto"``: cached where the
-    model supports it (:func:`supports_cached_generation`). Call under ``torch.no_grad()``.
+    model supports it (:func:`supports_cached_generation`). ``posterior``: decode the
+    posterior mean of z or one draw from it (``"mean"``, ``"sample"``). Call under
+    ``torch.no_grad()``.
     """
+    check_posterior_point(posterior)
     if engine not in ENGINES or engine == "mixture":
         raise ValueError(f"unknown engine {engine!r}; choose one of: auto, cached, generate")
     cached = engine == "cached" or (engine == "auto" and supports_cached_generation(vae))
@@ -127,11 +142,11 @@ def cross_generate(
         if not supports_cached_generation(vae):
             raise ValueError(f"{type(vae).__name__} has no encode_experts/generation_latents; "
                              "use engine='generate'")
-        return _generate_cached(vae, batch, plan, chunk)
+        return _generate_cached(vae, batch, plan, chunk, posterior)
     out = {}
     for sources, targets in plan:
         generated = vae.generate({m: batch[m] for m in sources}, sources=list(sources),
-                                 targets=list(targets))
+                                 targets=list(targets), **_posterior_kwargs(posterior))
         out.update({(sources, t): generated[t] for t in targets})
     return out
 
@@ -150,10 +165,12 @@ def conditional_coherence(
     max_subsets_per_size: int | None = None,
     engine: str = "auto",
     progress: bool = False,
+    posterior: str = "mean",
 ) -> dict[str, Any]:
     r"""Conditional coherence C(S -> t) for every chosen source subset S and target t not in S.
 
-    Generation uses the posterior mean (``"posterior": "mean"`` in the result), through
+    Generation decodes the posterior mean of z, or with ``posterior="sample"`` one draw
+    :math:`z \sim q(z|X_S)` per data point (recorded as ``"posterior"`` in the result), through
     :func:`cross_generate` with ``engine``: each batch is encoded once and every target
     decoded for all subsets at once (``"cached"``, the library's models), or passed once per
     subset S to ``vae.generate({s: x_s for s in S}, sources=S, targets=[all t not in S])``
@@ -196,6 +213,7 @@ def conditional_coherence(
     targets = {s: [t for t in names if t not in s] for s in subsets}
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    check_posterior_point(posterior)
     mixture = engine == "mixture" or (engine == "auto" and supports_mixture_coherence(vae))
     if mixture and not supports_mixture_coherence(vae):
         raise ValueError(f"{type(vae).__name__} does not generate from one expert of a "
@@ -211,7 +229,8 @@ def conditional_coherence(
                                             unit="tuple") as bar:
         for batch, labels in dataset.batches(batch_size, device=device):
             labels = labels.to(classifiers.device)
-            generated = cross_generate(vae, batch, plan, "cached" if mixture else engine)
+            generated = cross_generate(vae, batch, plan, "cached" if mixture else engine,
+                                       posterior=posterior)
             rows = {s: _observed_rows(batch, s, labels) for s in subsets}
             for s in subsets:
                 observed[s] += len(labels) if rows[s] is None else int(rows[s].sum())
@@ -231,6 +250,7 @@ def conditional_coherence(
     accuracy = {key: hits / observed[key[0]] if observed[key[0]] else float("nan")
                 for key, hits in correct.items()}
     result = _summarise_conditional(names, subsets, targets, accuracy, classifiers, total)
+    result["posterior"] = posterior
     if getattr(dataset, "masks", None) is not None:
         result["observed_rows"] = {subset_key(s): observed[s] for s in subsets}
     return result

@@ -61,6 +61,7 @@ from pyro_mmvae.metrics.suite import (
     run_quality,
     seeded,
 )
+from pyro_mmvae.models.base import check_posterior_point
 
 #: The metric groups of :func:`evaluate_model`, in the order they run.
 METRICS: tuple[str, ...] = ("coherence", "quality", "likelihood", "probe")
@@ -112,6 +113,9 @@ class EvalSettings:
         :func:`~pyro_mmvae.metrics.coherence.conditional_coherence`; ``"cached"``: one
         expert drawn per row as generation does; ``"generate"``: one ``vae.generate`` call
         per subset; ``"mixture"``: the expectation, an error for other models).
+    :param posterior: the point of :math:`q(z|X_S)` that conditional generation decodes in
+        coherence and quality: ``"mean"`` (default) or ``"sample"``, one draw per data point
+        (MultiVae's coherence).
     :param progress: progress bars on stderr.
     """
 
@@ -137,6 +141,7 @@ class EvalSettings:
     annealed_leapfrog: int = 1
     annealed_start: str = "refined"
     engine: str = "auto"
+    posterior: str = "mean"
     #: Precision of the model's networks (encoders, decoders) in coherence and quality:
     #: ``"32"``, ``"bf16"`` or ``"16"`` autocast (:func:`pyro_mmvae.engine.network_precision`,
     #: outputs cast back to fp32); likelihoods and probes always run them in fp32.
@@ -167,6 +172,7 @@ class EvalSettings:
         parse_proposals(self.proposal)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        check_posterior_point(self.posterior)
         self.precision = check_precision(self.precision)
 
 

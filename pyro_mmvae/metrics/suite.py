@@ -90,7 +90,7 @@ def run_coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettin
     conditional = conditional_coherence(
         vae, data, classifiers, subset_sizes=None, batch_size=settings.batch_size,
         device=device, max_subsets_per_size=settings.coherence_subsets,
-        engine=settings.engine, progress=settings.progress)
+        engine=settings.engine, progress=settings.progress, posterior=settings.posterior)
     num = settings.unconditional_samples or min(len(test_ds), settings.quality_points
                                                 or len(test_ds))
     unconditional = unconditional_coherence(vae, classifiers, num_samples=num,
@@ -116,8 +116,8 @@ def _observed(batch: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, Te
 
 
 def _quality_batches(vae: Any, train_ds: Any, test_part: Any, names: Sequence[str],
-                     batch_size: int, device: torch.device, engine: str = "auto"
-                     ) -> Iterator[tuple[str, dict[str, Tensor]]]:
+                     batch_size: int, device: torch.device, engine: str = "auto",
+                     posterior: str = "mean") -> Iterator[tuple[str, dict[str, Tensor]]]:
     """``(set, {modality: images})`` batches: test images (the reference), leave-one-out
     generations of every modality from all the others, training images, prior samples."""
     n = len(test_part)
@@ -127,7 +127,7 @@ def _quality_batches(vae: Any, train_ds: Any, test_part: Any, names: Sequence[st
         if len(vae.names) > 1:
             # generated images are needed here: the mixture engine's expectation is coherence's
             generated = cross_generate(vae, batch, plan, "cached" if engine == "mixture"
-                                       else engine)
+                                       else engine, posterior=posterior)
             mask = getattr(batch, "mask", None)
             out = {}
             for s, t in plan:
@@ -167,7 +167,8 @@ def run_quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, setting
     with evaluation_mode(vae), progress_bar(steps, "quality", settings.progress,
                                             unit="batch") as bar:
         for label, images in _quality_batches(vae, train_ds, test_part, names,
-                                              settings.batch_size, device, settings.engine):
+                                              settings.batch_size, device, settings.engine,
+                                              settings.posterior):
             bar.update()
             for key, extract in extractors.items():
                 for m, x in images.items():

@@ -37,6 +37,22 @@ Mask = Mapping[str, Tensor] | None
 
 DATA_DIM = -1
 STRATA_DIM = -2
+#: The point of :math:`q(z|X_S)` conditional generation decodes: its mean (the default) or
+#: one draw :math:`z \sim q(z|X_S)` per data point (MultiVae's coherence default).
+POSTERIOR_POINTS = ("mean", "sample")
+
+
+def check_posterior_point(posterior: str) -> str:
+    """``posterior`` if it is one of :data:`POSTERIOR_POINTS`, else a ValueError."""
+    if posterior not in POSTERIOR_POINTS:
+        raise ValueError(f"unknown posterior point {posterior!r}; choose one of: "
+                         f"{', '.join(POSTERIOR_POINTS)}")
+    return posterior
+
+
+def posterior_point(q: TorchDistribution, posterior: str = "mean") -> Tensor:
+    """The mean of ``q`` (``posterior="mean"``) or one draw from it (``"sample"``)."""
+    return q.mean if check_posterior_point(posterior) == "mean" else q.sample()
 
 
 def _is_categorical(mod: Modality) -> bool:
@@ -410,9 +426,11 @@ class MultimodalVAE(nn.Module):
         """:math:`q(z \\mid X_S)` for the source modalities S, batch shape ``(B,)``."""
         raise NotImplementedError
 
-    def posterior_location(self, data: Data, sources: Sequence[str]) -> Tensor:
-        """The point in latent space used for conditional generation (posterior mean)."""
-        return self.posterior(data, sources).mean
+    def posterior_location(self, data: Data, sources: Sequence[str],
+                           posterior: str = "mean") -> Tensor:
+        """The point in latent space conditional generation decodes: the mean of
+        :math:`q(z|X_S)`, or a draw from it with ``posterior="sample"``."""
+        return posterior_point(self.posterior(data, sources), posterior)
 
     # ------------------------------------------------------------------ cached experts
     def encode_experts(self, data: Data) -> dict[str, Tensor]:
@@ -438,10 +456,13 @@ class MultimodalVAE(nn.Module):
                                   "experts")
 
     def generation_latents(self, experts: Mapping[str, Tensor], sources: Sequence[str],
-                           targets: Sequence[str]) -> dict[str, Tensor]:
+                           targets: Sequence[str], posterior: str = "mean"
+                           ) -> dict[str, Tensor]:
         """The decoder input of each target that :meth:`generate` would decode, from cached
-        experts; ``mods[t].mean(latents[t])`` is ``generate(...)[t]``."""
-        z = self.posterior_from_experts(experts, self._check_names(sources, "source")).mean
+        experts; ``mods[t].mean(latents[t])`` is ``generate(...)[t]``. ``posterior``: the
+        mean of :math:`q(z|X_S)` or one draw from it (:data:`POSTERIOR_POINTS`)."""
+        q = self.posterior_from_experts(experts, self._check_names(sources, "source"))
+        z = posterior_point(q, posterior)
         return {t: z for t in self._check_names(targets, "target")}
 
     def _check_names(self, names: Sequence[str], what: str) -> list[str]:
@@ -459,13 +480,16 @@ class MultimodalVAE(nn.Module):
         data: Data,
         sources: Sequence[str],
         targets: Sequence[str] | None = None,
+        posterior: str = "mean",
     ) -> dict[str, Tensor]:
         """Decoder means of ``targets`` (default: all) generated from :math:`q(z|X_{sources})`.
 
-        Uses the posterior mean (:meth:`posterior_location`), through the expert cache
-        (:meth:`encode_experts`, :meth:`generation_latents`) where the model has one. Call
-        under ``torch.no_grad()``.
+        Decodes the posterior mean, or with ``posterior="sample"`` one draw
+        :math:`z \\sim q(z|X_S)` per data point (:meth:`posterior_location`), through the
+        expert cache (:meth:`encode_experts`, :meth:`generation_latents`) where the model
+        has one. Call under ``torch.no_grad()``.
         """
+        check_posterior_point(posterior)
         sources = self._check_names(sources, "source")
         targets = self._check_names(self.names if targets is None else targets, "target")
         missing = [s for s in sources if data.get(s) is None]
@@ -473,9 +497,10 @@ class MultimodalVAE(nn.Module):
             raise ValueError(f"source modality {missing} not in the data")
         given = {s: data[s] for s in sources}
         if type(self).posterior_from_experts is MultimodalVAE.posterior_from_experts:
-            z = self.posterior_location(given, sources)  # a model without the expert cache
+            z = self.posterior_location(given, sources, posterior)  # no expert cache
             return {t: self.mods[t].mean(z) for t in targets}
-        latents = self.generation_latents(self.encode_experts(given), sources, targets)
+        latents = self.generation_latents(self.encode_experts(given), sources, targets,
+                                          posterior)
         return {t: self.mods[t].mean(latents[t]) for t in targets}
 
     def sample(self, num: int) -> dict[str, Tensor]:

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from pyro_mmvae.distributions.experts import StratifiedMixture, component_distribution
 from pyro_mmvae.distributions.scales import unit_scale_raw
 from pyro_mmvae.modality import Modality
-from pyro_mmvae.models.base import DATA_DIM, Data, Mask, Strata
+from pyro_mmvae.models.base import DATA_DIM, Data, Mask, Strata, posterior_point
 from pyro_mmvae.models.mixture import MMVAE
 
 #: Where the cross-modal private latent :math:`\tilde w_d` of stratum r != d comes from.
@@ -235,12 +235,14 @@ class MMVAEPlus(MMVAE):
         loc_z, scale_z, loc_w, scale_w = self.encode_all(filled)
         return {"loc": loc_z, "scale": scale_z, "loc_w": loc_w, "scale_w": scale_w}
 
-    def generation_latents(self, experts, sources, targets) -> dict[str, Tensor]:
+    def generation_latents(self, experts, sources, targets, posterior: str = "mean"
+                           ) -> dict[str, Tensor]:
         r"""``[z, w_t]`` for each target t of :meth:`generate`, from cached experts.
 
         z is the mean of :math:`q(z|X_S)` (for several sources, of one present expert drawn
-        per row, as MMVAE). A target among the sources is reconstructed with the mean of its
-        own :math:`q_t(w_t|x_t)`; any other target gets :math:`w_t \sim p(w_t)` (the paper's
+        per row, as MMVAE), or a draw from that expert with ``posterior="sample"``. A target
+        among the sources is reconstructed with the mean of (or a draw from) its own
+        :math:`q_t(w_t|x_t)`; any other target gets :math:`w_t \sim p(w_t)` (the paper's
         cross-generation: its private latent is not inferable from the sources).
         """
         sources = self._check_names(sources, "source")
@@ -248,11 +250,14 @@ class MMVAEPlus(MMVAE):
         index = [self.names.index(s) for s in sources]
         mixture = StratifiedMixture(experts["loc"][index], experts["scale"][index],
                                     family=self.posterior_family)
-        z = mixture.choose_component().mean
+        z = posterior_point(mixture.choose_component(), posterior)
         out = {}
         for t in targets:
             if t in sources:
-                w = experts["loc_w"][self.names.index(t)]
+                i = self.names.index(t)
+                w = posterior_point(component_distribution(
+                    self.posterior_family, experts["loc_w"][i], experts["scale_w"][i]),
+                    posterior)
             else:
                 w = self.private_prior().sample((z.size(0),))
             out[t] = concat_latents(z, w)
