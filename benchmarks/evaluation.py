@@ -72,6 +72,7 @@ import torch
 
 from pyro_mmvae import __version__
 from pyro_mmvae.data import load_dataset
+from pyro_mmvae.engine.device import cpu_model
 from pyro_mmvae.metrics import (
     conditional_coherence,
     feature_statistics,
@@ -164,20 +165,10 @@ def _count(text: str, total: int) -> int:
     return total if text == "all" else min(int(text), total)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on."""
     info = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": list(os.getloadavg()),

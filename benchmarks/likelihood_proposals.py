@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package beside this file
 
+from pyro_mmvae.engine.device import cpu_model  # noqa: E402
 from pyro_mmvae.metrics.common import head  # noqa: E402
 from pyro_mmvae.metrics.likelihood import (  # noqa: E402
     PARETO_K_THRESHOLD,
@@ -40,13 +40,9 @@ from pyro_mmvae.runs import load_run  # noqa: E402
 
 def machine() -> dict[str, Any]:
     """CPU model (lscpu), cores, torch threads and versions."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in lines.splitlines()
-                      if ln.startswith("Model name")), None)
-    except OSError:
-        model = None
     import os
+
+    model = cpu_model()
 
     try:
         load = os.getloadavg()[0]

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +47,7 @@ import pyro
 import torch
 from torch import Tensor
 
+from pyro_mmvae.engine.device import describe_device
 from pyro_mmvae.metrics import get_classifiers
 from pyro_mmvae.metrics.common import evaluation_mode
 from pyro_mmvae.metrics.probe import probe_accuracy
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         record = {"command": "python benchmarks/private_latent_diagnosis.py "
                   + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-                  "machine": platform.processor() or platform.machine(),
+                  "machine": describe_device("cpu"),
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "date": datetime.datetime.now().isoformat(timespec="seconds"), "runs": rows}
         with open(args.out, "w") as f:

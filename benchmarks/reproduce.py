@@ -50,8 +50,6 @@ import fcntl
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -64,6 +62,7 @@ import torch
 
 from pyro_mmvae.checkpoint import save_json
 from pyro_mmvae.data import load_dataset
+from pyro_mmvae.engine.device import describe_device
 from pyro_mmvae.metrics import conditional_coherence, get_classifiers
 from pyro_mmvae.metrics.evaluate import evaluate_run
 from pyro_mmvae.presets import PRESETS
@@ -316,16 +315,7 @@ def command_line(args: argparse.Namespace, row: Row) -> str:
 
 def machine() -> str:
     """CPU model, cores and torch threads (or the GPU's name)."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                      if line.startswith("Model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+    return describe_device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------- reports

@@ -293,6 +293,22 @@ def test_hyperparameters_and_settings_are_checked(tmp_path):
     assert train_module.resolve_device("cpu") == torch.device("cpu")
 
 
+def test_measurements_name_the_cpu_model(monkeypatch, tmp_path):
+    """eval.json and the benchmarks record the CPU model of /proc/cpuinfo, not "x86_64"."""
+    import pyro_mmvae.engine.device as device_module
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t: avx2\n")
+    real_path = device_module.Path
+    monkeypatch.setattr(device_module, "Path",
+                        lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert device_module.cpu_model() == "Test CPU 9000"
+    line = device_module.describe_device("cpu")
+    assert line.startswith("Test CPU 9000, ") and f"{torch.get_num_threads()} torch threads" in line
+    monkeypatch.setattr(device_module, "Path", lambda p: tmp_path / "absent")
+    assert device_module.cpu_model()  # falls back to the platform's name
+
+
 def test_resume_may_lower_the_learning_rate(tmp_path):
     train(config(tmp_path, epochs=1), progress=False)
     train(config(tmp_path, epochs=2, lr=1e-3, resume=True), progress=False)

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -284,13 +282,6 @@ def _load_run(run_dir: Path, device: torch.device, data_root: str | None
     return run.vae, run.train_ds, run.test_ds, run.state
 
 
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-           f"{torch.get_num_threads()} torch threads"
-
-
 def _check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and make sure a file can be written there, before any
     computation (PermissionError naming the folder otherwise)."""
@@ -332,7 +323,7 @@ def evaluate_run(
     """
     from pyro_mmvae import __version__
     from pyro_mmvae.checkpoint import save_json
-    from pyro_mmvae.engine.device import resolve_device
+    from pyro_mmvae.engine.device import describe_device, resolve_device
 
     run_dir = Path(run_dir)
     folder = Path(out_dir) if out_dir is not None else run_dir
@@ -357,7 +348,7 @@ def evaluate_run(
         "epoch": state.get("epoch"),
         "test_points": len(test_ds),
         "device": str(torch_device),
-        "machine": _machine(torch_device),
+        "machine": describe_device(torch_device),
         "library_version": __version__,
     }
 
