@@ -38,7 +38,8 @@ Mask = Mapping[str, Tensor] | None
 DATA_DIM = -1
 STRATA_DIM = -2
 #: The point of :math:`q(z|X_S)` conditional generation decodes: its mean (the default) or
-#: one draw :math:`z \sim q(z|X_S)` per data point (MultiVae's coherence default).
+#: one draw :math:`z \sim q(z|X_S)` per data point (the papers' protocol: MultiVae's coherence,
+#: and the MMVAE+ authors' cross-generation, decode a sample).
 POSTERIOR_POINTS = ("mean", "sample")
 
 
