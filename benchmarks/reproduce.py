@@ -440,7 +440,8 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
               "from their prior); "
               "Fréchet: classifier Fréchet distance (penultimate layer of the library's digit "
               "classifier, not Inception FID) of prior samples / leave-one-out conditional "
-              "generations against test images.", "", "Sources of the papers' figures: "
+              "generations (decoded at the posterior mean) against test images.", "",
+              "Sources of the papers' figures: "
               + "; ".join(f"{k}: {v['source']}" for k, v in PAPERS.items()) + ".", "",
               "Commands and machines:", ""]
     lines += [f"- {key}: `{table[key]['command']}` ({table[key]['machine']}, "
