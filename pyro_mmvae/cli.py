@@ -506,9 +506,11 @@ def _print_evaluation(results: dict) -> None:
     joint = likelihood.get("joint") or {}
     by_size = coherence.get("by_subset_size") or {}
     probe = (results.get("probe") or {}).get("by_subset_size") or {}
+    point = "sampled" if (results.get("settings") or {}).get("posterior") == "sample" else "mean"
     rows = [
         ("model", results.get("model")),
-        ("coherence by |S|", " ".join(f"{k}:{v:.3f}" for k, v in by_size.items()) or None),
+        (f"coherence by |S| ({point} z)",
+         " ".join(f"{k}:{v:.3f}" for k, v in by_size.items()) or None),
         ("unconditional coherence", _fmt(coherence.get("unconditional_coherence"))),
         ("classifier accuracy", _fmt(coherence.get("mean_classifier_accuracy"))),
         ("classifier Fréchet dist.", _fmt(quality.get("mean_unconditional"), 2)),

@@ -309,7 +309,9 @@ def test_evaluate_with_sampled_posterior_points(patched, tmp_path, capsys):
         assert cli.main(["evaluate", str(run), "--out", str(out), "--posterior", point,
                          *common]) == 0
         results[point] = json.loads((out / "eval.json").read_text())
-    capsys.readouterr()
+        printed = "coherence by |S| (sampled z)" if point == "sample" else \
+            "coherence by |S| (mean z)"
+        assert printed in capsys.readouterr().out
     for point, result in results.items():
         assert result["settings"]["posterior"] == point
         assert result["coherence"]["conditional"]["posterior"] == point
