@@ -18,7 +18,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"),
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu/check.sh"), "--device", "cpu",
-                           "--dry-run"], env=env, capture_output=True, text=True, timeout=600)
+                           "--dry-run"], env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = tmp_path / "out"
     assert "torch" in (out / "machine.txt").read_text()
