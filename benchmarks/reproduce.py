@@ -380,10 +380,6 @@ def _measure(entry: dict[str, Any], measure: str) -> float:
     return float(entry[measure])
 
 
-def _keys(entry: dict[str, Any]) -> set[str]:
-    """The measures ``entry`` holds (``"coherence_sampled"`` for rows evaluated with it)."""
-    return {k.removeprefix("conditional_") for k in entry}
-
 
 def orderings(table: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows checking each of :data:`CLAIMS` whose two rows are in ``table``:
@@ -397,9 +393,9 @@ def orderings(table: dict[str, dict[str, Any]]) -> list[str]:
         unit = (lambda v: f"{100 * v:.1f} %") if measure == "coherence" \
             else (lambda v: f"{v:.2f}")
         ours, verdict = f"{better} {unit(a)} vs {worse} {unit(b)}", "yes" if holds else "**no**"
-        sampled = "coherence_sampled"
-        if measure == "coherence" and all(sampled in _keys(table[k]) for k in (better, worse)):
-            a, b = _measure(table[better], sampled), _measure(table[worse], sampled)
+        if measure == "coherence" and all("conditional_coherence_sampled" in table[k]
+                                          for k in (better, worse)):
+            a, b = (_measure(table[k], "coherence_sampled") for k in (better, worse))
             ours += f" (sampled z: {unit(a)} vs {unit(b)})"
             verdict += f" ({'yes' if a >= b else '**no**'})"
         lines.append(f"| {claim} | {ours} | {verdict} |")
