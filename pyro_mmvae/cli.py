@@ -200,9 +200,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--beta", type=_setting("beta", float), metavar="BETA",
                        help="weight of the KL (prior-ratio) terms; same as --set beta=BETA")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    train.add_argument("--precision", choices=PRECISION_NAMES,
+    train.add_argument("--precision", choices=("auto", *PRECISION_NAMES),
                        help="precision of the networks (autocast; distributions and the "
-                       "objective stay fp32); default 32")
+                       "objective stay fp32); default auto: bf16 where the device has "
+                       "bfloat16 matrix units (GPU compute capability >= 8, CPU AMX-BF16 or "
+                       "AVX512-BF16), else 32")
     train.add_argument("--compile", action="store_true",
                        help="torch.compile the encoders and decoders")
     train.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),

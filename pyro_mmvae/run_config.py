@@ -14,7 +14,7 @@ from pyro_mmvae.checkpoint import (
     check_checkpoint_matches,
     check_resume_settings,
 )
-from pyro_mmvae.engine import LR_SCHEDULES, check_precision
+from pyro_mmvae.engine import LR_SCHEDULES, resolve_precision
 from pyro_mmvae.engine.networks import DECODER_BATCHING, MEMORY_FORMATS
 from pyro_mmvae.settings import GROUP_OF, MODALITIES_PREFIX, check_value
 from pyro_mmvae.stages import Stage, as_stages, resolve_stages, stages_to_json
@@ -48,7 +48,9 @@ class TrainConfig:
     stages: Sequence[Any] | None = None
     #: Model settings of the zoo (``beta``, ``alpha``, ``latent_dim``, ...) over the preset.
     settings: dict[str, Any] = field(default_factory=dict)
-    #: Network precision: ``"32"``, ``"bf16"`` or ``"16"`` (see :mod:`pyro_mmvae.engine`).
+    #: Network precision: ``"32"``, ``"bf16"``, ``"16"`` or ``"auto"`` (bf16 where the device
+    #: has bfloat16 matrix units, else 32; :func:`pyro_mmvae.engine.resolve_precision`). None:
+    #: the checkpoint's when resuming, else ``"auto"``.
     precision: str | None = None
     #: ``torch.compile`` the networks.
     compile: bool = False
@@ -79,7 +81,7 @@ class TrainConfig:
                 check_value(name, value)
         _check_positive("clip_grad", self.clip_grad, float)
         if self.precision is not None:
-            check_precision(self.precision)
+            resolve_precision(self.precision, "cpu")
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose "
                              f"one of {', '.join(LR_SCHEDULES)}")
@@ -154,6 +156,8 @@ def check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
     saved = {**(resumed.get("settings") or {}), **(resumed.get("hyper") or {})}
     requested = {key: getattr(config, key) for key in _FIXED_ON_RESUME
                  if getattr(config, key) is not None}
+    if str(requested.get("precision")).lower() == "auto":  # the run keeps the precision it chose
+        del requested["precision"]
     requested.update(config.settings)
     requested.update({k: getattr(config, k) for k in ("num_particles", "estimator")
                       if getattr(config, k) is not None})
@@ -209,8 +213,10 @@ def _pick(config_value: Any, saved: dict[str, Any], key: str, default: Any) -> A
 
 
 def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
-                   overrides: dict[str, Any], resumed: dict[str, Any] | None) -> RunHyper:
-    """Config value if given, else the checkpoint's (when resuming), else the preset default."""
+                   overrides: dict[str, Any], resumed: dict[str, Any] | None,
+                   device: Any = "cpu") -> RunHyper:
+    """Config value if given, else the checkpoint's (when resuming), else the preset default;
+    precision ``"auto"`` resolved for ``device``."""
     base = dict(spec.train_defaults)
     if resumed:
         base.update(resumed["hyper"])
@@ -218,6 +224,9 @@ def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
     if missing:
         raise ValueError(f"model spec train_defaults lacks {', '.join(missing)}")
     epochs = int(_pick(config.epochs, base, "epochs", None))
+    precision = config.precision
+    if resumed and str(precision).lower() == "auto":  # a resumed run keeps what it chose
+        precision = None
     stages = as_stages(config.stages if config.stages is not None else base.get("stages"))
     return RunHyper(
         preset=preset,
@@ -227,7 +236,7 @@ def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
         amsgrad=bool(base["amsgrad"]),
         batch_size=int(_pick(config.batch_size, base, "batch_size", None)),
         epochs=epochs,
-        precision=check_precision(_pick(config.precision, base, "precision", "32")),
+        precision=resolve_precision(_pick(precision, base, "precision", "auto"), device),
         lr_schedule=_pick(config.lr_schedule, base, "lr_schedule", "constant"),
         clip_grad=_pick(config.clip_grad, base, "clip_grad", None),
         stages=resolve_stages(stages, epochs),

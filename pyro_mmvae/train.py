@@ -370,7 +370,7 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
     spec = build_model(config.model, train_ds, preset, **overrides)
     if resumed:
         check_resume_modalities(train_ds, resumed.get("settings"), spec.settings)
-    hyper = resolve_hyper(config, spec, preset, overrides, resumed)
+    hyper = resolve_hyper(config, spec, preset, overrides, resumed, device)
     train_ds, test_ds = apply_missing((train_ds, test_ds), hyper.missing_ratio, hyper.seed)
     if resumed and hyper.epochs < resumed["epoch"]:
         raise ValueError(

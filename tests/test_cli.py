@@ -70,6 +70,8 @@ def test_train_arguments_are_parsed():
     assert (args.model, args.epochs, args.batch_size, args.lr) == ("mmvae", 2, 8, 0.01)
     assert (args.num_particles, args.estimator, args.seed) == (3, "iwae", 5)
     assert args.resume and not args.evaluate and args.dataset == "polymnist-mini"
+    assert args.precision is None  # TrainConfig: the checkpoint's, else "auto"
+    assert cli.build_parser().parse_args(["train", "--precision", "auto"]).precision == "auto"
 
 
 def test_set_parses_model_settings():

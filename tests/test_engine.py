@@ -17,6 +17,7 @@ from pyro_mmvae.engine import (
     check_precision,
     compile_networks,
     network_precision,
+    resolve_precision,
 )
 from pyro_mmvae.engine.networks import run_network, set_decoder_batching
 from pyro_mmvae.runs import RunFolder
@@ -46,6 +47,38 @@ def test_precision_names_are_checked():
     assert check_precision("16") == "16"
     with pytest.raises(ValueError, match="unknown precision"):
         check_precision("int8")
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units(monkeypatch):
+    import pyro_mmvae.engine.networks as networks
+
+    monkeypatch.setattr(networks, "bf16_supported", lambda device: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("AUTO", "cuda") == "bf16"
+    monkeypatch.setattr(networks, "bf16_supported", lambda device: False)
+    assert resolve_precision("auto", "cpu") == "32"
+    assert resolve_precision("fp32", "cpu") == "32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("int8", "cpu")
+
+
+def test_a_run_records_the_precision_auto_chose_and_keeps_it_on_resume(mini, tmp_path,
+                                                                        monkeypatch):
+    import pyro_mmvae.engine.networks as networks
+
+    out = str(tmp_path / "run")
+    monkeypatch.setattr(networks, "bf16_supported", lambda device: True)  # a bf16 machine
+    first = train(TrainConfig(model="mmvae", dataset="mini", device="cpu", out=out, epochs=1,
+                              batch_size=32, settings=dict(SMALL)), progress=False, datasets=mini)
+    assert first["precision"] == "bf16"
+    monkeypatch.setattr(networks, "bf16_supported", lambda device: False)  # resumed elsewhere
+    second = train(TrainConfig(model="mmvae", dataset="mini", device="cpu", out=out, epochs=2,
+                               resume=True, precision="auto"), progress=False, datasets=mini)
+    assert second["precision"] == "bf16"
+    third = train(TrainConfig(model="mmvae", dataset="mini", device="cpu",
+                              out=str(tmp_path / "other"), epochs=1, batch_size=32,
+                              settings=dict(SMALL)), progress=False, datasets=mini)
+    assert third["precision"] == "32"
 
 
 def test_networks_run_in_bf16_and_the_objective_in_fp32(mini):

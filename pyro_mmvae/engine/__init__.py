@@ -13,6 +13,7 @@ from pyro_mmvae.engine.networks import (
     check_precision,
     compile_networks,
     network_precision,
+    resolve_precision,
     run_network,
     warn_if_emulated,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "compile_networks",
     "init_process_group",
     "network_precision",
+    "resolve_precision",
     "run_network",
     "warn_if_emulated",
 ]

@@ -123,6 +123,19 @@ def bf16_supported(device: torch.device) -> bool:
     return bool(mkldnn and mkldnn.is_available() and _cpu_flag("avx512_bf16", "amx_bf16"))
 
 
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``precision`` as one of :data:`PRECISIONS`, with ``"auto"`` resolved for ``device``.
+
+    ``"auto"`` (the training default) is ``"bf16"`` where the device has bfloat16 matrix units
+    (:func:`bf16_supported`) and ``"32"`` elsewhere: on the default ``polymnist-mini`` runs of
+    MMVAE and MMVAE+ bf16 reached the fp32 coherence within 0.03
+    (``benchmarks/results/precision_mini_cpu.md``), and where it is emulated it is only slower.
+    """
+    if str(precision).lower() == "auto":
+        return "bf16" if bf16_supported(torch.device(device)) else "32"
+    return check_precision(precision)
+
+
 def warn_if_emulated(precision: str, device: torch.device | str) -> None:
     """Warn when ``precision`` is bf16 on a device without bfloat16 matrix units.
 
