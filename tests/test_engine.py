@@ -79,6 +79,16 @@ def test_a_run_records_the_precision_auto_chose_and_keeps_it_on_resume(mini, tmp
                               out=str(tmp_path / "other"), epochs=1, batch_size=32,
                               settings=dict(SMALL)), progress=False, datasets=mini)
     assert third["precision"] == "32"
+    # a checkpoint from before "auto" names no precision: it was trained in 32 and stays so
+    path = tmp_path / "other" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["hyper"]["precision"]
+    torch.save(state, path)
+    monkeypatch.setattr(networks, "bf16_supported", lambda device: True)
+    fourth = train(TrainConfig(model="mmvae", dataset="mini", device="cpu",
+                               out=str(tmp_path / "other"), epochs=2, resume=True),
+                   progress=False, datasets=mini)
+    assert fourth["precision"] == "32"
 
 
 def test_networks_run_in_bf16_and_the_objective_in_fp32(mini):
