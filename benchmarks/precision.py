@@ -38,6 +38,7 @@ import torch
 
 from pyro_mmvae.engine.device import cpu_model, describe_device
 from pyro_mmvae.engine.networks import bf16_supported
+from pyro_mmvae.runs import RunFolder
 
 TARGET = 0.03
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,10 +75,7 @@ def train_command(model: str, precision: str, out: Path, extra: Sequence[str] = 
 
 def finished_summary(out: Path) -> dict[str, Any] | None:
     """The run's summary.json if training and its evaluation finished, else None."""
-    path = out / "summary.json"
-    if not path.exists():
-        return None
-    summary = json.loads(path.read_text())
+    summary = RunFolder(out).read_summary()
     return summary if "conditional_coherence" in summary else None
 
 
@@ -85,7 +83,8 @@ def train(model: str, precision: str, runs: Path, extra: Sequence[str]) -> None:
     out = run_dir(runs, model, precision)
     if finished_summary(out) is not None:
         return
-    command = train_command(model, precision, out, extra, resume=(out / "checkpoint.pt").exists())
+    resume = RunFolder(out).checkpoint_path.exists()
+    command = train_command(model, precision, out, extra, resume=resume)
     log = out.parent / f"{out.name}.log"
     with log.open("a") as stream:
         subprocess.run([sys.executable, "-m", "pyro_mmvae", *command[1:]], check=True,

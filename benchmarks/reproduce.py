@@ -380,7 +380,6 @@ def _measure(entry: dict[str, Any], measure: str) -> float:
     return float(entry[measure])
 
 
-
 def orderings(table: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows checking each of :data:`CLAIMS` whose two rows are in ``table``:
     the two figures and whether our measurement orders them as the paper does."""

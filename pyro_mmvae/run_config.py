@@ -14,7 +14,7 @@ from pyro_mmvae.checkpoint import (
     check_checkpoint_matches,
     check_resume_settings,
 )
-from pyro_mmvae.engine import LR_SCHEDULES, resolve_precision
+from pyro_mmvae.engine import LR_SCHEDULES, check_precision, resolve_precision
 from pyro_mmvae.engine.networks import DECODER_BATCHING, MEMORY_FORMATS
 from pyro_mmvae.settings import GROUP_OF, MODALITIES_PREFIX, check_value
 from pyro_mmvae.stages import Stage, as_stages, resolve_stages, stages_to_json
@@ -80,8 +80,8 @@ class TrainConfig:
             if name in GROUP_OF or str(name).startswith(MODALITIES_PREFIX):
                 check_value(name, value)
         _check_positive("clip_grad", self.clip_grad, float)
-        if self.precision is not None:
-            resolve_precision(self.precision, "cpu")
+        if self.precision is not None and str(self.precision).lower() != "auto":
+            check_precision(self.precision)
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose "
                              f"one of {', '.join(LR_SCHEDULES)}")
@@ -156,8 +156,6 @@ def check_resume(config: TrainConfig, resumed: dict[str, Any]) -> None:
     saved = {**(resumed.get("settings") or {}), **(resumed.get("hyper") or {})}
     requested = {key: getattr(config, key) for key in _FIXED_ON_RESUME
                  if getattr(config, key) is not None}
-    if str(requested.get("precision")).lower() == "auto":  # the run keeps the precision it chose
-        del requested["precision"]
     requested.update(config.settings)
     requested.update({k: getattr(config, k) for k in ("num_particles", "estimator")
                       if getattr(config, k) is not None})
@@ -224,9 +222,6 @@ def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
     if missing:
         raise ValueError(f"model spec train_defaults lacks {', '.join(missing)}")
     epochs = int(_pick(config.epochs, base, "epochs", None))
-    precision = config.precision
-    if resumed and str(precision).lower() == "auto":  # a resumed run keeps what it chose
-        precision = None
     stages = as_stages(config.stages if config.stages is not None else base.get("stages"))
     return RunHyper(
         preset=preset,
@@ -237,7 +232,7 @@ def resolve_hyper(config: TrainConfig, spec: Any, preset: str | None,
         batch_size=int(_pick(config.batch_size, base, "batch_size", None)),
         epochs=epochs,
         # a checkpoint from before "auto" that names no precision was trained in 32
-        precision=resolve_precision(_pick(precision, base, "precision",
+        precision=resolve_precision(_pick(config.precision, base, "precision",
                                           "32" if resumed else "auto"), device),
         lr_schedule=_pick(config.lr_schedule, base, "lr_schedule", "constant"),
         clip_grad=_pick(config.clip_grad, base, "clip_grad", None),

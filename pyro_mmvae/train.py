@@ -320,6 +320,8 @@ def train(config: TrainConfig, progress: bool = True,
     folder = RunFolder(config.out or default_run_dir(config.model, config.dataset))
     resumed = folder.start(config.resume)
     if resumed is not None:
+        if str(config.precision).lower() == "auto":  # a resumed run keeps the one it chose
+            config = dataclasses.replace(config, precision=None)
         check_resume(config, resumed)
     if group.is_main:
         folder.create()
