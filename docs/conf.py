@@ -9,12 +9,20 @@ Two folders are generated here before every build and are not committed:
 * ``docs/notebooks/``: copies of ``notebooks/*.ipynb``, rendered from their committed outputs
   (myst-nb, execution off).
 
-Links to the torch, Pyro, Python and NumPy docs (intersphinx) need the internet, so they are
-on only when ``PYRO_MMVAE_DOCS_INTERSPHINX=1``; the default build fetches nothing.
+The site builds offline and fetches nothing:
+
+* theme: furo (responsive) when installed, alabaster otherwise; copy buttons on code blocks
+  with sphinx-copybutton when installed (both are in the ``docs`` extra);
+* maths: MathJax 3 from the sphinx-mathjax-offline package, copied into ``_static/mathjax``
+  of the built site, so formulas render with the network off; without the package, Sphinx's
+  default (MathJax from a CDN);
+* links to the Python, torch, Pyro and NumPy docs (intersphinx) need the internet to fetch
+  the inventories, so they are on only when ``PYRO_MMVAE_DOCS_INTERSPHINX=1``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
@@ -36,6 +44,10 @@ author = "the pyro_mmvae authors"
 copyright = "the pyro_mmvae authors"
 release = version = pyro_mmvae.__version__
 
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
@@ -43,7 +55,15 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "myst_nb",
+    "clidoc",  # _ext/clidoc.py: the command-line and settings references
 ]
+if _installed("sphinx-mathjax-offline"):  # (the package's module name has dashes)
+    extensions.append("sphinx-mathjax-offline")
+    mathjax_path = "mathjax/tex-chtml.js"  # the copy the extension puts in _static/
+if _installed("sphinx_copybutton"):
+    extensions.append("sphinx_copybutton")
+    copybutton_prompt_text = r"\$ |>>> "
+    copybutton_prompt_is_regexp = True
 if os.environ.get("PYRO_MMVAE_DOCS_INTERSPHINX") == "1":
     extensions.append("sphinx.ext.intersphinx")
     intersphinx_mapping = {
@@ -55,7 +75,7 @@ if os.environ.get("PYRO_MMVAE_DOCS_INTERSPHINX") == "1":
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-exclude_patterns = ["_build", "_ext", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "_ext", "_theme", "_static", "**.ipynb_checkpoints"]
 templates_path: list[str] = []
 
 # Autodoc: signatures with type hints, members in source order, maths in the docstrings.
@@ -71,7 +91,9 @@ autosummary_generate = False
 # Pyro, the standard library in type hints) resolve only with intersphinx, and private bases
 # (``_Name``) are not documented, so those are not.
 nitpicky = True
-nitpick_ignore_regex = [(r"py:.*", r"(?!pyro_mmvae\.).*"), (r"py:.*", r".*\._.*")]
+nitpick_ignore_regex = [(r"py:.*", r"(?!pyro_mmvae\.).*"), (r"py:.*", r".*\._.*"),
+                        # type variables of generic signatures (``T``), not documented objects
+                        (r"py:.*", r"pyro_mmvae\..*\.[A-Z]")]
 
 # MyST: $...$ maths in the notebooks and pages, ::: fences, heading anchors for links.
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
@@ -79,11 +101,16 @@ myst_heading_anchors = 3
 nb_execution_mode = "off"  # the notebooks are rendered from their committed outputs
 nb_merge_streams = True
 
-html_theme = "alabaster"
 html_title = f"pyro_mmvae {release}"
 html_static_path: list[str] = []
-html_theme_options = {"description": "Multimodal VAEs as Pyro programs",
-                      "fixed_sidebar": True}
+if _installed("furo"):
+    html_theme = "furo"
+    html_theme_options = {"navigation_with_keys": True}
+    html_static_path = ["_theme"]  # _theme/custom.css: a wider content column
+    html_css_files = ["custom.css"]
+else:
+    html_theme = "alabaster"
+    html_theme_options = {"description": "Multimodal VAEs as Pyro programs"}
 
 
 def _copy_notebooks() -> None:

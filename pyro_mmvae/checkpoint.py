@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import socket
@@ -85,7 +84,11 @@ def _host_tag() -> str:
 
 
 def temp_prefix(path: Path) -> str:
-    """Prefix of this process's temporary files for ``path``: ``.<name>.<pid>@<host>.``."""
+    """Prefix of this process's temporary files for ``path``: ``.<name>.<pid>@<host>.``.
+
+    Args:
+        path: the target file (only its name is used); ``<host>`` is a hash of the host name.
+    """
     return f".{path.name}.{os.getpid()}@{_host_tag()}."
 
 
@@ -104,6 +107,11 @@ def remove_stale_temps(path: str | os.PathLike, max_age_s: float = STALE_TMP_AGE
     is removed when its writer (PID recorded in the name) is a dead process of this host, or
     when it has not been modified for ``max_age_s`` seconds. Best effort: files that cannot
     be removed are left. Returns the removed paths.
+
+    Args:
+        path: the target file whose folder is searched for its temporary files.
+        max_age_s: age in seconds (since the last modification) beyond which a temporary
+            file is removed whoever wrote it; default :data:`STALE_TMP_AGE_S` (one hour).
     """
     path = Path(path)
     pattern = _temp_pattern(path.name)
@@ -180,6 +188,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     ``OSError`` (disk full, folder not writable) becomes :class:`CheckpointWriteError` naming
     ``path``. Leftover temporary files of killed writers are removed first
     (:func:`remove_stale_temps`).
+
+    Args:
+        path: the file to write; its folder is created if absent.
+        write: a function that writes the whole content to the binary file handle it gets.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        CheckpointWriteError: when the write fails with an ``OSError``.
     """
     path = Path(path)
     tmp_name = None
@@ -222,8 +240,19 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    """Write ``obj`` as indented strict JSON to ``path`` atomically (non-finite floats
+    become ``null``: :func:`pyro_mmvae.jsonutil.dumps`).
+
+    Args:
+        path: the JSON file to write.
+        obj: a JSON-serialisable object (dicts, lists, strings, numbers, None).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    from pyro_mmvae.jsonutil import dumps
+
+    text = dumps(obj, indent=2, sort_keys=False) + "\n"
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
@@ -231,6 +260,15 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """Save ``state`` to ``path`` atomically, stamped with format tag and versions.
 
     The saved dict is ``state`` plus ``format``, ``version`` and ``library_version``.
+
+    Args:
+        path: the checkpoint file (``<run>/checkpoint.pt``).
+        state: the checkpoint's contents, with the keys of :data:`REQUIRED_KEYS` other than
+            the three stamped here; values must be loadable with ``weights_only=True``
+            (tensors, numbers, strings, lists, dicts).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
     """
     stamped = dict(state)
     stamped.update(
@@ -244,6 +282,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises :class:`CheckpointError` when the file is missing, cannot be read (corrupt or
     truncated), or is not a pyro_mmvae checkpoint of a supported version.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The checkpoint dict, with every key of :data:`REQUIRED_KEYS`.
     """
     path = Path(path)
     remove_stale_temps(path)
@@ -293,6 +337,12 @@ def check_checkpoint_matches(
     """Raise :class:`CheckpointError` unless ``state`` was trained with this model and dataset.
 
     ``preset`` is checked only when given (``None`` accepts the checkpoint's preset).
+
+    Args:
+        state: a checkpoint dict from :func:`load_checkpoint`.
+        model: the model name this run asks for (e.g. ``"mmvae"``).
+        dataset: the dataset name this run asks for (e.g. ``"polymnist-mini"``).
+        preset: the preset name this run asks for, or None to accept any.
     """
     wanted = {"model": model, "dataset": dataset}
     if preset is not None:
@@ -308,7 +358,12 @@ def check_checkpoint_matches(
 
 
 def as_stored(value: Any) -> Any:
-    """Settings as JSON stores them: tuples become lists, recursively."""
+    """Settings as JSON stores them: tuples become lists, recursively.
+
+    Args:
+        value: any value; lists, tuples and mappings are converted recursively (mapping
+            keys become strings), anything else comes back unchanged.
+    """
     if isinstance(value, (list, tuple)):
         return [as_stored(v) for v in value]
     if isinstance(value, Mapping):
@@ -324,6 +379,10 @@ def check_resume_settings(saved: Mapping[str, Any], requested: Mapping[str, Any]
     ``batch_size``, model settings from ``--set``); a key the checkpoint does not record
     cannot be compared and is skipped. Tuples and lists compare equal (JSON stores lists),
     and so do ``1`` and ``1.0``.
+
+    Args:
+        saved: the settings the run was trained with (from its checkpoint's ``config``).
+        requested: the settings this command sets explicitly, by the same keys.
     """
     differ = []
     for key, value in requested.items():

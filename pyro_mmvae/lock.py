@@ -1,5 +1,9 @@
 """An exclusive lock on a run folder, so that two runs never write into the same ``--out``.
 
+``pyro-mmvae train`` holds it while it trains, and ``pyro-mmvae evaluate`` while it evaluates
+(:func:`pyro_mmvae.metrics.evaluate.evaluate_run`): a second training or evaluation of a run
+in use is refused at once, naming the owner.
+
 The lock is the file ``RUN_DIR/.lock``, created with ``O_CREAT | O_EXCL`` and holding JSON
 ``{"pid", "host", "started", "command"}`` of its owner. While the owner runs it also holds an
 ``fcntl.flock`` on that file; the kernel drops the flock when the process dies, however it
@@ -63,7 +67,15 @@ if hasattr(os, "register_at_fork"):
 
 
 class RunLockedError(ValueError):
-    """The run folder is locked by another run (alive, or on another host)."""
+    """The run folder is locked by another run (alive, or on another host).
+
+    A ``ValueError``, so the CLI reports it in one line with exit status 2.
+
+    Args:
+        message: the one-line error message (names the folder and the owner).
+        owner: the lock file's JSON record ``{"pid", "host", "started", "command"}`` (None:
+            unreadable); kept as the attribute ``owner`` (``{}`` when None).
+    """
 
     def __init__(self, message: str, owner: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -71,11 +83,20 @@ class RunLockedError(ValueError):
 
 
 class StaleRunLockError(RunLockedError):
-    """The run folder's lock was left by a process of this host that no longer runs."""
+    """The run folder's lock was left by a process of this host that no longer runs.
+
+    Args:
+        message: the one-line error message (tells how to remove the lock).
+        owner: the dead owner's JSON record, as for :class:`RunLockedError`.
+    """
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (a zombie counts as alive)."""
+    """Whether a process ``pid`` exists on this host (a zombie counts as alive).
+
+    Args:
+        pid: a process id; 0 and negative ids are never alive.
+    """
     if pid <= 0:
         return False
     try:
@@ -101,15 +122,18 @@ def _describe(owner: dict[str, Any]) -> str:
 class RunLock:
     """Exclusive lock on ``run_dir`` (the file ``run_dir/.lock``).
 
-    :param run_dir: the run folder; created if missing.
-    :param command: what the owner runs, stored in the lock for the error messages
-        (default: ``sys.argv`` joined).
-    :param break_stale: replace a stale lock (dead owner on this host) instead of raising
-        :class:`StaleRunLockError`.
+    Args:
+        run_dir: the run folder; created if missing.
+        command: what the owner runs, stored in the lock for the error messages
+            (default: ``sys.argv`` joined).
+        break_stale: replace a stale lock (dead owner on this host) instead of raising
+            :class:`StaleRunLockError` (the CLI's ``--break-lock``).
 
     :meth:`acquire` raises :class:`RunLockedError` when the folder is locked,
     :class:`StaleRunLockError` for a stale lock without ``break_stale``, and
-    ``PermissionError`` when the folder is not writable. Not re-entrant.
+    ``PermissionError`` when the folder is not writable and
+    :class:`~pyro_mmvae.checkpoint.CheckpointWriteError` (an ``OSError``) naming the lock file
+    when it cannot be created otherwise (disk full). Not re-entrant.
     """
 
     def __init__(self, run_dir: str | os.PathLike, command: str | None = None,
@@ -255,11 +279,26 @@ class RunLock:
                 "wait for it to finish or choose another --out")
 
     def _unwritable(self, error: OSError) -> OSError:
+        """A one-line error for a failed creation of the folder or the lock file: a
+        ``PermissionError`` for an unwritable folder, else (a full disk, a file where the
+        folder should be) :class:`~pyro_mmvae.checkpoint.CheckpointWriteError` naming the
+        path; nothing is left behind either way."""
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return PermissionError(
                 f"cannot lock run folder {self.run_dir}: it is not writable "
                 f"({os.strerror(error.errno)}); choose a writable --out")
-        return error
+        from pyro_mmvae.checkpoint import CheckpointWriteError  # torch: only on this path
+
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason = ("no space left on device; free some space (or choose another --out) "
+                      "and try again")
+        else:
+            reason = (os.strerror(error.errno) if error.errno
+                      else str(error) or type(error).__name__)
+        wrapped = CheckpointWriteError(f"cannot create the lock file {self.path} of run "
+                                       f"folder {self.run_dir}: {reason}")
+        wrapped.errno, wrapped.filename = error.errno, str(self.path)
+        return wrapped
 
 
 def _same_file(path: Path, fd: int) -> bool:

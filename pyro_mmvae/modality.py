@@ -15,14 +15,20 @@ from pyro_mmvae.likelihoods import Likelihood, get_likelihood
 class Modality(nn.Module):
     r"""A modality ``x_m``: name, event shape, likelihood :math:`p(x_m|z)`, encoder, decoder.
 
-    :param name: identifier used for the data dict key and the Pyro site ``x_<name>``.
-    :param event_shape: shape of one data point, e.g. ``(3, 28, 28)``.
-    :param likelihood: a :class:`~pyro_mmvae.likelihoods.Likelihood` or its name.
-    :param encoder: network ``x (B, *event_shape) -> (loc, raw_scale)``, each ``(B, D)``
-        (more outputs, e.g. private latents, are passed through).
-    :param decoder: network ``z (N, D_in) -> (N, *param_shape)``; :meth:`decode` flattens any
-        leading particle/expert dimensions into N and restores them afterwards.
-    :param weight: :math:`\lambda_m`, the weight of this modality's log-likelihood.
+    Args:
+        name: identifier used for the data dict key and the Pyro site ``x_<name>``; must be a
+            Python identifier.
+        event_shape: shape of one data point, e.g. ``(3, 28, 28)`` for an RGB image or
+            ``(T,)`` for a token sequence.
+        likelihood: a :class:`~pyro_mmvae.likelihoods.Likelihood` or its name (``"laplace"``,
+            ``"normal"``, ``"bernoulli"``; ``"categorical"`` needs an instance, for its
+            number of classes).
+        encoder: network ``x (B, *event_shape) -> (loc, raw_scale)``, each ``(B, D)``
+            (more outputs, e.g. private latents, are passed through).
+        decoder: network ``z (N, D_in) -> (N, *param_shape)``; :meth:`decode` flattens any
+            leading particle/expert dimensions into N and restores them afterwards.
+        weight: :math:`\lambda_m > 0`, the weight of this modality's log-likelihood
+            (default 1.0, applied with ``poutine.scale`` on the site ``x_<name>``).
     """
 
     def __init__(
@@ -65,6 +71,11 @@ class Modality(nn.Module):
         values above 1; images are floats in [0, 1]).
 
         Shape and dtype checks are free; the value checks read the whole tensor.
+
+        Args:
+            x: a batch of this modality, shape ``(B, *event_shape)``.
+            dtype: the model's floating dtype, e.g. ``torch.float32``; ``None`` skips the
+                dtype check.
         """
         if not isinstance(x, Tensor):
             raise ValueError(f"modality {self.name!r}: expected a tensor, got {type(x).__name__}")
@@ -85,11 +96,28 @@ class Modality(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
         """Run the encoder on ``x``, shape ``(B, *event_shape)``, in the active network
-        precision (:func:`~pyro_mmvae.engine.networks.network_precision`)."""
+        precision (:func:`~pyro_mmvae.engine.networks.network_precision`).
+
+        Args:
+            x: a batch of this modality, shape ``(B, *event_shape)``.
+
+        Returns:
+            The encoder's outputs: ``(loc, raw_scale)``, each ``(B, D)``, then any extra
+            outputs (e.g. MMVAE+'s private ``(loc_w, raw_scale_w)``).
+        """
         return run_network(self.encoder, x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Decoder parameters for latents of any leading shape, ``(*lead, D) -> (*lead, *P)``."""
+        """Decoder parameters for latents of any leading shape, ``(*lead, D) -> (*lead, *P)``.
+
+        Args:
+            z: decoder input, shape ``(*lead, D_in)``, e.g. ``(K, S, B, D)`` for K particles,
+                S strata and B data points; the leading dims are flattened for one decoder
+                call.
+
+        Returns:
+            ``(*lead, *param_shape)``, what :attr:`likelihood` reads.
+        """
         lead = z.shape[:-1]
         flat = z.reshape(-1, z.size(-1))
         if self.decoder_batching == "split" and z.dim() > 2 and flat.size(0) > z.size(-2):
@@ -99,11 +127,26 @@ class Modality(nn.Module):
         return out.reshape(*lead, *self.param_shape)
 
     def distribution(self, z: Tensor) -> TorchDistribution:
-        """:math:`p(x_m | z)` with batch shape ``z.shape[:-1]``."""
+        """:math:`p(x_m | z)` with batch shape ``z.shape[:-1]``.
+
+        Args:
+            z: decoder input, shape ``(*lead, D_in)``.
+
+        Returns:
+            The likelihood's distribution, batch shape ``z.shape[:-1]`` and event shape
+            :attr:`event_shape`.
+        """
         return self.likelihood.distribution(self.decode(z), len(self.event_shape))
 
     def mean(self, z: Tensor) -> Tensor:
-        """The decoder mean :math:`E[x_m | z]`."""
+        """The decoder mean :math:`E[x_m | z]` (the argmax for a categorical likelihood).
+
+        Args:
+            z: decoder input, shape ``(*lead, D_in)``.
+
+        Returns:
+            ``(*lead, *event_shape)``.
+        """
         return self.likelihood.mean(self.decode(z))
 
     def extra_repr(self) -> str:

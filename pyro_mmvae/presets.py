@@ -11,6 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "DATASET_DEFAULTS",
+    "DATASET_MODEL_DEFAULTS",
+    "PRESETS",
+    "JNF_DCCA_STAGES",
+    "JNF_STAGES",
+    "TELBO_STAGES",
+    "preset_settings",
+]
+
 #: TELBO's two training stages (Vedantam et al. 2018): first the joint encoder and the
 #: decoders (unimodal encoders frozen), then the unimodal encoders (the rest frozen). Its
 #: unimodal reconstructions never train the decoders (``decoder_stop_gradient``), so the
@@ -18,6 +28,16 @@ from typing import Any
 #: modalities the joint ELBO of an incomplete row comes from the joint encoder on the observed
 #: subset (``incomplete_joint="encoder"``), so the first stage trains on every row.
 TELBO_STAGES = ((0.5, ("mods.*.encoder",)), (None, ("joint_encoder", "mods.*.decoder")))
+
+#: JNF's two stages (Senellart et al. 2023): the joint VAE (unimodal encoders and their flows
+#: frozen), then the unimodal encoders and flows (joint encoder and decoders frozen).
+JNF_STAGES = ((0.5, ("mods.*.encoder", "flows")), (None, ("joint_encoder", "mods.*.decoder")))
+#: JNF-DCCA's three stages: the DCCA embeddings alone, the joint VAE, then the unimodal heads
+#: and flows (the embeddings stay frozen after their stage).
+JNF_DCCA_STAGES = (
+    (0.25, ("joint_encoder", "mods.*.decoder", "mods.*.encoder.head", "flows")),
+    (0.5, ("mods.*.encoder", "flows")),
+    (None, ("joint_encoder", "mods.*.decoder", "mods.*.encoder.embed")))
 
 #: Per-dataset defaults. The offline mini dataset gets a recipe that trains to a useful
 #: model in minutes on a laptop CPU.
@@ -38,10 +58,28 @@ DATASET_MODEL_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     # JMVAE at beta 0.1 and 12 epochs: 0.43 / 0.517 (seeds 0 / 1); 16 epochs: 0.521 (seed 0).
     ("polymnist-mini", "jmvae"): {"beta": 0.1, "epochs": 16},
     ("polymnist-mini", "mvae"): {"beta": 0.1, "epochs": 20},
+    # DMVAE: with the default 20-d private latents at beta 1 the private latents absorb the
+    # digit (coherence 0.111); beta 0.1 0.220; beta 0.1 with 4-d private latents 0.624.
+    ("polymnist-mini", "dmvae"): {"beta": 0.1, "private_dim": 4},
     # TELBO trains the joint encoder only in its first stage: give it 12 of 16 epochs.
     ("polymnist-mini", "telbo"): {"beta": 0.1, "epochs": 16,
                                   "stages": ((0.75, ("mods.*.encoder",)),
                                              (None, ("joint_encoder", "mods.*.decoder")))},
+    # MHVAE and Nexus: at beta = 1 their modality latents leave the digit out (coherence
+    # 0.198 and 0.287 after 12 epochs, seed 0); with the modality-level KL weight 0.1 (and
+    # MHVAE's top-level one too) 0.422 and 0.424 (0.05: 0.425, 0.404); 16 epochs: 0.471, 0.499.
+    ("polymnist-mini", "mhvae"): {"beta": 0.1, "hier_top_beta": 0.1, "epochs": 16},
+    ("polymnist-mini", "nexus"): {"beta": 0.1, "epochs": 16},
+    # JNF: as TELBO, the joint VAE in 12 of 16 epochs, then the flows.
+    ("polymnist-mini", "jnf"): {"beta": 0.1, "epochs": 16,
+                                "stages": ((0.75, ("mods.*.encoder", "flows")),
+                                           (None, ("joint_encoder", "mods.*.decoder")))},
+    # JNF-DCCA: 4 epochs of DCCA, 12 of the joint VAE, 4 of the unimodal heads and flows.
+    ("polymnist-mini", "jnf_dcca"): {
+        "beta": 0.1, "epochs": 20,
+        "stages": ((0.2, ("joint_encoder", "mods.*.decoder", "mods.*.encoder.head", "flows")),
+                   (0.6, ("mods.*.encoder", "flows")),
+                   (None, ("joint_encoder", "mods.*.decoder", "mods.*.encoder.embed")))},
 }
 
 #: The PolyMNIST ResNets (Laplace likelihood with scale 0.75 is the library default).
@@ -66,14 +104,38 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The private-latent MMVAE baseline under the same recipe.
     "mmvae_private_polymnist": {"model": "mmvae_private", **_MMVAE_FAMILY, "private_dim": 32,
                                 "aux_prior": "posterior", "beta": 2.5, "epochs": 250},
+    # CMVAE (Palumbo et al. 2024), PolyMNIST: MMVAE+'s recipe (Dz = Dw = 32, beta 2.5,
+    # learned auxiliary priors, 250 epochs) with C = 10 clusters and the DReG objective with
+    # K = 10 (MultiVae's CMVAE defaults; the paper's over-specified C with post-hoc cluster
+    # selection is not reproduced).
+    "cmvae_polymnist": {"model": "cmvae", **_MMVAE_FAMILY, "private_dim": 32,
+                        "aux_prior": "learned", "beta": 2.5, "epochs": 250,
+                        "cmvae_clusters": 10, "estimator": "dreg", "num_particles": 10},
     # JMVAE-KL (MODELS.md: alpha ~ 0.1), KL terms warmed up over 200 of 800 epochs.
     "jmvae_polymnist": {"model": "jmvae", **_MULTIVAE_POLYMNIST, "alpha": 0.1,
                         "kl_warmup_epochs": 200, "epochs": 800},
     # TELBO under the same settings; two stages of half the epochs each.
     "telbo_polymnist": {"model": "telbo", **_MULTIVAE_POLYMNIST, "epochs": 800},
+    # JNF (Senellart et al. 2023) under MultiVae's PolyMNIST settings, two stages of half the
+    # epochs each (MultiVae's warmup), two MAF layers per modality.
+    "jnf_polymnist": {"model": "jnf", **_MULTIVAE_POLYMNIST, "epochs": 800},
+    "jnf_dcca_polymnist": {"model": "jnf_dcca", **_MULTIVAE_POLYMNIST, "epochs": 800},
     # Hwang et al. 2021 (MultiVae's reproduction script): alpha 5/6, beta 2.5, 300 epochs.
     "mvtcae_polymnist": {"model": "mvtcae", **_MULTIVAE_POLYMNIST, "alpha": 5 / 6,
                          "beta": 2.5, "epochs": 300},
+    # DMVAE (Lee & Pavlovic 2021) and the conditional VAE: their papers have no PolyMNIST
+    # recipe; MultiVae's PolyMNIST settings, DMVAE with 32-d private latents, 300 epochs (our
+    # choice). The CVAE generates m1 from m0 (settings cvae_source, cvae_target).
+    "dmvae_polymnist": {"model": "dmvae", **_MULTIVAE_POLYMNIST, "private_dim": 32,
+                        "epochs": 300},
+    "cvae_polymnist": {"model": "cvae", **_MULTIVAE_POLYMNIST, "epochs": 300},
+    # MHVAE and Nexus (Vasco et al.): the papers have no PolyMNIST recipe. MultiVae's
+    # PolyMNIST settings with the 512-d latent as each modality latent z_m (what the
+    # decoders read), a 64-d top latent, modality dropout 0.5 (our choice), 300 epochs.
+    "mhvae_polymnist": {"model": "mhvae", **_MULTIVAE_POLYMNIST, "hier_modality_dim": 512,
+                        "latent_dim": 64, "hier_modality_dropout": 0.5, "epochs": 300},
+    "nexus_polymnist": {"model": "nexus", **_MULTIVAE_POLYMNIST, "hier_modality_dim": 512,
+                        "latent_dim": 64, "hier_modality_dropout": 0.5, "epochs": 300},
     # MODELS.md objective 8, Translated PolyMNIST: beta 0.1 (on the un-halved objective;
     # MultiVae's halved reconstruction sum at beta' is beta = 2 beta'), lr 5e-4, 500 epochs.
     "crmvae_translated_polymnist": {"model": "crmvae", **_MULTIVAE_POLYMNIST, "beta": 0.1,
@@ -107,11 +169,23 @@ PRESETS.update({
 
 def preset_settings(preset: str, model: str) -> dict[str, Any]:
     """The overrides of ``preset`` (without its ``model``), which must be a recipe for
-    ``model``."""
+    ``model``.
+
+    Args:
+        preset: a name of :data:`PRESETS` (``--preset``), e.g. ``"mmvae_plus_polymnist"``.
+        model: the model of the run (``--model``); must be the preset's ``model``.
+
+    Returns:
+        A new dict of setting name -> value.
+
+    Raises:
+        ValueError: for an unknown preset, or one for another model.
+    """
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r} (--preset); choose one of: "
+                         f"{', '.join(PRESETS)}")
     recipe = dict(PRESETS[preset])
     if recipe.pop("model") != model:
-        raise ValueError(f"preset {preset!r} is for model {PRESETS[preset]['model']!r}, "
-                         f"not {model!r}")
+        raise ValueError(f"preset {preset!r} (--preset) is for model "
+                         f"{PRESETS[preset]['model']!r}, not {model!r} (--model)")
     return recipe

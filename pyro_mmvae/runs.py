@@ -36,6 +36,7 @@ from pyro_mmvae.checkpoint import (
     save_checkpoint,
     save_json,
 )
+from pyro_mmvae.jsonutil import dumps
 from pyro_mmvae.lock import RunLock
 
 #: Environment variable naming the default data root.
@@ -49,22 +50,48 @@ SUMMARY_NAME = "summary.json"
 
 
 def default_run_dir(model: str, dataset: str, root: str | os.PathLike = "runs") -> Path:
-    """``root/{model}-{dataset}-{YYYYmmdd-HHMMSS}`` (``files:DIR`` as ``files-{DIR's name}``)."""
+    """``root/{model}-{dataset}-{YYYYmmdd-HHMMSS}`` (``files:DIR`` as ``files-{DIR's name}``).
+
+    Args:
+        model: the model's name, e.g. ``"mmvae"``.
+        dataset: the dataset's name, e.g. ``"polymnist-mini"`` or ``"files:/data/pairs"``.
+        root: the folder that holds the runs (default ``runs`` in the working directory).
+
+    Returns:
+        The folder's path, stamped with the local time (nothing is created).
+    """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     if dataset.startswith("files:"):
-        dataset = "files-" + (Path(dataset[len("files:"):]).expanduser().resolve().name or "data")
+        from pyro_mmvae.data.files import files_dataset_name  # clear errors for loops, typos
+
+        dataset = "files-" + (Path(files_dataset_name(dataset)[len("files:"):]).name or "data")
     return Path(root) / f"{model}-{dataset}-{stamp}"
 
 
 def resolve_data_root(explicit: str | None = None) -> str | None:
-    """``explicit``, else ``$PYRO_MMVAE_DATA_ROOT``, else None (the dataset's own default)."""
+    """``explicit``, else ``$PYRO_MMVAE_DATA_ROOT``, else None (the dataset's own default).
+
+    Args:
+        explicit: the ``--data-root`` given, or None (an empty string counts as None).
+    """
     return explicit or os.environ.get(DATA_ROOT_ENV) or None
 
 
 def load_datasets(name: str, root: str | None = None, missing_ratio: float = 0.0,
                   seed: int = 0) -> tuple[Any, Any]:
     """The validated train and test splits of dataset ``name`` (see :mod:`pyro_mmvae.data`),
-    with modalities dropped at random when ``missing_ratio > 0`` (:func:`apply_missing`)."""
+    with modalities dropped at random when ``missing_ratio > 0`` (:func:`apply_missing`).
+
+    Args:
+        name: a registered dataset name, or ``files:DIR`` for your own files.
+        root: the data root (None: :func:`resolve_data_root`'s fallbacks).
+        missing_ratio: probability in ``[0, 1)`` of dropping each observed (modality, row)
+            entry; 0 keeps every entry.
+        seed: the run's seed, which the drops are drawn from.
+
+    Returns:
+        ``(train, test)`` datasets.
+    """
     from pyro_mmvae.data import load_dataset
 
     root = resolve_data_root(root)
@@ -76,7 +103,17 @@ def load_datasets(name: str, root: str | None = None, missing_ratio: float = 0.0
 
 def apply_missing(splits: tuple[Any, Any], missing_ratio: float, seed: int) -> tuple[Any, Any]:
     """``(train, test)`` with ``with_missing(missing_ratio, seed)`` and ``(..., seed + 1)``
-    (the run's seed: resuming and evaluating a run drop the same entries); unchanged at 0."""
+    (the run's seed: resuming and evaluating a run drop the same entries); unchanged at 0.
+
+    Args:
+        splits: the ``(train, test)`` datasets.
+        missing_ratio: probability in ``[0, 1)`` of dropping each observed (modality, row)
+            entry; 0 (or None) returns ``splits`` unchanged.
+        seed: the run's seed.
+
+    Raises:
+        ValueError: when a split has no ``with_missing`` method.
+    """
     if not missing_ratio:
         return splits
     train, test = splits
@@ -88,7 +125,11 @@ def apply_missing(splits: tuple[Any, Any], missing_ratio: float, seed: int) -> t
 
 
 class RunFolder:
-    """The files of one run under ``path`` (created on :meth:`start`)."""
+    """The files of one run under ``path`` (created on :meth:`start`).
+
+    Args:
+        path: the run folder (``--out``); nothing is created or read on construction.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -113,7 +154,15 @@ class RunFolder:
 
     def start(self, resume: bool) -> dict[str, Any] | None:
         """The checkpoint to continue from (``resume``), or None for a fresh run, which must
-        not clobber an existing one."""
+        not clobber an existing one.
+
+        Args:
+            resume: True to continue the run from its checkpoint (``--resume``); False for a
+                fresh run, refused with ValueError when the folder already holds one.
+
+        Raises:
+            CheckpointError: when resuming and the checkpoint is missing or unreadable.
+        """
         if not resume:
             if self.checkpoint_path.exists():
                 raise ValueError(
@@ -136,7 +185,16 @@ class RunFolder:
     def locked(self, enabled: bool = True, command: str = "", break_stale: bool = False
                ) -> Iterator[None]:
         """Hold the folder's lock (:class:`~pyro_mmvae.lock.RunLock`) inside the block: a
-        second run on the same folder fails at once with a clear error."""
+        second run on the same folder fails at once with a clear error.
+
+        Args:
+            enabled: False runs the block without a lock (e.g. ranks other than 0).
+            command: what this run does, stored in the lock for others' error messages
+                (empty: ``sys.argv`` joined).
+            break_stale: replace a lock left by a dead process of this host
+                (``--break-lock``) instead of raising
+                :class:`~pyro_mmvae.lock.StaleRunLockError`.
+        """
         if not enabled:
             yield
             return
@@ -144,17 +202,30 @@ class RunFolder:
             yield
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
-        """Replace ``metrics.jsonl`` with ``records`` (atomically)."""
-        text = "".join(json.dumps(record) + "\n" for record in records)
+        """Replace ``metrics.jsonl`` with ``records`` (atomically).
+
+        Args:
+            records: one JSON-serialisable dict per epoch (``epoch``, ``train_loss``,
+                ``test_loss`` per data point in nats, ``seconds``, ``time``).
+        """
+        text = "".join(dumps(record) + "\n" for record in records)
         atomic_write(self.metrics_path, lambda handle: handle.write(text.encode("utf-8")))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one line to ``metrics.jsonl``."""
+        """Append one line to ``metrics.jsonl``.
+
+        Args:
+            record: one epoch's JSON-serialisable record, as in :meth:`write_metrics`.
+        """
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(dumps(record) + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Write ``checkpoint.pt`` atomically."""
+        """Write ``checkpoint.pt`` atomically.
+
+        Args:
+            state: the checkpoint dict (see :func:`pyro_mmvae.checkpoint.save_checkpoint`).
+        """
         save_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict[str, Any]:
@@ -165,7 +236,11 @@ class RunFolder:
         return load_checkpoint(self.checkpoint_path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write ``summary.json`` atomically."""
+        """Write ``summary.json`` atomically.
+
+        Args:
+            summary: the run's final figures, a JSON-serialisable dict.
+        """
         save_json(self.summary_path, summary)
 
     def read_summary(self) -> dict[str, Any]:
@@ -183,6 +258,14 @@ def trace_programs(vae: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
 
     Creates every ``pyro.param`` site the programs use in the active param store. Runs in
     eval mode, so no batch-norm statistics change.
+
+    Args:
+        vae: the model, with Pyro ``model(batch)`` and ``guide(batch)`` methods.
+        batch: a small batch, dict of modality name -> tensor ``(B, *event_shape)`` on the
+            model's device (its values do not matter, only the shapes).
+
+    Returns:
+        The :class:`pyro.poutine.Trace` of the ``pyro.param`` sites both programs touched.
     """
     was_training = vae.training
     vae.eval()
@@ -197,7 +280,12 @@ def trace_programs(vae: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
 
 def extra_params(vae: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The unconstrained tensors of the ``pyro.param`` sites of ``vae``'s programs that are
-    not parameters of ``vae`` itself, by site name (in the active param store)."""
+    not parameters of ``vae`` itself, by site name (in the active param store).
+
+    Args:
+        vae: the model, as in :func:`trace_programs`.
+        batch: a small batch to run the programs on, as in :func:`trace_programs`.
+    """
     own = {id(p) for p in vae.parameters()}
     found = {}
     for name, site in trace_programs(vae, batch).nodes.items():
@@ -210,7 +298,18 @@ def extra_params(vae: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, to
 def restore_parameters(vae: nn.Module, state: dict[str, Any],
                        batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Load the module parameters and the extra ``pyro.param`` values of a checkpoint;
-    return the extra parameters (created in the active param store)."""
+    return the extra parameters (created in the active param store).
+
+    Args:
+        vae: the freshly built model, changed in place.
+        state: the checkpoint dict: ``vae_state`` and, optionally, ``extra_params``
+            (site name -> unconstrained tensor).
+        batch: a small batch to create the ``pyro.param`` sites with
+            (:func:`trace_programs`).
+
+    Raises:
+        CheckpointError: when the parameters do not fit the model as built.
+    """
     extras = extra_params(vae, batch) if state.get("extra_params") else {}
     for name, value in (state.get("extra_params") or {}).items():
         if name not in extras:
@@ -235,7 +334,16 @@ def restore_parameters(vae: nn.Module, state: dict[str, Any],
 
 @dataclass
 class LoadedRun:
-    """A trained model restored from its run folder, with its data."""
+    """A trained model restored from its run folder, with its data.
+
+    Attributes:
+        folder: the run folder.
+        vae: the model, in eval mode on the requested device.
+        elbo: its objective (a :class:`pyro.infer.ELBO`), as the zoo builds it.
+        train_ds: the training split, missing modalities as in training.
+        test_ds: the test split, likewise.
+        state: the checkpoint dict (tensors on the CPU).
+    """
 
     folder: RunFolder
     vae: nn.Module
@@ -255,6 +363,17 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
     already loaded (as the run saw them, missing modalities included), which saves reading
     them again. Extra ``pyro.param`` values (if the model has any) are created in the active
     param store.
+
+    Args:
+        run_dir: the run folder (the ``--out`` of ``pyro-mmvae train``).
+        device: where to put the model (a :class:`torch.device` or its name).
+        data_root: the data root, overriding the one the run was trained with (None: the
+            checkpoint's, then ``$PYRO_MMVAE_DATA_ROOT``).
+        datasets: the ``(train, test)`` pair already loaded, or None to load it.
+
+    Raises:
+        FileNotFoundError: when ``run_dir`` is not a folder.
+        CheckpointError: when the checkpoint is missing, unreadable or does not fit.
     """
     from pyro_mmvae.engine.networks import set_memory_format
     from pyro_mmvae.zoo import build_model

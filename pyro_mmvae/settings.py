@@ -8,7 +8,10 @@ group           settings
 ``latent``      ``latent_dim``, ``private_dim``, ``posterior``, ``scale_param``,
                 ``beta``, ``kl_warmup_epochs``, ``prior_expert``, ``num_subsets``,
                 ``subset_sampling``, ``aux_prior``, ``alpha``, ``unimodal_targets``,
-                ``decoder_stop_gradient``, ``incomplete_joint``
+                ``decoder_stop_gradient``, ``incomplete_joint``, ``dmvae_private_beta``,
+                ``cvae_source``, ``cvae_target``, ``cvae_prior``, ``cmvae_clusters``,
+                ``hier_modality_dim``, ``hier_top_beta``, ``hier_modality_dropout``,
+                ``nexus_message_dim``, ``nexus_gamma``
 ``networks``    ``nets``, ``hidden``, ``joint_features``
 ``likelihood``  ``likelihood``, ``likelihood_scale``, ``modalities``
 ``objective``   ``num_particles``, ``estimator``
@@ -51,25 +54,75 @@ def _spec(kind: str, **meta: Any) -> dict[str, Any]:
 class LatentSettings:
     """The latent variables and their prior-ratio (KL) weights."""
 
+    #: Size Dz of the shared latent z (int > 0).
     latent_dim: int = field(default=20, metadata=_spec("positive_int"))
+    #: Size Dw of each private latent w_m (MMVAE+ and its baseline; int > 0).
     private_dim: int = field(default=20, metadata=_spec("positive_int"))
+    #: Family of the unimodal posteriors q_m(z|x_m) (and of MMVAE+'s priors):
+    #: ``"normal"`` or ``"laplace"``.
     posterior: str = field(default="normal", metadata=_spec("choice", choices=FAMILIES))
+    #: How an encoder's raw output v becomes a scale: ``"softplus"`` (softplus(v) + 1e-6) or
+    #: ``"softmax"`` (softmax(v)·D + 1e-6, as in the official MMVAE/MMVAE+ code).
     scale_param: str = field(default="softplus",
                              metadata=_spec("choice", choices=tuple(SCALE_PARAMETERISATIONS)))
+    #: Weight β of the KL (prior-ratio) terms (float > 0).
     beta: float = field(default=1.0, metadata=_spec("positive_float"))
+    #: Epochs over which β (and JMVAE's α) rises linearly from 0; 0: no warm-up.
     kl_warmup_epochs: int = field(default=0, metadata=_spec("non_negative_int"))
+    #: Include the prior p(z) as an expert of the products of experts (MVAE, MoPoE).
     prior_expert: bool = field(default=False, metadata=_spec("bool"))
+    #: MVAE: number k of random subsets whose ELBOs are added each step (int > 0).
     num_subsets: int = field(default=1, metadata=_spec("positive_int"))
+    #: MoPoE: one subset per data point (``"single"``) or one stratum per subset
+    #: (``"stratified"``: lower variance, more compute).
     subset_sampling: str = field(default="single",
                                  metadata=_spec("choice", choices=("single", "stratified")))
+    #: MMVAE+: where the cross-modal w̃_d comes from: a learned-scale (``"learned"``) or
+    #: ``"fixed"`` auxiliary prior, or the target's own posterior (``"posterior"``).
     aux_prior: str = field(default="learned",
                            metadata=_spec("choice", choices=("learned", "fixed", "posterior")))
+    #: MMVAE+ and its baseline with MLP networks: one encoder trunk with z and w heads
+    #: (``"shared"``) or separate encoders for z and w (``"separate"``, as the official code;
+    #: the ResNet and conv networks always have a private tower).
+    private_encoder: str = field(default="shared",
+                                 metadata=_spec("choice", choices=("shared", "separate")))
+    #: CMVAE: number C of clusters of the mixture prior p(c) p(z|c) (int > 0).
+    cmvae_clusters: int = field(default=10, metadata=_spec("positive_int"))
+    #: Weight α in [0, 1] of the coordination terms KL(q(z|X) ‖ q_m) (JMVAE, MVTCAE).
     alpha: float = field(default=0.1, metadata=_spec("unit_float"))
+    #: Coordination models: which modalities each q_m reconstructs: ``"none"``, its own
+    #: (``"own"``) or every modality (``"all"``).
     unimodal_targets: str = field(default="none",
                                   metadata=_spec("choice", choices=("none", "own", "all")))
+    #: Coordination models: keep the unimodal-reconstruction gradients out of the decoders.
     decoder_stop_gradient: bool = field(default=False, metadata=_spec("bool"))
+    #: Coordination models: the joint posterior of a row with a missing modality: product of
+    #: the present experts (``"poe"``) or the joint encoder (``"encoder"``).
     incomplete_joint: str = field(default="poe",
                                   metadata=_spec("choice", choices=("poe", "encoder")))
+    #: MHVAE, Nexus: size D_m of each modality latent z_m (the top latent's is latent_dim).
+    hier_modality_dim: int = field(default=20, metadata=_spec("positive_int"))
+    #: MHVAE, Nexus: weight β_c of the top-level KL term (float > 0; β weighs the z_m ones).
+    hier_top_beta: float = field(default=1.0, metadata=_spec("positive_float"))
+    #: MHVAE, Nexus: probability in [0, 1] that a training row keeps only a random subset of
+    #: its modalities in the top-level posterior (modality / forced perceptual dropout).
+    hier_modality_dropout: float = field(default=0.0, metadata=_spec("unit_float"))
+    #: Nexus: size of each modality's message to the nexus (int > 0).
+    nexus_message_dim: int = field(default=32, metadata=_spec("positive_int"))
+    #: Nexus: weight γ of the nexus reconstructions of the modality latents (float > 0).
+    nexus_gamma: float = field(default=1.0, metadata=_spec("positive_float"))
+    #: DMVAE: weight β_w of the private KL terms KL(q_m(w_m|x_m) ‖ p(w_m)) (float > 0).
+    dmvae_private_beta: float = field(default=1.0, metadata=_spec("positive_float"))
+    #: Conditional VAE: the conditioning modality x_s (a modality name; ``""``: the
+    #: dataset's first modality).
+    cvae_source: str = field(default="", metadata=_spec("str"))
+    #: Conditional VAE: the generated modality x_t (a modality name; ``""``: the first
+    #: modality other than the source).
+    cvae_target: str = field(default="", metadata=_spec("str"))
+    #: Conditional VAE: the prior of z, learned ``"conditional"`` p(z|x_s) (Sohn et al.) or
+    #: ``"standard"`` N(0, I) (MultiVae's default, without a prior network).
+    cvae_prior: str = field(default="conditional",
+                            metadata=_spec("choice", choices=("conditional", "standard")))
 
 
 @dataclass(frozen=True)
@@ -77,18 +130,31 @@ class NetworkSettings:
     """Encoders and decoders: ``mlp`` (any shape), ``resnet`` or ``conv`` (3x28x28
     PolyMNIST; :mod:`pyro_mmvae.nets.polymnist`, :mod:`pyro_mmvae.nets.conv`)."""
 
+    #: Encoder/decoder architecture: ``"mlp"`` (any shape), ``"resnet"`` (PolyMNIST ResNet)
+    #: or ``"conv"`` (small convolutional net; both for 3x28x28 images).
     nets: str = field(default="mlp",
                       metadata=_spec("choice", choices=("mlp", "resnet", "conv")))
+    #: Widths of the MLP hidden layers, e.g. ``(256,)`` or ``(400, 400)``.
     hidden: tuple[int, ...] = field(default=(400, 400), metadata=_spec("int_tuple"))
+    #: Features per modality head of the joint encoder (JMVAE, TELBO; int > 0).
     joint_features: int = field(default=64, metadata=_spec("positive_int"))
+    #: JNF: masked autoregressive flow layers per unimodal posterior (int >= 0; 0: Gaussian).
+    jnf_flows: int = field(default=2, metadata=_spec("non_negative_int"))
+    #: JNF: hidden widths of each flow layer's autoregressive network, e.g. ``(128, 128)``.
+    jnf_flow_hidden: tuple[int, ...] = field(default=(128, 128), metadata=_spec("int_tuple"))
+    #: JNF-DCCA: size E of each modality's DCCA embedding (int > 0).
+    jnf_dcca_dim: int = field(default=20, metadata=_spec("positive_int"))
 
 
 @dataclass(frozen=True)
 class LikelihoodSettings:
     """The observation model :math:`p(x_m|z)` of every modality."""
 
+    #: Observation model p(x_m|z) of every modality: a registered likelihood name such as
+    #: ``"laplace"`` (the default), ``"normal"``, ``"bernoulli"`` or ``"categorical"``.
     likelihood: str = field(default="laplace",
                             metadata=_spec("choice", choices=tuple(LIKELIHOODS)))
+    #: Scale of the Laplace/Normal likelihoods (float > 0).
     likelihood_scale: float = field(default=0.75, metadata=_spec("positive_float"))
     #: Per-modality overrides ``{name: {key: value}}`` (keys: :data:`MODALITY_KEYS`).
     modalities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict,
@@ -99,7 +165,10 @@ class LikelihoodSettings:
 class ObjectiveSettings:
     """K particles and the estimator (ELBO, IWAE, DReG) of the objective."""
 
+    #: K, latent samples per data point (int > 0).
     num_particles: int = field(default=1, metadata=_spec("positive_int"))
+    #: ``"elbo"``, ``"iwae"`` or ``"dreg"`` (IWAE and DReG need K > 1; the coordination
+    #: objectives use the ELBO).
     estimator: str = field(default="elbo", metadata=_spec("choice", choices=ESTIMATORS))
 
 
@@ -107,10 +176,16 @@ class ObjectiveSettings:
 class OptimSettings:
     """Adam and the length of training (``stages``: see :mod:`pyro_mmvae.stages`)."""
 
+    #: Adam learning rate (float > 0).
     lr: float = field(default=1e-3, metadata=_spec("positive_float"))
+    #: Use the AMSGrad variant of Adam.
     amsgrad: bool = field(default=True, metadata=_spec("bool"))
+    #: Data points per optimiser step (int > 0).
     batch_size: int = field(default=128, metadata=_spec("positive_int"))
+    #: Passes over the training set (int > 0).
     epochs: int = field(default=30, metadata=_spec("positive_int"))
+    #: Parameter groups frozen per stage of training (TELBO; ``--stage``): anything
+    #: :func:`pyro_mmvae.stages.as_stages` reads; None: no stages.
     stages: Any = field(default=None, metadata=_spec("any"))
 
 
@@ -130,10 +205,15 @@ GROUP_OF: dict[str, str] = {f.name: group for group, cls in GROUPS.items()
 class Settings(Mapping):
     """All settings of a model and its training, by group; a read-only mapping by name."""
 
+    #: The latent variables and their KL weights.
     latent: LatentSettings = field(default_factory=LatentSettings)
+    #: Encoder and decoder architectures.
     networks: NetworkSettings = field(default_factory=NetworkSettings)
+    #: The observation models.
     likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings)
+    #: Particles and estimator of the objective.
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    #: Optimiser and length of training.
     optim: OptimSettings = field(default_factory=OptimSettings)
     #: Settings declared by a model added with :func:`pyro_mmvae.zoo.register_model`.
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -219,7 +299,15 @@ def _check_modalities(value: Any) -> dict[str, dict[str, Any]]:
 
 
 def fold_modality_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with ``"modalities.<name>.<key>"`` entries merged into ``"modalities"``."""
+    """``values`` with ``"modalities.<name>.<key>"`` entries merged into ``"modalities"``.
+
+    Args:
+        values: settings by name, e.g. ``{"beta": 2.0, "modalities.caption.likelihood":
+            "categorical"}``; existing ``"modalities"`` entries are kept and extended.
+
+    Raises:
+        ValueError: for a dotted key that is not ``modalities.<name>.<key>``.
+    """
     out = {k: v for k, v in values.items() if not str(k).startswith(MODALITIES_PREFIX)}
     dotted = {k: v for k, v in values.items() if str(k).startswith(MODALITIES_PREFIX)}
     if not dotted:
@@ -237,7 +325,17 @@ def fold_modality_settings(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_value(name: str, value: Any) -> Any:
-    """``value`` for setting ``name``, checked (and normalised: lists become tuples)."""
+    """``value`` for setting ``name``, checked (and normalised: lists become tuples).
+
+    Args:
+        name: a setting name of :class:`Settings` (or ``modalities.<name>.<key>``).
+        value: its value; positive floats come back as ``float``, ``"400,400"`` or ``400``
+            for ``hidden`` as a tuple of ints.
+
+    Raises:
+        ValueError: naming the setting, for an unknown name or a value of the wrong type,
+            range or choice.
+    """
     if str(name).startswith(MODALITIES_PREFIX):
         return fold_modality_settings({name: value})["modalities"]
     if name not in GROUP_OF:
@@ -263,6 +361,8 @@ def check_value(name: str, value: Any) -> Any:
         return _check_modalities(value)
     if kind == "bool" and not isinstance(value, bool):
         raise _fail(name, "true or false", value)
+    if kind == "str" and not isinstance(value, str):
+        raise _fail(name, "a string", value)
     if kind == "choice" and value not in meta["choices"]:
         raise _fail(name, f"one of {', '.join(meta['choices'])}", value)
     if kind == "int_tuple":
@@ -281,7 +381,16 @@ def make_settings(values: Mapping[str, Any], extra: Mapping[str, Any] | None = N
                   ) -> Settings:
     """:class:`Settings` from ``{name: value}`` (missing names keep their defaults), every
     value checked by :func:`check_value`. ``extra`` declares further settings (name ->
-    default) of a registered model; their values must have the type of the default."""
+    default) of a registered model; their values must have the type of the default.
+
+    Args:
+        values: ``{name: value}`` of the settings to set (``modalities.<name>.<key>`` keys
+            are folded into ``modalities``).
+        extra: the registered model's own settings, name -> default (None: none).
+
+    Raises:
+        ValueError: for an unknown setting or a bad value (:func:`check_value`).
+    """
     extra = dict(extra or {})
     values = fold_modality_settings(values)
     grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}

@@ -21,7 +21,8 @@ Users set a schedule with the CLI (``pyro-mmvae train --stage 0.5:mods.*.encoder
 rest:joint_encoder,mods.*.decoder``), with ``TrainConfig(stages=[...])`` (strings in the CLI
 format, :class:`Stage` objects or ``(epochs, patterns)`` pairs), or with the model setting
 ``stages`` (``build_model(..., stages=...)``, the default of the run). Checkpoints store the
-schedule, and ``--resume`` continues it (also across a stage boundary).
+schedule in epochs, and ``--resume`` continues it (also across a stage boundary); a resumed
+run that asks for another schedule is refused (:func:`pyro_mmvae.run_config.check_resume`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,18 @@ REST = "rest"
 @dataclass(frozen=True)
 class Stage:
     """``epochs`` epochs (int, fraction of the run, or None = the rest) with ``frozen``
-    parameter-name patterns held fixed."""
+    parameter-name patterns held fixed.
+
+    Args:
+        epochs: the stage's length: an int >= 1 (epochs), a float in (0, 1) (that fraction
+            of the run, rounded, at least 1 epoch) or None (the rest of training; last stage
+            only).
+        frozen: parameter-name patterns (fnmatch; ``P`` also matches ``P.*``) whose
+            parameters get no update during the stage; default none.
+
+    Raises:
+        ValueError: for a length out of range or an empty pattern.
+    """
 
     epochs: int | float | None
     frozen: tuple[str, ...] = ()
@@ -60,7 +72,11 @@ class Stage:
             raise ValueError("empty parameter-name pattern in a stage")
 
     def length(self, total_epochs: int) -> int | None:
-        """Epochs of this stage in a run of ``total_epochs`` (None: until the end)."""
+        """Epochs of this stage in a run of ``total_epochs`` (None: until the end).
+
+        Args:
+            total_epochs: the run's number of epochs, which a fractional length scales.
+        """
         if self.epochs is None:
             return None
         if isinstance(self.epochs, float):
@@ -70,7 +86,15 @@ class Stage:
 
 def parse_stage(text: str) -> Stage:
     """``"EPOCHS:PATTERN[,PATTERN...]"`` -> :class:`Stage`; EPOCHS is an int, a fraction in
-    (0, 1) or ``rest``; no patterns (``"3:"``) freezes nothing."""
+    (0, 1) or ``rest``; no patterns (``"3:"``) freezes nothing.
+
+    Args:
+        text: one ``--stage`` value, e.g. ``"0.5:mods.*.encoder"`` or
+            ``"rest:joint_encoder,mods.*.decoder"``.
+
+    Raises:
+        ValueError: when there is no ``:`` or EPOCHS is not a valid length.
+    """
     head, sep, tail = text.partition(":")
     if not sep:
         raise ValueError(f"a stage is written EPOCHS:PATTERNS (e.g. 0.5:mods.*.encoder), got "
@@ -87,7 +111,16 @@ def parse_stage(text: str) -> Stage:
 
 def as_stages(value: Any) -> tuple[Stage, ...]:
     """A schedule from ``None``/``()`` (no stages), strings in the CLI format, :class:`Stage`
-    objects, or ``(epochs, patterns)`` pairs (also as JSON lists)."""
+    objects, or ``(epochs, patterns)`` pairs (also as JSON lists).
+
+    Args:
+        value: None, one stage (a string or :class:`Stage`), or a sequence of strings,
+            :class:`Stage` objects and ``(epochs, patterns)`` pairs, where ``patterns`` is a
+            string or a sequence of strings.
+
+    Raises:
+        ValueError: for an item that is none of these, or a ``rest`` stage before the last.
+    """
     if value is None:
         return ()
     if isinstance(value, str | Stage):
@@ -111,18 +144,36 @@ def as_stages(value: Any) -> tuple[Stage, ...]:
 
 
 def stages_to_json(stages: Iterable[Stage]) -> list[list[Any]]:
-    """Plain lists ``[[epochs, [patterns...]], ...]`` (for checkpoints and summaries)."""
+    """Plain lists ``[[epochs, [patterns...]], ...]`` (for checkpoints and summaries).
+
+    Args:
+        stages: the schedule; :func:`as_stages` reads the result back.
+    """
     return [[s.epochs, list(s.frozen)] for s in stages]
 
 
 def resolve_stages(stages: Sequence[Stage], total_epochs: int) -> tuple[Stage, ...]:
     """Fractional lengths turned into epochs of a run of ``total_epochs`` (the trainer stores
-    this form in checkpoints, so a resumed run keeps the boundaries it started with)."""
+    this form in checkpoints, so a resumed run keeps the boundaries it started with).
+
+    Args:
+        stages: the schedule.
+        total_epochs: the run's number of epochs.
+    """
     return tuple(Stage(s.length(total_epochs), s.frozen) for s in stages)
 
 
 def frozen_patterns(stages: Sequence[Stage], epoch: int, total_epochs: int) -> tuple[str, ...]:
-    """The patterns frozen in ``epoch`` (1-based) of a run of ``total_epochs``."""
+    """The patterns frozen in ``epoch`` (1-based) of a run of ``total_epochs``.
+
+    Args:
+        stages: the schedule (the last stage lasts until the end, whatever its length).
+        epoch: the epoch, counted from 1.
+        total_epochs: the run's number of epochs, for fractional lengths.
+
+    Returns:
+        The ``frozen`` patterns of the stage holding ``epoch``; ``()`` without stages.
+    """
     end = 0
     for index, stage in enumerate(stages):
         length = stage.length(total_epochs)
@@ -133,12 +184,22 @@ def frozen_patterns(stages: Sequence[Stage], epoch: int, total_epochs: int) -> t
 
 
 def matches(name: str, pattern: str) -> bool:
-    """``name`` equals ``pattern`` or lies under it (``pattern.*``), fnmatch rules."""
+    """``name`` equals ``pattern`` or lies under it (``pattern.*``), fnmatch rules.
+
+    Args:
+        name: a parameter name of ``named_parameters()``, e.g. ``mods.m0.encoder.fc.weight``.
+        pattern: an fnmatch pattern (case-sensitive), e.g. ``mods.*.encoder``.
+    """
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
 def check_patterns(module: nn.Module, stages: Sequence[Stage]) -> None:
-    """Raise ValueError for a pattern that matches no parameter of ``module``."""
+    """Raise ValueError for a pattern that matches no parameter of ``module``.
+
+    Args:
+        module: the model whose ``named_parameters()`` the patterns must match.
+        stages: the schedule whose ``frozen`` patterns are checked.
+    """
     names = [name for name, _ in module.named_parameters()]
     for stage in stages:
         for pattern in stage.frozen:
@@ -154,6 +215,10 @@ def freeze(module: nn.Module, patterns: Sequence[str]) -> list[str]:
 
     Pyro's ``pyro.module`` does not register parameters without ``requires_grad``, so an SVI
     step neither differentiates nor updates them.
+
+    Args:
+        module: the model, changed in place.
+        patterns: the frozen patterns (see :func:`matches`); empty unfreezes everything.
     """
     frozen = []
     for name, param in module.named_parameters():
@@ -166,6 +231,10 @@ def freeze(module: nn.Module, patterns: Sequence[str]) -> list[str]:
 
 
 def unfreeze(module: nn.Module) -> None:
-    """Every parameter trainable again."""
+    """Every parameter trainable again.
+
+    Args:
+        module: the model whose parameters all get ``requires_grad`` back, in place.
+    """
     for param in module.parameters():
         param.requires_grad_(True)

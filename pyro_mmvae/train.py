@@ -31,6 +31,7 @@ import datetime
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +44,6 @@ from pyro_mmvae import __version__
 from pyro_mmvae.checkpoint import (
     CheckpointError,
 )
-from pyro_mmvae.data.files import PREFIX as FILES_PREFIX
-from pyro_mmvae.data.files import files_dataset_name
 from pyro_mmvae.engine import (
     NonFiniteError,
     ProcessGroup,
@@ -52,6 +51,7 @@ from pyro_mmvae.engine import (
     build_lr_schedule,
     build_optimizer,
     compile_networks,
+    enable_deterministic,
     init_process_group,
     network_precision,
 )
@@ -69,12 +69,10 @@ from pyro_mmvae.engine.rng import (
 from pyro_mmvae.engine.tensorboard import TensorBoardLog
 from pyro_mmvae.run_config import (
     RunHyper,
+    RunSpec,
     TrainConfig,
     TrainingError,
-    check_resume,
-    check_resume_modalities,
-    model_overrides,
-    resolve_hyper,
+    resolve_run,
 )
 from pyro_mmvae.runs import (
     CHECKPOINT_NAME,
@@ -105,6 +103,7 @@ __all__ = [
     "METRICS_NAME",
     "SUMMARY_NAME",
     "CheckpointError",
+    "RunSpec",
     "TrainConfig",
     "TrainingError",
     "default_run_dir",
@@ -112,6 +111,7 @@ __all__ = [
     "get_rng_state",
     "resolve_device",
     "seed_everything",
+    "resolve_run",
     "set_rng_state",
     "train",
 ]
@@ -183,7 +183,7 @@ class _Loop:
                 self.folder.save_checkpoint(state)
                 if self.tensorboard is not None:
                     self.tensorboard.epoch(epoch, record, self.vae)
-            if self.progress and self.group.is_main:
+            if self.group.is_main:  # one line per epoch, progress bars or not
                 tqdm.write(
                     f"epoch {epoch}/{self.hyper.epochs}  train {train_loss:.3f}  "
                     f"test {test_loss:.3f}  ({record['seconds']:.1f} s)"
@@ -236,8 +236,10 @@ class _Loop:
                 self.validate_next_step = False
 
     def test_loss(self, epoch: int) -> float:
-        """Mean loss per data point on (at most MAX_TEST_POINTS of) the test set, no grad."""
-        totals = torch.zeros(2, dtype=torch.float64)
+        """Mean loss per data point on (at most MAX_TEST_POINTS of) the test set, no grad.
+
+        The ranks' sums are added on the group's device (NCCL takes CUDA tensors only)."""
+        total, count = 0.0, 0
         self.vae.eval()
         try:
             with torch.no_grad(), network_precision(self.hyper.precision, self.device):
@@ -246,10 +248,11 @@ class _Loop:
                     if _batch_size_of(data) < self.group.world_size:
                         continue
                     local = shard(data, self.group)
-                    loss = float(self.elbo.loss(self.vae.model, self.vae.guide, local))
-                    totals += torch.tensor([loss, _batch_size_of(local)], dtype=torch.float64)
+                    total += float(self.elbo.loss(self.vae.model, self.vae.guide, local))
+                    count += _batch_size_of(local)
         finally:
             self.vae.train()
+        totals = torch.tensor([total, count], dtype=torch.float64, device=self.group.device)
         total, count = all_reduce_sum(totals, self.group).tolist()
         loss = total / count
         if not math.isfinite(loss):
@@ -300,29 +303,57 @@ class _Loop:
 
 
 def train(config: TrainConfig, progress: bool = True,
-          datasets: tuple[Any, Any] | None = None) -> dict[str, Any]:
+          datasets: tuple[Any, Any] | None = None,
+          on_start: Callable[[RunSpec], None] | None = None) -> dict[str, Any]:
     """Fit ``config.model`` to ``config.dataset``; return the run summary.
 
     ``datasets`` = ``(train, test)`` trains on these (e.g. a subset of a dataset) instead of
     loading ``config.dataset`` by name; ``config.dataset`` still names the data in the run
-    folder and the checkpoint. Each epoch appends to ``metrics.jsonl`` and rewrites
-    ``checkpoint.pt`` atomically; a NaN or infinite loss or gradient stops the run with
-    :class:`TrainingError` before any parameter changes and leaves the last checkpoint
-    intact. The summary is also written to ``summary.json``. Under ``torchrun`` every
-    process calls this; rank 0 writes the folder.
+    folder and the checkpoint. The configuration is resolved and validated completely
+    (:func:`pyro_mmvae.run_config.resolve_run`) and the model built before the run folder
+    is created, so a mistake leaves nothing on disk. Each epoch appends to ``metrics.jsonl``
+    and rewrites ``checkpoint.pt`` atomically; a NaN or infinite loss or gradient stops the
+    run with :class:`TrainingError` before any parameter changes and leaves the last
+    checkpoint intact. The summary (with the whole resolved spec under ``spec``) is also
+    written to ``summary.json``. Under ``torchrun`` every process calls this; rank 0 writes
+    the folder. ``on_start(spec)`` is called once the run is resolved and checked, just
+    before the folder is created (the CLI prints the folder's name there).
+
+    Args:
+        config: what the run asks for (model, dataset, options; ``resume`` to continue the
+            run in ``config.out``).
+        progress: show tqdm progress bars and per-epoch lines (rank 0 only).
+        datasets: ``(train, test)`` to train on, or None to load ``config.dataset``.
+        on_start: called with the resolved :class:`~pyro_mmvae.run_config.RunSpec` before
+            the folder is created (rank 0 only); None: nothing is called.
+
+    Returns:
+        The summary: headline figures (``final_loss``, ``final_test_loss`` per data point in
+        nats, ``seconds``, ``run_dir``, ...) and the whole ``spec``.
     """
+    from pyro_mmvae.zoo import build_from_settings
+
     config.check()
-    if config.dataset.startswith(FILES_PREFIX):  # the run folder records an absolute path
-        config = dataclasses.replace(config, dataset=files_dataset_name(config.dataset))
+    if config.out is None:
+        config = dataclasses.replace(config, out=str(default_run_dir(config.model,
+                                                                     config.dataset)))
     device = resolve_device(config.device)
+    if config.deterministic:  # process-wide, before any CUDA work
+        enable_deterministic()
     group = init_process_group(device)
     device = local_device(device, group)
-    folder = RunFolder(config.out or default_run_dir(config.model, config.dataset))
-    resumed = folder.start(config.resume)
-    if resumed is not None:
-        if str(config.precision).lower() == "auto":  # a resumed run keeps the one it chose
-            config = dataclasses.replace(config, precision=None)
-        check_resume(config, resumed)
+    folder = RunFolder(config.out)
+    resumed = folder.start(config.resume)  # reads the checkpoint; writes nothing
+    if datasets is None:
+        datasets = load_datasets(config.dataset, config.data_root)
+    spec = resolve_run(config, resumed, datasets=datasets, device=device,
+                       processes=group.world_size)  # everything checked: nothing written yet
+    config = dataclasses.replace(config, dataset=spec.dataset)
+    seed_everything(spec.seed)
+    model = build_from_settings(spec.model, datasets[0], spec.settings, spec.preset)
+    check_patterns(model.vae, spec.stages)  # checked on the meta model too, where it builds
+    if on_start is not None and group.is_main:
+        on_start(spec)
     if group.is_main:
         folder.create()
     was_validating = pyro.distributions.is_validation_enabled()
@@ -330,7 +361,8 @@ def train(config: TrainConfig, progress: bool = True,
     lock = folder.locked(group.is_main, break_stale=config.break_lock)
     with lock, pyro.get_param_store().scope():
         try:
-            loop = _setup(config, resumed, device, group, folder, progress, datasets)
+            loop = _setup(spec, config, model, resumed, datasets, device, group, folder,
+                          progress)
             loop.run()
         finally:
             pyro.enable_validation(was_validating)
@@ -352,41 +384,19 @@ def set_pyro_registration(vae: torch.nn.Module, enabled: bool) -> None:
         vae.pyro_register = enabled
 
 
-def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.device,
-           group: ProcessGroup, folder: RunFolder, progress: bool,
-           datasets: tuple[Any, Any] | None = None) -> _Loop:
-    """Seed, load data, build the model and the engine, restore a checkpoint when resuming."""
-    from pyro_mmvae.zoo import build_model
-
-    if resumed and resumed.get("world_size", 1) != group.world_size:
-        raise CheckpointError(
-            f"the checkpoint was trained by {resumed.get('world_size', 1)} process(es); "
-            f"resume it with the same number (this run has {group.world_size})")
-    seed = config.seed if config.seed is not None else (resumed or {}).get("hyper", {}).get(
-        "seed", 0)
-    seed_everything(seed)
-    train_ds, test_ds = (load_datasets(config.dataset, config.data_root)
-                         if datasets is None else datasets)
-    overrides = model_overrides(config, resumed)
-    preset = config.preset if config.preset is not None else (resumed or {}).get("preset")
-    spec = build_model(config.model, train_ds, preset, **overrides)
-    if resumed:
-        check_resume_modalities(train_ds, resumed.get("settings"), spec.settings)
-    hyper = resolve_hyper(config, spec, preset, overrides, resumed, device)
-    train_ds, test_ds = apply_missing((train_ds, test_ds), hyper.missing_ratio, hyper.seed)
-    if resumed and hyper.epochs < resumed["epoch"]:
-        raise ValueError(
-            f"the checkpoint has already trained {resumed['epoch']} epochs, more than the "
-            f"{hyper.epochs} asked for; pass --epochs {resumed['epoch']} or more"
-        )
+def _setup(spec: RunSpec, config: TrainConfig, model: Any, resumed: dict[str, Any] | None,
+           datasets: tuple[Any, Any], device: torch.device, group: ProcessGroup,
+           folder: RunFolder, progress: bool) -> _Loop:
+    """The engine around the built ``model`` of ``spec``: missing modalities, the model on
+    the device, its optimiser and schedule, a checkpoint's state restored when resuming."""
+    train_ds, test_ds = apply_missing(datasets, spec.missing_ratio, spec.seed)
     if device.type == "cuda":  # in-memory data lives on the GPU: no per-step host copies
         train_ds, test_ds = train_ds.to(device), test_ds.to(device)
-    vae = spec.vae.to(device)
-    set_decoder_batching(vae, config.decoder_batching, device)
-    memory_formats = set_memory_format(vae, config.memory_format, device)
-    check_patterns(vae, hyper.stages)
+    vae = model.vae.to(device)
+    set_decoder_batching(vae, spec.decoder_batching, device)
+    memory_formats = set_memory_format(vae, spec.memory_format, device)
     vae.train()
-    batch = next(iter(train_ds.batches(min(hyper.batch_size, len(train_ds)), device=device)))[0]
+    batch = next(iter(train_ds.batches(min(spec.batch_size, len(train_ds)), device=device)))[0]
     if resumed:
         extras = restore_parameters(vae, resumed, batch)
     else:
@@ -397,26 +407,26 @@ def _setup(config: TrainConfig, resumed: dict[str, Any] | None, device: torch.de
                          f"{sorted(extras)}: make them nn.Parameters of the module")
     set_pyro_registration(vae, False)
     params = [*vae.named_parameters(), *extras.items()]
-    optimizer = build_optimizer([p for _, p in params], hyper.lr, hyper.amsgrad, device)
-    scheduler = build_lr_schedule(optimizer, hyper.lr_schedule,
-                                  hyper.epochs * math.ceil(len(train_ds) / hyper.batch_size))
-    if config.compile:
+    optimizer = build_optimizer([p for _, p in params], spec.lr, spec.amsgrad, device)
+    scheduler = build_lr_schedule(optimizer, spec.lr_schedule,
+                                  spec.epochs * math.ceil(len(train_ds) / spec.batch_size))
+    if spec.compile:
         compile_networks(vae)
-    step = TrainStep(vae, spec.elbo, params, optimizer, device, precision=hyper.precision,
-                     clip_grad=hyper.clip_grad, scheduler=scheduler, group=group)
+    step = TrainStep(vae, model.elbo, params, optimizer, device, precision=spec.precision,
+                     clip_grad=spec.clip_grad, scheduler=scheduler, group=group)
     history: list[dict[str, Any]] = []
     if resumed:
-        history = _restore_engine(resumed, step, hyper.lr, group)
+        history = _restore_engine(resumed, step, spec.lr, group)
     else:
-        seed_everything(rank_seed(seed, group.rank))
+        seed_everything(rank_seed(spec.seed, group.rank))
     if group.is_main:
         folder.write_metrics(history)
     tensorboard = (TensorBoardLog(folder.path / TENSORBOARD_NAME)
-                   if config.tensorboard and group.is_main else None)
-    return _Loop(step=step, vae=vae, elbo=spec.elbo, settings=spec.settings, train_ds=train_ds,
-                 test_subset=test_ds.head(MAX_TEST_POINTS), hyper=hyper, config=config,
-                 device=device, group=group, folder=folder, progress=progress,
-                 history=history, extras=extras, tensorboard=tensorboard,
+                   if spec.tensorboard and group.is_main else None)
+    return _Loop(step=step, vae=vae, elbo=model.elbo, settings=spec.settings,
+                 train_ds=train_ds, test_subset=test_ds.head(MAX_TEST_POINTS), hyper=spec,
+                 config=config, device=device, group=group, folder=folder,
+                 progress=progress, history=history, extras=extras, tensorboard=tensorboard,
                  layout={"decoder_batching": sorted({
                      getattr(m, "decoder_batching", "stacked")
                      for m in getattr(vae, "mods", {}).values()}),
@@ -441,33 +451,36 @@ def _restore_engine(resumed: dict[str, Any], step: TrainStep, lr: float,
 
 
 def _summary(loop: _Loop | None) -> dict[str, Any]:
-    """The run summary of a finished loop."""
+    """The run summary of a finished loop; ``spec`` is the whole resolved run
+    (:meth:`pyro_mmvae.run_config.RunSpec.to_json`), the entries before it its headlines."""
     if loop is None:
         return {}
     last = loop.history[-1] if loop.history else {}
+    spec: RunSpec = loop.hyper
     return {
-        "model": loop.config.model,
-        "dataset": loop.config.dataset,
-        "preset": loop.hyper.preset,
-        "overrides": loop.hyper.overrides,
-        "epochs": loop.hyper.epochs,
-        "batch_size": loop.hyper.batch_size,
-        "lr": loop.hyper.lr,
-        "lr_schedule": loop.hyper.lr_schedule,
-        "clip_grad": loop.hyper.clip_grad,
-        "precision": loop.hyper.precision,
-        "compile": loop.config.compile,
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "preset": spec.preset,
+        "overrides": dict(spec.overrides),
+        "epochs": spec.epochs,
+        "batch_size": spec.batch_size,
+        "lr": spec.lr,
+        "lr_schedule": spec.lr_schedule,
+        "clip_grad": spec.clip_grad,
+        "precision": spec.precision,
+        "compile": spec.compile,
         **loop.layout,
-        "stages": stages_to_json(loop.hyper.stages) or None,
+        "stages": stages_to_json(spec.stages) or None,
         "final_loss": last.get("train_loss"),
         "final_test_loss": last.get("test_loss"),
         "seconds": sum(record["seconds"] for record in loop.history),
         "device": str(loop.device),
         "processes": loop.group.world_size,
-        "seed": loop.hyper.seed,
-        "missing_ratio": loop.hyper.missing_ratio,
+        "seed": spec.seed,
+        "missing_ratio": spec.missing_ratio,
         "parameters": sum(p.numel() for p in loop.vae.parameters()),
         "run_dir": str(loop.folder.path),
         "library_version": __version__,
         "finished": _now(),
+        "spec": spec.to_json(),
     }

@@ -51,5 +51,6 @@ def sandbox_registry(monkeypatch):
     monkeypatch.setattr(zoo, "BUILDERS", dict(zoo.BUILDERS))
     monkeypatch.setattr(zoo, "MODEL_DEFAULTS", dict(zoo.MODEL_DEFAULTS))
     monkeypatch.setattr(zoo, "EXTRA_SETTINGS", dict(zoo.EXTRA_SETTINGS))
+    monkeypatch.setattr(zoo, "MODELS", zoo.MODELS)  # register_model rebinds the global
     monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
     return zoo, registry

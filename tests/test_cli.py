@@ -5,9 +5,11 @@ from __future__ import annotations
 import gzip
 import importlib
 import json
+import re
 import struct
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -130,8 +132,9 @@ def test_bad_arguments_exit_2(argv, message, capsys):
 def test_no_arguments_trains_the_default_model(monkeypatch, tmp_path, capsys):
     seen = {}
 
-    def fake_train(config, progress=True):
+    def fake_train(config, progress=True, on_start=None):
         seen["config"] = config
+        on_start(types.SimpleNamespace(model=config.model, precision="32", device="cpu"))
         return {"final_loss": 1.5, "model": config.model, "seconds": 0.1}
 
     def fake_evaluation(summary, out, device):
@@ -160,7 +163,7 @@ def test_no_arguments_trains_the_default_model(monkeypatch, tmp_path, capsys):
     ],
 )
 def test_user_errors_print_a_message_not_a_traceback(error, code, monkeypatch, capsys):
-    def failing_train(config, progress=True):
+    def failing_train(config, progress=True, **kwargs):
         raise error
 
     monkeypatch.setattr(train_module, "train", failing_train)
@@ -173,7 +176,7 @@ def test_user_errors_print_a_message_not_a_traceback(error, code, monkeypatch, c
 
 
 def test_bugs_are_not_swallowed(monkeypatch):
-    def buggy_train(config, progress=True):
+    def buggy_train(config, progress=True, **kwargs):
         raise KeyError("a bug")
 
     monkeypatch.setattr(train_module, "train", buggy_train)
@@ -228,6 +231,8 @@ def test_train_end_to_end(tmp_path, monkeypatch, capsys):
     assert (run / "checkpoint.pt").is_file()
     out = capsys.readouterr().out
     assert f"run folder: {run}" in out and "train loss / point" in out
+    # --no-progress drops the bars, not the line printed after each epoch
+    assert "epoch 1/2  train" in out and "epoch 2/2  train" in out
 
     # Resume for a third epoch, this time with the evaluation (classifiers cached in tmp_path).
     monkeypatch.setenv("PYRO_MMVAE_CACHE", str(tmp_path / "cache"))
@@ -239,7 +244,9 @@ def test_train_end_to_end(tmp_path, monkeypatch, capsys):
     assert summary["epochs"] == 3 and 0.0 <= summary["conditional_coherence"] <= 1.0
     assert set(summary["coherence_matrix"]) == {"m0", "m1", "m2", "m3", "m4"}
     assert (run / "cross_generation.png").stat().st_size > 0
-    assert "coherence (1 -> rest)" in capsys.readouterr().out
+    assert summary["num_classes"] == 10  # the digits: chance coherence is 0.1
+    out = capsys.readouterr().out
+    assert re.search(r"coherence \(1 -> rest\)\s+\d\.\d{3} \(chance 0\.100\)", out), out
 
 
 # ---------------------------------------------------------------------------- make-polymnist

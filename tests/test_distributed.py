@@ -59,8 +59,8 @@ def torchrun(tmp_path, out, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script),
            "train", "--model", "mmvae", "--dataset", "mini-small", "--batch-size", "16",
-           "--device", "cpu", "--out", str(out), "--no-evaluate", "--no-progress",
-           *SETTINGS, *extra]
+           "--device", "cpu", "--precision", "32", "--out", str(out), "--no-evaluate",
+           "--no-progress", *SETTINGS, *extra]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done

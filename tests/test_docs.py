@@ -1,8 +1,11 @@
 """The documentation site builds with no warning, documents every public name, and its code runs.
 
-* The site is built once per session, as the README says (``python -m sphinx -W --keep-going
-  -b html docs OUT``), into a temporary folder; any warning fails (broken references, bad
-  reStructuredText or maths in a docstring, a notebook that does not render).
+* The site is built once per session (``python -m sphinx -W --keep-going -b html docs OUT``),
+  into a temporary folder, with no network access needed; any warning fails (broken
+  references, bad reStructuredText or maths in a docstring, a notebook that does not render).
+  Its pages load no script or stylesheet from the network (MathJax is bundled), the
+  command-line reference lists every option of the parser, and the API index is grouped by
+  task without the internal modules.
 * Every module of ``pyro_mmvae`` (walked with :mod:`pkgutil`, so new modules are covered) and
   every public name — a module's ``__all__``, or the public classes and functions defined in a
   module without one, and the public methods and properties of those classes — must have been
@@ -37,8 +40,9 @@ pytest.importorskip("myst_nb", reason="the docs extra is not installed: pip inst
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GUIDES = ("getting_started", "models", "custom_model", "evaluation", "performance",
-          "reproducing", "reliability")
+GUIDES = ("getting_started", "models", "models_mixture", "models_products",
+          "models_coordination", "data", "custom_model", "evaluation", "performance",
+          "reproducing", "reliability", "cli", "settings")
 NOTEBOOKS = sorted(path.stem for path in (ROOT / "notebooks").glob("*.ipynb"))
 
 sys.path.insert(0, str(DOCS / "_ext"))
@@ -70,6 +74,44 @@ def test_site_builds_without_warnings(site):
         "the documentation build failed or warned:\n" + (warnings or log)[-20000:])
     for page in ("index", *GUIDES, "api/index"):
         assert (site / f"{page}.html").is_file(), f"page {page} was not built"
+
+
+def test_pages_load_nothing_from_the_network(site):
+    """Maths renders offline: MathJax is bundled, and no page loads a remote script or style."""
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is not bundled"
+    remote = re.compile(r"<(?:script|link)[^>]+(?:src|href)=\"(?:https?:)?//", re.I)
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 20
+    offenders = [str(page.relative_to(site)) for page in pages if remote.search(page.read_text())]
+    assert not offenders, "pages that load scripts or styles from the network: " + ", ".join(
+        offenders[:10])
+    html = (site / "models_mixture.html").read_text()
+    assert "_static/mathjax/tex-chtml.js" in html and "\\mathcal L" in html
+
+
+def test_cli_reference_lists_every_option(site):
+    from pyro_mmvae.cli import build_parser
+
+    html = (site / "cli.html").read_text()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [f"{name} {option}" for name, sub in subparsers.choices.items()
+               for action in sub._actions for option in action.option_strings
+               if option.startswith("--") and option not in html]
+    assert not missing, "options missing from the command-line reference: " + ", ".join(missing)
+    settings_html = (site / "settings.html").read_text()
+    from pyro_mmvae.settings import GROUP_OF
+    assert not [key for key in GROUP_OF if f">{key}<" not in settings_html]
+
+
+def test_api_index_is_grouped_by_task_without_internals(site):
+    html = (site / "api" / "index.html").read_text()
+    body = html.split('<article', 1)[1].split('</article>', 1)[0]
+    for title in ("Models", "Objectives", "Data", "Training", "Evaluation"):
+        assert f">{title}<" in body, f"no {title} group in the API index"
+    for internal in apigen.INTERNAL:
+        assert internal not in body, f"{internal} is listed in the public API index"
+        assert (site / "api" / f"{internal}.html").is_file()
 
 
 def test_notebooks_are_rendered_with_their_outputs(site):

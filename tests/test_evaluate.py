@@ -79,6 +79,13 @@ def test_evaluate_command_on_a_trained_run(model, patched, tmp_path, capsys):
     assert "eval.json" in out and "coherence by |S|" in out
     result = json.loads((run / "eval.json").read_text())
     assert result["model"] == model and result["epoch"] == 1
+    if model == "cvae":  # one pair s -> t, no prior over all modalities, no p(X)
+        assert in_unit_interval(result["coherence"]["by_subset_size"]["1"])
+        assert result["coherence"]["unconditional_coherence"] is None
+        assert "not applicable" in result["coherence"]["unconditional"]["note"]
+        for name in ("quality", "likelihood", "probe"):
+            assert "not applicable to CVAE" in result[name]["skipped"]
+        return
     assert result["settings"]["num_samples"] == 30 and result["settings"]["max_points"] == 16
 
     coherence = result["coherence"]
@@ -111,7 +118,10 @@ def test_evaluate_command_on_a_trained_run(model, patched, tmp_path, capsys):
         assert 0 <= joint["pareto_k"]["fraction_above_0.7"] <= 1
         assert 1.0 <= joint["ess"]["mean"] <= 30.0
         assert set(likelihood["subsets"]) and set(likelihood["conditional"])
-        assert set(likelihood["proposals"]) == {"model", "mixture", "refined"}  # default: all
+        skipped = likelihood.get("skipped_proposals", {})  # models with several latent levels
+        assert set(likelihood["proposals"]) | set(skipped) == {"model", "mixture", "refined"}
+        assert "model" in likelihood["proposals"]  # default: all that apply
+        assert all("not applicable" in reason for reason in skipped.values())
         best = likelihood["proposals"][likelihood["best_proposal"]]["joint"]
         assert best == joint
         assert all(p["seconds"] > 0 for p in likelihood["proposals"].values())  # timed each
@@ -264,7 +274,9 @@ def test_eval_json_is_written_after_each_metric_and_out_redirects(patched, tmp_p
     captured = capsys.readouterr()
     assert captured.err == ""  # --no-progress: no bars, no status lines
     assert f"{out}/eval.json" in captured.out
-    assert [p for p, _ in saved] == [out / "eval.json"] * 4
+    # progress goes to eval.partial.json; eval.json is only ever a complete result
+    assert [p for p, _ in saved] == [out / "eval.partial.json"] * 3 + [out / "eval.json"]
+    assert not (out / "eval.partial.json").exists()  # removed once complete
     partial = [sorted(k for k in ("probe", "likelihood", "figures") if k in obj)
                for _, obj in saved]
     assert partial == [["probe"], ["likelihood", "probe"], ["figures", "likelihood", "probe"],

@@ -422,3 +422,17 @@ def test_defensive_mixture_density_and_sampling():
     with pytest.raises(ValueError, match="unknown proposal"):
         vae_log_likelihood(LinearGaussianVAE(), sample_data(LinearGaussianVAE(), 2),
                            proposal="best")
+
+
+def test_proposals_a_model_does_not_support_are_skipped_with_a_reason():
+    from pyro_mmvae.metrics.likelihood import applicable_proposals
+
+    class TwoLevels:
+        likelihood_proposals = ("model",)
+
+    kept, skipped = applicable_proposals(TwoLevels(), ("model", "mixture", "refined"))
+    assert kept == ("model",) and set(skipped) == {"mixture", "refined"}
+    assert "TwoLevels" in skipped["mixture"]
+    assert applicable_proposals(object(), ("mixture",)) == (("mixture",), {})
+    with pytest.raises(ValueError, match="none of mixture applies"):
+        applicable_proposals(TwoLevels(), ("mixture",))

@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 11): under 8 minutes on one GPU, everything under $OUT.
+# The prepared GPU check (issues 11, 27): under 8 minutes on one GPU, everything under $OUT,
+# and never empty: every step writes its own results the moment it ends.
 #
 #   benchmarks/gpu/check.sh                       # on the lent GPU machine (device tool)
 #   OUT=/tmp/check benchmarks/gpu/check.sh --device cpu --dry-run   # CPU smoke test (tests)
 #
-# 1. throughput of the three PolyMNIST recipes, ours only (fp32, bf16, compile), batch 128
-#    -> $OUT/throughput.{json,md}                                     (time box 140 s)
-# 2. a data-parallel smoke test: 2 processes if the machine has >= 2 GPUs, else 1
-#    (torchrun; NCCL on GPUs, gloo on the CPU)      -> $OUT/ddp.log   (time box 45 s)
-# 3. the MMVAE+ paper recipe (mmvae_plus_polymnist) on PolyMNIST generated from the MNIST
-#    files and backgrounds under $CHECK_DATA (default data/shared: copy ../shared/data there
-#    and name it in the device tool's carry), coherence after every epoch
-#    -> $OUT/recipe_curve.jsonl                     (what is left of the budget, >= 130 s)
-# 4. (before 3) the wall time of each full paper recipe of benchmarks/reproduce.py, from
-#    measured steps  -> $OUT/reproduce_estimate.txt                   (time box 45 s)
-#    (PolyMNIST is generated first: time box 90 s)
+# Steps, each in its own time box (seconds on a GPU; the dry run's are in the DRY column):
+#   preflight        imports, device (GPUs, native bf16, a matmul), backends, data
+#                    -> $OUT/preflight.json, $OUT/machine.txt                  30   (DRY 30)
+#   ddp              a real two-rank process group: `torchrun --nproc-per-node 2`, NCCL when
+#                    the machine has >= 2 GPUs, else gloo with CUDA tensors on the one GPU
+#                    (the engine chooses); 2 epochs, checkpoint, test loss -> $OUT/ddp.log
+#                                                                               60   (DRY 40)
+#   throughput-V     one step-time table per variant V of $CHECK_VARIANTS (default
+#                    "fp32 bf16"; "compile" and "bf16+contiguous" are worth adding when the
+#                    budget allows) -> $OUT/throughput-V.{json,md}      40 each   (DRY fp32, 40)
+#   make-polymnist   PolyMNIST from the MNIST files and backgrounds under $CHECK_DATA
+#                    (default data/shared: copy ../shared/data there and name it in the
+#                    device tool's carry)                                        90   (DRY -)
+#   estimate         the wall time of every full recipe, from steps timed in the precision
+#                    the recipe trains in (--precision auto) -> $OUT/reproduce_estimate.txt,
+#                    one line per recipe as it is timed                          45   (DRY 40)
+#   recipe           the MMVAE+ paper recipe with coherence (classifiers trained and applied
+#                    on the GPU) after every epoch -> $OUT/recipe_curve.jsonl: the rest of
+#                    the budget                                                rest  (DRY 60)
+# After each step a line "name status seconds box" is appended to $OUT/steps.tsv (and
+# printed), so whatever ends the check, the steps that finished have left their results.
 # Packages the GPU image lacks (pyro-ppl, pyro-api, arviz and its needs) travel as wheels in
 # .whl/ (see /work/.library/device/README.md); they are installed into /tmp/site first.
-# Every step is time-boxed and a failing step does not stop the others; the exit status is
-# the number of failed steps. The whole check has one budget, CHECK_SECONDS (default 450 s,
-# under the 8 minutes asked and the device tool's 600 s per command): a step's box is cut to
-# what is left of it, and the recipe (last) trains for what remains.
+# A failing step does not stop the others; the exit status is the number of failed or
+# skipped steps. The whole check has one budget, CHECK_SECONDS (default 450 s, under the 8
+# minutes asked and the device tool's 600 s per command): a step's box is cut to what is left
+# of it. CHECK_BOX_SCALE multiplies every box and the budget (default 1; 2 in a dry run).
 set -uo pipefail
 DEVICE=cuda
 DRY=0
@@ -34,7 +45,8 @@ done
 OUT="${OUT:-/tmp/pyro_mmvae_gpu_check}"
 CHECK_DATA="${CHECK_DATA:-data/shared}"
 WORK="${WORK:-$(mktemp -d)}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK"
+OUT="$(cd "$OUT" && pwd)"
 cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -43,65 +55,80 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 PY="${PYTHON:-python3}"
 failed=0
-# A dry run is a smoke test on whatever CPU runs it (a loaded 2-core CI machine timed out the
-# 120 s throughput box at load average 4): its time boxes are 3x, or CHECK_BOX_SCALE x.
-if [ "$DRY" = 1 ]; then BOX_SCALE="${CHECK_BOX_SCALE:-3}"; else BOX_SCALE="${CHECK_BOX_SCALE:-1}"; fi
+# a dry run is a smoke test on whatever CPU runs it (a loaded 2-core CI machine): boxes x2
+if [ "$DRY" = 1 ]; then BOX_SCALE="${CHECK_BOX_SCALE:-2}"; else BOX_SCALE="${CHECK_BOX_SCALE:-1}"; fi
 BUDGET=$(( ${CHECK_SECONDS:-450} * BOX_SCALE ))
+printf 'step\tstatus\tseconds\tbox\n' > "$OUT/steps.tsv"
 remaining() { echo $(( BUDGET - SECONDS )); }
-step() {  # step NAME SECONDS COMMAND...
-  local name="$1" seconds=$(( $2 * BOX_SCALE )) left; shift 2
+record() {  # record NAME STATUS SECONDS BOX
+  printf '%s\t%s\t%s\t%s\n' "$@" >> "$OUT/steps.tsv"
+  echo "== $1: $2 ($3 s of a ${4} s box)"
+}
+step() {  # step NAME SECONDS LOG COMMAND...   (LOG: a file under $OUT, or - for stdout)
+  local name="$1" seconds=$(( $2 * BOX_SCALE )) log="$3" left tic status
+  shift 3
   left=$(remaining)
   if [ "$left" -lt "$seconds" ]; then seconds=$left; fi
   if [ "$seconds" -lt 10 ]; then
-    echo "== $name: SKIPPED (budget spent)"; failed=$((failed + 1)); return
+    echo "== $name: SKIPPED (budget spent)"; record "$name" skipped 0 "$seconds"
+    failed=$((failed + 1)); return
   fi
   echo "== $name (time box ${seconds}s)"
-  local tic=$SECONDS
-  if timeout "$seconds" "$@"; then echo "== $name: ok ($((SECONDS - tic)) s)"
-  else echo "== $name: FAILED or timed out ($((SECONDS - tic)) s)"; failed=$((failed + 1)); fi
+  tic=$SECONDS
+  if [ "$log" = - ]; then
+    timeout --kill-after=10 "$seconds" "$@"; status=$?
+  else
+    timeout --kill-after=10 "$seconds" "$@" > "$log" 2>&1; status=$?
+  fi
+  if [ "$status" = 0 ]; then record "$name" ok $((SECONDS - tic)) "$seconds"
+  elif [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    record "$name" timeout $((SECONDS - tic)) "$seconds"; failed=$((failed + 1))
+  else record "$name" "failed($status)" $((SECONDS - tic)) "$seconds"; failed=$((failed + 1))
+  fi
 }
-{
-  date -u
-  "$PY" - <<'PYEOF'
-import os, platform, torch
-print("python", platform.python_version(), "torch", torch.__version__, "cpus", os.cpu_count())
-if torch.cuda.is_available():
-    for i in range(torch.cuda.device_count()):
-        print("gpu", i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i))
-PYEOF
-} > "$OUT/machine.txt" 2>&1
-
-GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
-if [ "$DRY" = 1 ]; then
-  step throughput 120 "$PY" benchmarks/throughput.py --dry-run --device "$DEVICE" \
-    --json "$OUT/throughput.json" --md "$OUT/throughput.md"
-else
-  step throughput 140 "$PY" benchmarks/throughput.py --device "$DEVICE" --batches 128 \
-    --variants fp32,bf16,bf16+channels_last,compile --rounds 5 --warmup 3 \
-    --json "$OUT/throughput.json" --md "$OUT/throughput.md"
-fi
-
-NPROC=1
-if [ "$DEVICE" = cuda ] && [ "$GPUS" -ge 2 ]; then NPROC=2; fi
-step ddp 45 "$PY" -m torch.distributed.run --nproc-per-node "$NPROC" --master-addr 127.0.0.1 \
-  --master-port 29512 benchmarks/gpu/launch.py train --dataset mini-small --epochs 2 \
-  --batch-size 64 --device "$DEVICE" --out "$WORK/ddp" --no-progress \
-  --set 'hidden=[64]' > "$OUT/ddp.log" 2>&1
+date -u > "$OUT/machine.txt"
 
 if [ "$DRY" = 1 ]; then
-  step recipe 120 "$PY" benchmarks/gpu/recipe_curve.py --model mmvae_plus --preset "" \
-    --dataset mini-small --device "$DEVICE" --minutes 0.5 --max-epochs 2 \
-    --set 'hidden=[32]' --out "$WORK/recipe" --curve "$OUT/recipe_curve.jsonl"
+  step preflight 30 "$OUT/machine.txt" "$PY" benchmarks/gpu/preflight.py --device "$DEVICE" \
+    --json "$OUT/preflight.json"
+  # one small rank-shard per process, one epoch: the group, DDP, the epoch-end collective
+  MINI_SMALL=64,32 step ddp 40 "$OUT/ddp.log" "$PY" -m torch.distributed.run \
+    --nproc-per-node 2 --master-addr 127.0.0.1 --master-port "${CHECK_PORT:-29512}" \
+    benchmarks/gpu/launch.py train --dataset mini-small --epochs 1 --batch-size 32 \
+    --device "$DEVICE" --precision 32 --out "$WORK/ddp" --no-progress --no-evaluate \
+    --set 'hidden=[32]'
+  step throughput-fp32 40 - "$PY" benchmarks/throughput.py --dry-run --device "$DEVICE" \
+    --recipes mmvae_plus_polymnist --json "$OUT/throughput-fp32.json" \
+    --md "$OUT/throughput-fp32.md"
+  step estimate 40 "$OUT/reproduce_estimate.txt" "$PY" benchmarks/gpu/estimate.py \
+    --device "$DEVICE" --precision 32 --rows mmvae --dataset polymnist-mini --batch-size 2 \
+    --steps 1 --warmup 0
+  MINI_SMALL=64,32 step recipe 60 - "$PY" benchmarks/gpu/recipe_curve.py --model mmvae \
+    --preset "" --dataset mini-small --device "$DEVICE" --precision 32 --minutes 0.1 \
+    --max-epochs 1 --set 'hidden=[32]' --out "$WORK/recipe" --curve "$OUT/recipe_curve.jsonl"
 else
+  step preflight 30 "$OUT/machine.txt" "$PY" benchmarks/gpu/preflight.py --device "$DEVICE" \
+    --data "$CHECK_DATA" --json "$OUT/preflight.json"
+  step ddp 60 "$OUT/ddp.log" "$PY" -m torch.distributed.run --nproc-per-node 2 \
+    --master-addr 127.0.0.1 --master-port "${CHECK_PORT:-29512}" benchmarks/gpu/launch.py \
+    train --dataset mini-small --epochs 2 --batch-size 64 --device "$DEVICE" \
+    --out "$WORK/ddp" --no-progress --no-evaluate --set 'hidden=[64]'
+  for variant in ${CHECK_VARIANTS:-fp32 bf16}; do
+    step "throughput-$variant" 40 - "$PY" benchmarks/throughput.py --device "$DEVICE" \
+      --batches 128 --variants "$variant" --rounds 3 --warmup 2 \
+      --json "$OUT/throughput-$variant.json" --md "$OUT/throughput-$variant.md"
+  done
   POLY="$WORK/polymnist"
-  step make-polymnist 90 "$PY" -m pyro_mmvae make-polymnist --mnist-root "$CHECK_DATA/mnist" \
+  step make-polymnist 90 - "$PY" -m pyro_mmvae make-polymnist --mnist-root "$CHECK_DATA/mnist" \
     --backgrounds "$CHECK_DATA/polymnist_backgrounds" --out "$POLY" --workers 16
-  step estimate 45 "$PY" benchmarks/reproduce.py --estimate --full --device "$DEVICE" \
-    --rows all --polymnist "$POLY" --translated "$POLY" > "$OUT/reproduce_estimate.txt" 2>&1
+  step estimate 45 - "$PY" benchmarks/gpu/estimate.py --device "$DEVICE" --precision auto \
+    --rows all --steps 4 --polymnist "$POLY" --out "$OUT/reproduce_estimate.txt"
   # train for what is left of the budget, less 40 s for the last epoch's evaluation and exit
   MINUTES=$(awk -v s="$(remaining)" 'BEGIN { m = (s - 40) / 60; print (m < 0.5 ? 0.5 : m) }')
-  step recipe 600 "$PY" benchmarks/gpu/recipe_curve.py --device "$DEVICE" --precision bf16 \
-    --data-root "$POLY" --minutes "$MINUTES" --out "$WORK/recipe" --curve "$OUT/recipe_curve.jsonl"
+  step recipe 600 - "$PY" benchmarks/gpu/recipe_curve.py --device "$DEVICE" --precision auto \
+    --data-root "$POLY" --minutes "$MINUTES" --out "$WORK/recipe" \
+    --curve "$OUT/recipe_curve.jsonl"
 fi
 echo "failed steps: $failed"
+cat "$OUT/steps.tsv"
 exit "$failed"

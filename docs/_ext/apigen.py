@@ -141,6 +141,63 @@ def _page(module: str, own: list[PublicObject], reexported: list[PublicObject],
     return "\n".join(lines)
 
 
+#: The API index, grouped by task: (title, one sentence, module prefixes). A module belongs to
+#: the first group with a matching prefix (the module itself or a package above it); modules
+#: of no group are listed under "Other modules", so a new module is never left out.
+GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Models", "The model/guide pairs, built by name with their settings and presets.",
+     ("pyro_mmvae.models", "pyro_mmvae.zoo", "pyro_mmvae.presets", "pyro_mmvae.settings")),
+    ("Objectives", "The ``pyro.infer.ELBO`` subclasses and their estimators.",
+     ("pyro_mmvae.infer",)),
+    ("Building blocks", "Modalities, likelihoods, networks and the posterior distributions "
+     "(products and mixtures of experts).",
+     ("pyro_mmvae.modality", "pyro_mmvae.likelihoods", "pyro_mmvae.nets",
+      "pyro_mmvae.distributions")),
+    ("Data", "Datasets, your own files, the PolyMNIST generator and registration.",
+     ("pyro_mmvae.data",)),
+    ("Training", "The training loop and engine, run folders and the command line.",
+     ("pyro_mmvae.train", "pyro_mmvae.stages", "pyro_mmvae.engine", "pyro_mmvae.runs",
+      "pyro_mmvae.run_config", "pyro_mmvae.checkpoint", "pyro_mmvae.cli")),
+    ("Evaluation", "Coherence, Fréchet distances, likelihoods, probes and figures.",
+     ("pyro_mmvae.metrics",)),
+)
+#: Implementation details: documented on their own pages (``:orphan:``) but not in the index.
+INTERNAL: tuple[str, ...] = ("pyro_mmvae.jsonutil", "pyro_mmvae.lock", "pyro_mmvae.engine.rng")
+
+
+def _matches(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _index(modules: list[str], texts: dict[str, str]) -> dict[str, str]:
+    """The grouped ``index.rst``; internal modules' pages are marked ``:orphan:``."""
+    lines = ["API reference", "=============", "",
+             "Generated from the docstrings: one page per module of ``pyro_mmvae``, grouped by "
+             "task. Names are importable from the package that lists them (for example "
+             "``from pyro_mmvae.models import MMVAE``).", "",
+             ".. autosummary::", "", "   pyro_mmvae", "",
+             ".. toctree::", "   :hidden:", "", "   pyro_mmvae", ""]
+    placed = {PACKAGE} | {m for m in modules if _matches(m, INTERNAL)}
+    groups = [(title, text, [m for m in modules if m not in placed and _matches(m, prefixes)])
+              for title, text, prefixes in GROUPS]
+    for _, _, members in groups:
+        placed.update(members)
+    groups.append(("Other modules", "Modules of no group above.",
+                   [m for m in modules if m not in placed]))
+    for title, text, members in groups:
+        if not members:
+            continue
+        placed.update(members)
+        lines += [title, "-" * len(title), "", text, "", ".. autosummary::", ""]
+        lines += [f"   {m}" for m in members] + ["", ".. toctree::", "   :hidden:", ""]
+        lines += [f"   {m}" for m in members] + [""]
+    updated = {"index.rst": "\n".join(lines)}
+    for module in modules:
+        if _matches(module, INTERNAL):
+            updated[f"{module}.rst"] = ":orphan:\n\n" + texts[f"{module}.rst"]
+    return updated
+
+
 def write_api_pages(outdir: Path, package: str = PACKAGE) -> list[str]:
     """Write ``outdir/<module>.rst`` for every module and ``outdir/index.rst``.
 
@@ -159,11 +216,7 @@ def write_api_pages(outdir: Path, package: str = PACKAGE) -> list[str]:
                       and obj.home.rsplit(".", 1)[0] != module]
         submodules = [m for m in modules if m != module and m.rsplit(".", 1)[0] == module]
         texts[f"{module}.rst"] = _page(module, own, reexported, submodules)
-    index = ["API reference", "=============", "",
-             "Generated from the docstrings: one page per module of ``pyro_mmvae``.", "",
-             ".. toctree::", "   :maxdepth: 1", ""]
-    index += [f"   {module}" for module in modules]
-    texts["index.rst"] = "\n".join(index) + "\n"
+    texts.update(_index(modules, texts))
     for name, text in texts.items():
         path = outdir / name
         if not path.exists() or path.read_text() != text:

@@ -89,6 +89,11 @@ def procedural_backgrounds(num: int, size: int = 256, seed: int = 0) -> list[np.
     k images are the same whatever ``num`` is. Image i uses texture style ``i mod 4`` (stripes,
     blobs, lattice, spots) and a palette around hue ``i * 0.618 mod 1`` (golden-ratio spacing), so
     neighbouring modalities look clearly different.
+
+    Args:
+        num: how many images, at least 1 (one per PolyMNIST modality).
+        size: side of each square image in pixels, at least 28 (one 28x28 crop); default 256.
+        seed: base seed of the images.
     """
     if num < 1 or size < 28:
         raise ValueError(f"need num >= 1 and size >= 28 (a 28x28 crop), got {num=} and {size=}.")
@@ -101,7 +106,13 @@ def procedural_backgrounds(num: int, size: int = 256, seed: int = 0) -> list[np.
 
 
 def background_files(folder: str | Path) -> list[Path]:
-    """Image files in ``folder`` in sorted file-name order."""
+    """Image files in ``folder`` in sorted file-name order.
+
+    Args:
+        folder: a folder of images (suffixes in ``IMAGE_SUFFIXES``, any case; other files
+            and subfolders are ignored). A missing folder or one without images raises
+            ``FileNotFoundError``.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"background folder {folder} does not exist.")
@@ -118,9 +129,21 @@ def background_files(folder: str | Path) -> list[Path]:
 
 def load_backgrounds(folder: str | Path, num: int | None = None) -> list[np.ndarray]:
     """Read the images in ``folder`` (sorted by file name; the first ``num`` if given) as uint8
-    RGB arrays (H, W, 3)."""
+    RGB arrays (H, W, 3). An image that cannot be read (empty, truncated, not an image)
+    raises ``ValueError`` naming it.
+
+    Args:
+        folder: a folder of images, listed as by :func:`background_files`.
+        num: read only the first ``num`` images; None reads them all.
+    """
     images = []
     for path in background_files(folder)[:num]:
-        with Image.open(path) as image:
-            images.append(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        try:
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        except Exception as error:  # PIL: UnidentifiedImageError, OSError (truncated), ...
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(
+                f"cannot read background image {path}: {reason}; replace or remove it, or "
+                "use --backgrounds procedural") from None
     return images

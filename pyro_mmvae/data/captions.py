@@ -45,7 +45,13 @@ _SPLIT_CODES = {"train": 0, "test": 1}
 def make_captions_for(labels: np.ndarray, rng: np.random.Generator,
                       length: int = CAPTION_LENGTH) -> np.ndarray:
     """Captions (N, length) int64: filler ids drawn uniformly, the digit's word id at one
-    uniformly drawn position."""
+    uniformly drawn position.
+
+    Args:
+        labels: digit classes ``(N,)`` in 0..9 (a 1-D integer array).
+        rng: the NumPy generator the filler words and positions are drawn from.
+        length: tokens per caption L (default :data:`CAPTION_LENGTH`, 8).
+    """
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() > 9)):
         raise ValueError("caption labels must be digits 0..9 in a 1-D array")
@@ -57,7 +63,14 @@ def make_captions_for(labels: np.ndarray, rng: np.random.Generator,
 
 
 def decode_caption(tokens) -> str:
-    """The words of a caption's token ids."""
+    """The words of a caption's token ids.
+
+    Args:
+        tokens: token ids ``(L,)`` over :data:`VOCABULARY` (a list, array or tensor).
+
+    Returns:
+        The words joined by single spaces.
+    """
     return " ".join(VOCABULARY[int(t)] for t in tokens)
 
 
@@ -80,7 +93,13 @@ def _build_captions_mini(split: str, seed: int) -> tuple[torch.Tensor, torch.Ten
 def captions_mini(split: str = "train", seed: int = 0) -> MultimodalTensorDataset:
     """``captions-mini``: modality ``image`` (1x28x28 uint8, scikit-learn digits upscaled as
     in ``polymnist-mini``) and ``caption`` (8 token ids over :data:`VOCABULARY`), 6000 train /
-    1000 test tuples with balanced labels; train and test use disjoint source digits."""
+    1000 test tuples with balanced labels; train and test use disjoint source digits.
+
+    Args:
+        split: ``"train"`` (6000 tuples) or ``"test"`` (1000 tuples).
+        seed: seed of the train/test source split (:func:`~pyro_mmvae.data.mini.mini_source_split`),
+            the labels, the source digits and the captions.
+    """
     if split not in MINI_SIZES:
         raise ValueError(f"unknown split {split!r} for captions-mini; use 'train' or 'test'.")
     images, captions, labels = _build_captions_mini(split, int(seed))
@@ -93,7 +112,19 @@ def make_captions(mnist_root: str | Path, out: str | Path, seed: int = 0,
                   limit: int | None = None) -> Path:
     """Write the MNIST image–caption dataset to ``out`` in the files format (see the module
     docstring); the same seed writes the same files. ``limit`` keeps the first N images of
-    each split."""
+    each split.
+
+    Args:
+        mnist_root: the folder holding the four MNIST IDX files (as for
+            :func:`~pyro_mmvae.data.mnist.load_mnist`).
+        out: the output folder; ``out/train``, ``out/test`` and ``out/vocabulary.txt`` are
+            written (existing files overwritten).
+        seed: seed of the captions' filler words and digit-word positions.
+        limit: keep the first ``limit`` images of each split; None keeps them all.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path` (use it as ``files:OUT``).
+    """
     from pyro_mmvae.data.mnist import load_mnist
 
     out = Path(out)

@@ -80,6 +80,12 @@ def mini_source_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
     Each class is shuffled with ``default_rng(SeedSequence([seed, 1797]))`` and its first
     ``round(0.2 * n_class)`` members go to the test split, so no test digit is seen in training.
+
+    Args:
+        seed: seed of the per-class shuffles (the same seed gives the same split; memoised).
+
+    Returns:
+        ``(train, test)``: sorted, read-only int64 index arrays into ``load_digits()``.
     """
     _, labels = _sklearn_digits()
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), len(labels)]))
@@ -146,6 +152,12 @@ def polymnist_mini(
     (:func:`mini_source_split`). Built once per (split, num_modalities, seed) and memoised; the
     returned dataset has ``source_indices`` (modality -> indices into ``load_digits()``).
     The stored tensors are shared between calls: do not modify them in place.
+
+    Args:
+        split: ``"train"`` (6000 tuples) or ``"test"`` (1000 tuples).
+        num_modalities: M, the number of modalities ``m0 .. m{M-1}``, each uint8
+            ``(N, 3, 28, 28)`` (returned by the batches as float32 in [0, 1]); default 5.
+        seed: seed of the source split, the backgrounds, the labels and the crops.
     """
     if split not in MINI_SIZES:
         raise ValueError(f"unknown split {split!r} for polymnist-mini; use 'train' or 'test'.")

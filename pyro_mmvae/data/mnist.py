@@ -48,6 +48,9 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a bad magic number or
     a payload whose size does not match the header (truncated or corrupt file).
+
+    Args:
+        path: the IDX file, gzip-compressed (recognised by its content) or raw.
     """
     path = Path(path)
     if not path.is_file():
@@ -78,7 +81,14 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def find_mnist_file(root: str | Path, stem: str) -> Path:
-    """Locate ``stem`` or ``stem.gz`` in ``root`` or torchvision's ``root/MNIST/raw``."""
+    """Locate ``stem`` or ``stem.gz`` in ``root`` or torchvision's ``root/MNIST/raw``.
+
+    Args:
+        root: the folder given by the user (also searched: ``root/MNIST/raw``,
+            ``root/raw``).
+        stem: the file name without ``.gz``, e.g. ``"train-images-idx3-ubyte"`` (the dotted
+            form ``train-images.idx3-ubyte`` of some mirrors is found too).
+    """
     root = Path(root)
     folders = [root, root / "MNIST" / "raw", root / "raw"]
     for folder in folders:
@@ -98,6 +108,11 @@ def load_mnist(root: str | Path, split: str = "train") -> tuple[Tensor, Tensor]:
     """Load an MNIST split: uint8 images (N, 28, 28) and int64 labels (N,).
 
     ``split`` is ``"train"`` (60000 images) or ``"test"`` (10000, the t10k files).
+
+    Args:
+        root: the folder holding the four IDX files (raw or ``.gz``), or torchvision's MNIST
+            download root (see :func:`find_mnist_file`).
+        split: ``"train"`` or ``"test"``.
     """
     if split not in MNIST_FILES:
         raise ValueError(f"unknown MNIST split {split!r}; use one of {sorted(MNIST_FILES)}.")

@@ -9,7 +9,8 @@ split, modality and digit class the MNIST images are shuffled independently, so 
 same index in different modalities share only the label.
 Layout: ``PolyMNIST/{split}/m{i}/{idx}.{label}.png``.
 
-Translated PolyMNIST (the harder variant used for CRMVAE, seed 000): before compositing, each
+Translated PolyMNIST (the harder variant of *Mitigating the limitations of multimodal VAEs
+with coordination-based approach*, 2023, the CRMVAE paper): before compositing, each
 28x28 MNIST image is scaled by 0.75 (to 21x21) and pasted at a uniformly random position of a
 black 28x28 canvas (``make_polymnist(..., translate=True)``; CLI ``--translated``).
 """
@@ -50,7 +51,13 @@ MAKE_POLYMNIST_HINT = (
 
 def find_polymnist_split(root: str | Path, split: str) -> Path:
     """The ``{split}`` folder for ``root`` = the folder holding ``PolyMNIST/``, the ``PolyMNIST``
-    folder itself, or any folder holding ``train/``, ``test/`` directly."""
+    folder itself, or any folder holding ``train/``, ``test/`` directly.
+
+    Args:
+        root: the data root (``~`` is expanded); ``root/PolyMNIST/{split}`` is tried first,
+            then ``root/{split}``.
+        split: the split folder's name, ``"train"`` or ``"test"``.
+    """
     root = Path(root).expanduser()
     candidates = [root / "PolyMNIST" / split, root / split]
     for candidate in candidates:
@@ -63,7 +70,12 @@ def find_polymnist_split(root: str | Path, split: str) -> Path:
 
 
 def modality_folders(split_dir: Path) -> dict[int, Path]:
-    """The ``m{i}`` folders of a split, keyed and sorted by i."""
+    """The ``m{i}`` folders of a split, keyed and sorted by i.
+
+    Args:
+        split_dir: a split folder (``.../PolyMNIST/train``); a split without ``m{i}``
+            folders raises ``FileNotFoundError``.
+    """
     folders = {
         int(p.name[1:]): p
         for p in split_dir.iterdir()
@@ -74,6 +86,42 @@ def modality_folders(split_dir: Path) -> dict[int, Path]:
             f"{split_dir} holds no modality folders m0, m1, ... . {MAKE_POLYMNIST_HINT}"
         )
     return dict(sorted(folders.items()))
+
+
+def check_split_modalities(split_dir: Path, folders: dict[int, Path],
+                           chosen: Sequence[int] | None = None) -> None:
+    """Refuse a split whose sibling splits (``train``/``test`` beside it) hold other modality
+    folders: a model trained on M modalities must be tested on the same M. With ``chosen``
+    only those modalities must be in every split.
+
+    Args:
+        split_dir: the split folder being loaded (its siblings ``train``/``test`` are read).
+        folders: its modality folders, index i -> ``split_dir/m{i}`` (from
+            :func:`modality_folders`).
+        chosen: the modality indices in use; None: every split must hold the union of all
+            splits' folders.
+
+    Raises:
+        ValueError: naming the missing ``m{i}`` folders.
+    """
+    splits = {split_dir.name: set(folders)}
+    for other in SPLITS:
+        other_dir = split_dir.parent / other
+        if other != split_dir.name and other_dir.is_dir():
+            try:
+                splits[other] = set(modality_folders(other_dir))
+            except FileNotFoundError:
+                splits[other] = set()
+    needed = set(chosen) if chosen is not None else set().union(*splits.values())
+    missing = [split_dir.parent / name / f"m{m}" for name, held in splits.items()
+               for m in sorted(needed - held)]
+    if missing:
+        held = "; ".join(f"{name}: {', '.join(f'm{m}' for m in sorted(ms)) or 'none'}"
+                         for name, ms in splits.items())
+        raise ValueError(
+            f"PolyMNIST splits hold different modality folders ({held}): missing "
+            f"{', '.join(map(str, missing))}; every split needs the same m0, m1, ... folders "
+            "(restore them, or regenerate with `pyro-mmvae make-polymnist --overwrite`)")
 
 
 def _sort_key(name: str) -> tuple[int, int, str]:
@@ -203,7 +251,16 @@ def _user_cache_dir() -> Path:
 
 
 def cache_paths(split_dir: Path) -> list[Path]:
-    """Where the decoded tensor of a split is cached: next to the split, else the user cache."""
+    """Where the decoded tensor of a split is cached: next to the split, else the user cache.
+
+    Args:
+        split_dir: the split folder (resolved to an absolute path).
+
+    Returns:
+        ``[split_dir.parent/{split}.cache.pt, <user cache>/<hash>-{split}.cache.pt]``, in the
+        order they are tried (the user cache is ``$XDG_CACHE_HOME`` or ``~/.cache``, then
+        ``pyro_mmvae/polymnist``).
+    """
     split_dir = split_dir.resolve()
     key = hashlib.sha256(str(split_dir).encode()).hexdigest()[:16]
     return [
@@ -258,6 +315,10 @@ class PolyMNIST(MultimodalTensorDataset):
             changed (names, sizes and modification times; one ``stat`` per file, about
             1-10 us each). A damaged PNG raises ``ValueError`` naming it.
 
+    The other split beside ``split`` (``train``/``test``), if present, must hold the same
+    modality folders (:func:`check_split_modalities`), so a model is never tested on fewer
+    modalities than it was trained on.
+
     Modalities are named ``"m{i}"``: uint8 (N, 3, 28, 28), returned as float in [0, 1].
     """
 
@@ -278,6 +339,7 @@ class PolyMNIST(MultimodalTensorDataset):
                 f"modalities {missing or chosen} not found in {self.split_dir}; available: "
                 f"{list(folders)}."
             )
+        check_split_modalities(self.split_dir, folders, None if modalities is None else chosen)
         names, labels = _paired_files(folders)
         images = self._load_images(folders, names, chosen, cache)
         data = {f"m{m}": images[m] for m in chosen}

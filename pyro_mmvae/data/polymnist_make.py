@@ -6,7 +6,8 @@ split, modality and digit class the MNIST images are shuffled independently, so 
 same index in different modalities share only the label.
 Layout: ``PolyMNIST/{split}/m{i}/{idx}.{label}.png`` (read by :mod:`pyro_mmvae.data.polymnist`).
 
-Translated PolyMNIST (the harder variant used for CRMVAE, seed 000): before compositing, each
+Translated PolyMNIST (the harder variant of *Mitigating the limitations of multimodal VAEs
+with coordination-based approach*, 2023, the CRMVAE paper): before compositing, each
 28x28 MNIST image is scaled by 0.75 (to 21x21) and pasted at a uniformly random position of a
 black 28x28 canvas (``make_polymnist(..., translate=True)``; CLI ``--translated``).
 """
@@ -40,7 +41,15 @@ _POOL_MIN = 4000  # fewer images than this are handled in-process
 
 
 def within_class_permutation(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Return ``perm`` with ``labels[perm] == labels``: an independent shuffle inside each class."""
+    """Return ``perm`` with ``labels[perm] == labels``: an independent shuffle inside each class.
+
+    Args:
+        labels: class labels ``(N,)``.
+        rng: the NumPy generator the shuffles are drawn from.
+
+    Returns:
+        int64 ``(N,)`` indices, a permutation of ``0..N-1``.
+    """
     perm = np.empty(len(labels), dtype=np.int64)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
@@ -52,7 +61,17 @@ def random_crop_corners(
     rng: np.random.Generator, num: int, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners (y, x) of ``num`` 28x28 crops, uniform on [0, H-28) x [0, W-28) as in
-    the original generator (exclusive upper bound; a 28-pixel side gives corner 0)."""
+    the original generator (exclusive upper bound; a 28-pixel side gives corner 0).
+
+    Args:
+        rng: the NumPy generator the corners are drawn from.
+        num: how many crops N.
+        height: the background's height H in pixels, at least 28.
+        width: the background's width W in pixels, at least 28.
+
+    Returns:
+        ``(ys, xs)``: two int64 arrays ``(N,)``.
+    """
     if height < CROP or width < CROP:
         raise ValueError(f"a background of {width}x{height} px is smaller than a 28x28 crop.")
     ys = rng.integers(0, max(height - CROP, 1), size=num)
@@ -68,6 +87,15 @@ def composite(
     ``out = crop`` where ``digit <= 128`` and ``out = 255 - crop`` (the float ``1 - c``) where
     ``digit > 128``; ``crop = background[y:y+28, x:x+28]``, gathered for all N at once from a
     sliding-window view. For uint8, ``255 - c == c XOR 255``, which is what is computed.
+
+    Args:
+        digits: MNIST-like digits ``(N, 28, 28)`` uint8 in 0..255 (binarised at > 128 here).
+        background: one background image ``(H, W, C)`` uint8, H and W at least 28.
+        ys: top-left crop rows ``(N,)`` in ``[0, H - 28]`` (:func:`random_crop_corners`).
+        xs: top-left crop columns ``(N,)`` in ``[0, W - 28]``.
+
+    Returns:
+        uint8 ``(N, 28, 28, C)`` images (channels last; a new array).
     """
     windows = sliding_window_view(background, (CROP, CROP, background.shape[2]))
     crops = windows[ys, xs, 0]
@@ -83,6 +111,10 @@ def shrink_digits(digits: np.ndarray, scale: float = DIGIT_SCALE) -> np.ndarray:
 
     Bilinear interpolation with anti-aliasing (``torch.nn.functional.interpolate``), rounded
     back to uint8; deterministic on the CPU.
+
+    Args:
+        digits: digit images ``(N, 28, 28)`` uint8.
+        scale: size factor in ``(0, 1]``; default :data:`DIGIT_SCALE` (0.75: 21x21).
     """
     if not 0 < scale <= 1:
         raise ValueError(f"digit_scale must lie in (0, 1], got {scale}.")
@@ -97,7 +129,16 @@ def shrink_digits(digits: np.ndarray, scale: float = DIGIT_SCALE) -> np.ndarray:
 
 
 def place_digits(small: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Paste digits (N, s, s) into black 28x28 canvases with top-left corners (ys, xs)."""
+    """Paste digits (N, s, s) into black 28x28 canvases with top-left corners (ys, xs).
+
+    Args:
+        small: shrunk digits ``(N, s, s)`` uint8, ``s <= 28`` (:func:`shrink_digits`).
+        ys: top-left rows ``(N,)`` in ``[0, 28 - s]`` (:func:`random_digit_positions`).
+        xs: top-left columns ``(N,)`` in ``[0, 28 - s]``.
+
+    Returns:
+        uint8 ``(N, 28, 28)`` canvases.
+    """
     num, size = len(small), small.shape[1]
     if (ys < 0).any() or (xs < 0).any() or (ys > CROP - size).any() or (xs > CROP - size).any():
         raise ValueError(f"digit positions must lie in [0, {CROP - size}].")
@@ -111,7 +152,16 @@ def place_digits(small: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarra
 def random_digit_positions(
     rng: np.random.Generator, num: int, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corners (y, x) of ``num`` s x s digits, uniform on {0..28-s}^2."""
+    """Top-left corners (y, x) of ``num`` s x s digits, uniform on {0..28-s}^2.
+
+    Args:
+        rng: the NumPy generator the positions are drawn from.
+        num: how many digits N.
+        size: the digits' side s in pixels, at most 28.
+
+    Returns:
+        ``(ys, xs)``: two int64 arrays ``(N,)``.
+    """
     ys = rng.integers(0, CROP - size + 1, size=num)
     xs = rng.integers(0, CROP - size + 1, size=num)
     return ys, xs
@@ -217,6 +267,24 @@ def make_polymnist(
     ``round(28 * digit_scale)`` pixels (:func:`shrink_digits`) and pasted at a uniformly random
     position of a black 28x28 canvas (:func:`place_digits`), drawn from the same generator
     after the crop corners (so the permutations and crops are those of the plain dataset).
+
+    Args:
+        mnist_root: the folder holding the four MNIST IDX files (see
+            :func:`~pyro_mmvae.data.mnist.load_mnist`).
+        backgrounds: a folder of at least ``num_modalities`` images, or ``"procedural"``
+            (:func:`~pyro_mmvae.data.backgrounds.procedural_backgrounds`, 256x256).
+        num_modalities: M, the number of modality folders ``m0 .. m{M-1}``; default 5.
+        seed: non-negative int seed of every draw (and of procedural backgrounds).
+        out: the output folder; the files go to ``out/PolyMNIST`` (keyword only).
+        splits: the splits to write, a non-empty subset of ``("train", "test")``.
+        limit: keep the first ``limit`` MNIST images of each split; None: all
+            (60000 / 10000).
+        workers: processes writing the PNGs (fork-based; 1 or small jobs: in-process).
+        overwrite: delete the PNGs already in the modality folders (and stale ``m{k}``
+            folders, k >= M) instead of raising ``FileExistsError``.
+        translate: write Translated PolyMNIST (shrunk digits at random positions).
+        digit_scale: with ``translate``, the digits' size factor in ``(0, 1]``; default
+            :data:`DIGIT_SCALE` (0.75).
     """
     if num_modalities < 1:
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}.")

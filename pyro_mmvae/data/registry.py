@@ -39,6 +39,17 @@ def load_dataset(
     official PNG layout under ``root`` (default: ``$PYRO_MMVAE_DATA_ROOT``).
     ``"captions-mini"`` is built in memory. ``"files:DIR"`` memory-maps the ``.npy`` files of
     ``DIR/<split>`` (:func:`pyro_mmvae.data.files.load_files`; ``root`` is ignored).
+
+    Args:
+        name: a name from :func:`dataset_names` (built-in or registered with
+            :func:`register_dataset`) or ``"files:DIR"``.
+        root: the data root of ``"polymnist"`` and of registered datasets; None uses
+            ``$PYRO_MMVAE_DATA_ROOT`` (:func:`default_data_root`). Ignored by the others.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        A :class:`~pyro_mmvae.data.base.MultimodalTensorDataset` (or a memory-mapped
+        :class:`~pyro_mmvae.data.files.FileDataset` for ``"files:DIR"``).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
@@ -77,7 +88,14 @@ def register_dataset(
     name: str, loader: Callable[[Path | None, str], MultimodalTensorDataset]
 ) -> None:
     """Make ``load_dataset(name, root, split)`` (and ``--dataset name``) call
-    ``loader(root, split)``; ``root`` is the data root or None."""
+    ``loader(root, split)``; ``root`` is the data root or None.
+
+    Args:
+        name: the new dataset name; not a built-in name and not starting with ``"files:"``.
+            Registering a name again replaces its loader.
+        loader: ``loader(root, split) -> MultimodalTensorDataset``, with ``root`` a
+            :class:`~pathlib.Path` or None and ``split`` ``"train"`` or ``"test"``.
+    """
     if str(name).startswith(FILES_PREFIX):
         raise ValueError(f"names starting with {FILES_PREFIX!r} are folders of files")
     if name in DATASETS:

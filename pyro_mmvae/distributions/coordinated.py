@@ -22,13 +22,17 @@ class CoordinatedPosterior(ComponentDraws):
     :math:`\mathcal{N}(\text{loc}, \text{scale})` with event shape ``(D,)``; each stratum is
     scored by its own density.
 
-    :param joint_loc: :math:`\mu` of :math:`q(z|X)`, ``(B, D)``.
-    :param joint_scale: :math:`\sigma` of :math:`q(z|X)`, ``(B, D)``.
-    :param expert_loc: :math:`\mu_m` of every :math:`q_m(z|x_m)`, ``(M, B, D)``.
-    :param expert_scale: :math:`\sigma_m`, ``(M, B, D)``.
-    :param present: bool ``(M, B)``, True where modality m is observed.
-    :param stratified: lay out strata (stratum dim first) or one distribution per row.
-    :param unimodal: add strata 1..M drawn from the experts (only with ``stratified``).
+    Args:
+        joint_loc: :math:`\mu` of :math:`q(z|X)`, ``(B, D)``.
+        joint_scale: :math:`\sigma` of :math:`q(z|X)`, ``(B, D)``, positive.
+        expert_loc: :math:`\mu_m` of every :math:`q_m(z|x_m)`, ``(M, B, D)``.
+        expert_scale: :math:`\sigma_m`, ``(M, B, D)``, positive.
+        present: bool ``(M, B)``, True where modality m is observed.
+        stratified: lay out strata (stratum dim first: batch ``(S, B)``) if True (default),
+            else one distribution per row (batch ``(B,)``).
+        unimodal: add strata 1..M drawn from the experts (only with ``stratified``; default
+            False: the joint stratum alone, ``S = 1``).
+        validate_args: Pyro/torch argument validation; ``None`` follows the global setting.
     """
 
     def __init__(

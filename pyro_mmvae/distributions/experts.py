@@ -20,8 +20,10 @@ drawn from component ``e`` alone, while ``log_prob`` scores with the full mixtur
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections.abc import Callable
 
 import pyro.distributions as dist
 import torch
@@ -36,8 +38,70 @@ MIN_SCALE = 1e-4
 MAX_SCALE = 1e4
 
 
+def _default_accelerator_check(device: torch.device) -> bool:
+    return device.type != "cpu"
+
+
+_ACCELERATOR_CHECK: Callable[[torch.device], bool] = _default_accelerator_check
+
+
+def is_accelerator(device: torch.device) -> bool:
+    """Whether reading a tensor on ``device`` from the host stalls an accelerator (anything
+    but the CPU): the checks of this library then run only while Pyro validation is on and
+    use ``torch._assert_async`` otherwise, so a training step never waits for the device.
+
+    Args:
+        device: the device a tensor lives on.
+    """
+    return _ACCELERATOR_CHECK(device)
+
+
+def set_accelerator_check(check: Callable[[torch.device], bool]) -> Callable[[torch.device], bool]:
+    """Replace :func:`is_accelerator` (returns the previous check). The fake-accelerator
+    tests (``benchmarks/host_syncs.py``) use it to send CPU tensors down the accelerator path.
+
+    Args:
+        check: the new test, ``device -> bool`` (True: treat ``device`` as an accelerator).
+
+    Returns:
+        The previous check, to restore it afterwards.
+    """
+    global _ACCELERATOR_CHECK
+    previous, _ACCELERATOR_CHECK = _ACCELERATOR_CHECK, check
+    return previous
+
+
+def check_rows(ok: Tensor, message: str, sync: bool = False) -> None:
+    """Raise ``ValueError(message)`` unless every entry of the bool tensor ``ok`` is True.
+
+    A host check (a sync) with ``sync`` (Pyro validation on) or off an accelerator; on an
+    accelerator otherwise ``torch._assert_async``, which fails at the device's next
+    synchronisation without stalling the host.
+
+    Args:
+        ok: bool tensor of any shape, e.g. ``(B,)`` (one entry per data point).
+        message: the error message (one line naming what is wrong and how to fix it).
+        sync: force the host check even on an accelerator (pass
+            ``is_validation_enabled()``); default False.
+    """
+    if sync or not is_accelerator(ok.device):
+        if not bool(ok.all()):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok.all(), message)
+
+
 def component_distribution(family: str, loc: Tensor, scale: Tensor) -> TorchDistribution:
-    """A factorised Normal or Laplace over the last dimension (event shape ``(D,)``)."""
+    """A factorised Normal or Laplace over the last dimension (event shape ``(D,)``).
+
+    Args:
+        family: ``"normal"`` or ``"laplace"`` (:data:`FAMILIES`); another raises ``ValueError``.
+        loc: locations, shape ``(*batch, D)``.
+        scale: positive scales (standard deviations for Normal), shape ``(*batch, D)``.
+
+    Returns:
+        A distribution with batch shape ``(*batch,)`` and event shape ``(D,)``.
+    """
     if family == "normal":
         return dist.Normal(loc, scale).to_event(1)
     if family == "laplace":
@@ -75,7 +139,14 @@ def product_of_experts(
     expert cannot produce an infinite precision. Without a prior expert, a data point with no
     present expert has no product and raises.
 
-    Returns the ``loc`` and ``scale`` of the product, shape ``(*batch, D)``.
+    Args:
+        loc: expert means :math:`\mu_e`, shape ``(E, *batch, D)``.
+        scale: expert standard deviations :math:`\sigma_e`, shape ``(E, *batch, D)``.
+        mask: bool ``(E, *batch)``, True where expert e is present; ``None``: all present.
+        prior_expert: include the standard-normal prior expert (default True).
+
+    Returns:
+        The ``loc`` and ``scale`` of the product, shape ``(*batch, D)``.
     """
     mask = _check_experts(loc, scale, mask)
     precision = scale.clamp(MIN_SCALE, MAX_SCALE).pow(-2) * mask.unsqueeze(-1)
@@ -83,25 +154,87 @@ def product_of_experts(
     weighted = (precision * loc).sum(0)
     if prior_expert:
         total = total + 1.0
-    elif not bool(mask.any(0).all()):
-        raise ValueError("PoE without a prior expert needs at least one present expert per row")
+    else:
+        check_rows(mask.any(0), "PoE without a prior expert needs at least one present expert "
+                   "per row", sync=is_validation_enabled())
     return weighted / total, total.rsqrt()
 
 
 def nonempty_subsets(num: int) -> list[tuple[int, ...]]:
-    """All non-empty subsets of ``range(num)``, by size then lexicographically."""
+    """All non-empty subsets of ``range(num)``, by size then lexicographically.
+
+    Args:
+        num: the number of experts (modalities), at least 1.
+
+    Returns:
+        :math:`2^{num} - 1` tuples of indices, e.g. ``[(0,), (1,), (0, 1)]`` for 2.
+    """
     if num < 1:
         raise ValueError("need at least one modality")
     return [s for k in range(1, num + 1) for s in itertools.combinations(range(num), k)]
 
 
-def subset_matrix(num: int, device: torch.device | None = None) -> Tensor:
-    """Indicator matrix ``(2^num - 1, num)``: row j marks the members of subset j."""
-    subsets = nonempty_subsets(num)
-    out = torch.zeros(len(subsets), num, dtype=torch.bool, device=device)
-    for j, s in enumerate(subsets):
-        out[j, list(s)] = True
-    return out
+@functools.lru_cache(maxsize=256)
+def _cached_table(rows: tuple[tuple[bool, ...], ...] | tuple[int, ...], dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def constant_table(rows, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
+    """``torch.tensor(rows, dtype, device)`` built once per (rows, dtype, device) and cached:
+    one host-to-device copy per process instead of one per training step. ``rows`` is a
+    hashable (nested) tuple; the result is shared, so never modify it in place.
+
+    Args:
+        rows: a hashable (nested) tuple of numbers or bools, e.g. ``((True, False),)``.
+        dtype: the tensor's dtype, e.g. ``torch.bool`` or ``torch.long``.
+        device: where the tensor lives; ``None``: the CPU (``"cuda"`` means the current
+            GPU).
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:  # the same GPU for every rank's key
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _cached_table(rows, dtype, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _indicator_rows(subsets: tuple[tuple[int, ...], ...], num: int
+                    ) -> tuple[tuple[bool, ...], ...]:
+    return tuple(tuple(i in s for i in range(num)) for s in subsets)
+
+
+def subset_indicators(subsets, num: int,
+                      device: torch.device | str | None = None) -> Tensor:
+    """Bool ``(len(subsets), num)``: row j marks the members of ``subsets[j]`` (tuples of
+    indices), built once per device (:func:`constant_table`).
+
+    Args:
+        subsets: an iterable of tuples of expert indices in ``range(num)``.
+        num: the number of experts E (columns).
+        device: where the table lives; ``None``: the CPU.
+    """
+    rows = _indicator_rows(tuple(subsets), num)
+    if not rows:
+        return torch.zeros(0, num, dtype=torch.bool, device=device)
+    return constant_table(rows, torch.bool, device)
+
+
+def subset_matrix(num: int, device: torch.device | str | None = None) -> Tensor:
+    """Indicator matrix ``(2^num - 1, num)``: row j marks the members of subset j (in the
+    order of :func:`nonempty_subsets`). Built once per ``(num, device)`` and shared: do not
+    modify it in place.
+
+    Args:
+        num: the number of experts E (at least 1).
+        device: where the table lives; ``None``: the CPU.
+    """
+    return subset_indicators(_nonempty_subsets(num), num, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _nonempty_subsets(num: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(nonempty_subsets(num))
 
 
 def subset_products(
@@ -120,6 +253,15 @@ def subset_products(
     Returns ``(loc, scale, count)``: ``(S, *batch, D)`` twice and the number of present members
     ``(S, *batch)``. A component with no present member and no prior expert is returned as a
     standard normal and must be masked out by the caller (``count == 0``).
+
+    Args:
+        loc: expert means, shape ``(E, B, D)`` (exactly one batch dimension).
+        scale: expert standard deviations, shape ``(E, B, D)``.
+        members: bool ``(S, E)``, row s marks the experts of subset s.
+        mask: bool ``(E, B)``, True where expert e is present in row b; ``None``: all
+            present.
+        prior_expert: include the standard-normal prior expert in every product (default
+            False).
     """
     mask = _check_experts(loc, scale, mask)
     used = members.to(loc.dtype).unsqueeze(-1).unsqueeze(-1) if loc.dim() == 3 else None
@@ -149,6 +291,13 @@ def mopoe_components(
 
     Returns ``(loc, scale, mask)`` of shape ``(J, B, D)``, ``(J, B, D)`` and ``(J, B)`` with
     :math:`J = 2^E - 1`.
+
+    Args:
+        loc: expert means, shape ``(E, B, D)``.
+        scale: expert standard deviations, shape ``(E, B, D)``.
+        mask: bool ``(E, B)``, True where expert e is present; ``None``: all present.
+        prior_expert: include the standard-normal prior expert in every product (default
+            False, as in Sutter et al. 2021).
     """
     members = subset_matrix(loc.size(0), loc.device)
     c_loc, c_scale, _ = subset_products(loc, scale, members, mask, prior_expert)
@@ -156,14 +305,25 @@ def mopoe_components(
 
 
 def subset_availability(members: Tensor, present: Tensor) -> Tensor:
-    """Bool ``(S, B)``: every member of subset s (``members`` ``(S, E)``) is present in row b."""
+    """Bool ``(S, B)``: every member of subset s (``members`` ``(S, E)``) is present in row b.
+
+    Args:
+        members: bool ``(S, E)``, row s marks the experts of subset s.
+        present: bool ``(E, B)``, True where expert e is present in row b.
+    """
     missing = members.to(torch.float32) @ (~present).to(torch.float32)
     return missing == 0
 
 
 class ComponentDraws(TorchDistribution):
     """Base of the stratified guide distributions: a draw is one reparameterised draw of each
-    component in ``self.components`` (one per stratum); subclasses define ``log_prob``."""
+    component in ``self.components`` (one per stratum); subclasses define ``log_prob``.
+
+    Args:
+        batch_shape: the batch shape, strata first, e.g. ``(S, B)``.
+        event_shape: the event shape, ``(D,)``.
+        validate_args: Pyro/torch argument validation; ``None`` follows the global setting.
+    """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real_vector
@@ -171,12 +331,29 @@ class ComponentDraws(TorchDistribution):
     components: TorchDistribution
 
     def expand(self, batch_shape, _instance=None):
+        """Pyro's generic expansion (an ``ExpandedDistribution``) to ``batch_shape``.
+
+        Args:
+            batch_shape: the new batch shape, broadcastable from :attr:`batch_shape`.
+            _instance: unused (Pyro's ``expand`` protocol).
+        """
         return TorchDistribution.expand(self, batch_shape)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """One reparameterised draw per stratum, each from its own component.
+
+        Args:
+            sample_shape: leading shape of the draws; the result has shape
+                ``sample_shape + batch_shape + (D,)``.
+        """
         return self.components.rsample(sample_shape)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """:meth:`rsample` without gradients.
+
+        Args:
+            sample_shape: leading shape of the draws, as in :meth:`rsample`.
+        """
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -199,6 +376,18 @@ class StratifiedMixture(ComponentDraws):
     :math:`\log q_e(z)`: the per-component KL terms of MoPoE (Sutter et al. 2021) and the
     per-subset ELBOs of MVAE (Wu & Goodman 2018). ``weights`` overrides the stratum weights
     (MVAE sums its subset ELBOs: weight 1 for every available stratum).
+
+    Args:
+        loc: component locations, shape ``(E, *batch, D)``.
+        scale: component scales, shape ``(E, *batch, D)``, positive.
+        mask: bool ``(E, *batch)``, True where component e is present for that data point;
+            ``None``: all present. Every data point needs at least one.
+        family: ``"normal"`` (default) or ``"laplace"``, the family of every component.
+        score: ``"mixture"`` (default: ``log_prob`` is the mixture density) or
+            ``"component"`` (each element scored by its own component).
+        weights: stratum weights ``(E, *batch)`` replacing :math:`1/|S|` (masked by
+            ``mask``); ``None``: the mixture weights.
+        validate_args: Pyro/torch argument validation; ``None`` follows the global setting.
     """
 
     def __init__(
@@ -255,7 +444,12 @@ class StratifiedMixture(ComponentDraws):
         return self.loc
 
     def select_component(self, generator: torch.Generator | None = None) -> Tensor:
-        """Pick one present expert per data point uniformly at random; returns ``(*batch,)``."""
+        """Pick one present expert per data point uniformly at random; returns ``(*batch,)``.
+
+        Args:
+            generator: the random generator for ``torch.multinomial``; ``None``: torch's
+                global one.
+        """
         probs = self.log_mixture_weights.exp().movedim(0, -1).reshape(-1, self.num_experts)
         idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return idx.reshape(self.batch_shape[1:])
@@ -265,6 +459,9 @@ class StratifiedMixture(ComponentDraws):
 
         Returns that component as a distribution of batch shape ``(*batch,)``: its mean is
         the point conditional generation decodes for a mixture posterior.
+
+        Args:
+            generator: the random generator of the pick; ``None``: torch's global one.
         """
         index = self.select_component(generator)
         gather = index.unsqueeze(0).unsqueeze(-1).expand(1, *index.shape, self.loc.size(-1))

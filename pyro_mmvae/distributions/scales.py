@@ -22,12 +22,26 @@ EPS = 1e-6
 
 
 def softplus_scale(raw: Tensor) -> Tensor:
-    """:math:`\\operatorname{softplus}(v) + 10^{-6}`."""
+    """:math:`\\operatorname{softplus}(v) + 10^{-6}`, elementwise.
+
+    Args:
+        raw: the encoder's unconstrained output v, any shape (usually ``(B, D)``).
+
+    Returns:
+        Positive scales of the same shape.
+    """
     return F.softplus(raw) + EPS
 
 
 def softmax_scale(raw: Tensor) -> Tensor:
-    """:math:`D\\,\\operatorname{softmax}(v) + 10^{-6}` over the last (latent) dimension."""
+    """:math:`D\\,\\operatorname{softmax}(v) + 10^{-6}` over the last (latent) dimension.
+
+    Args:
+        raw: the encoder's unconstrained output v, shape ``(..., D)``.
+
+    Returns:
+        Positive scales of the same shape, summing to about D over the last dimension.
+    """
     return F.softmax(raw, dim=-1) * raw.size(-1) + EPS
 
 
@@ -39,7 +53,14 @@ SCALE_PARAMETERISATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 def get_scale_fn(name: str) -> Callable[[Tensor], Tensor]:
-    """Look up a scale parameterisation by name (``"softplus"`` or ``"softmax"``)."""
+    """Look up a scale parameterisation by name (``"softplus"`` or ``"softmax"``).
+
+    Args:
+        name: a key of :data:`SCALE_PARAMETERISATIONS`; another raises ``ValueError``.
+
+    Returns:
+        The map from raw encoder output to scale, e.g. :func:`softplus_scale`.
+    """
     try:
         return SCALE_PARAMETERISATIONS[name]
     except KeyError:
@@ -49,7 +70,16 @@ def get_scale_fn(name: str) -> Callable[[Tensor], Tensor]:
 
 
 def unit_scale_raw(dim: int, name: str) -> Tensor:
-    """The raw value v for which the parameterisation gives a unit scale in every dimension."""
+    """The raw value v for which the parameterisation gives a unit scale in every dimension.
+
+    Args:
+        dim: D, the latent dimension.
+        name: the parameterisation: ``"softmax"`` (v = 0), else softplus
+            (:math:`v = \\log(e - 1)`).
+
+    Returns:
+        A float tensor of shape ``(dim,)``, up to the 1e-6 offset of the maps.
+    """
     if name == "softmax":
         return torch.zeros(dim)
     return torch.full((dim,), float(torch.log(torch.expm1(torch.tensor(1.0)))))

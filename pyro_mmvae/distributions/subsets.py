@@ -29,6 +29,17 @@ def source_subsets(
 
     With ``max_subsets_per_size`` at most that many subsets of each size are kept, picked
     uniformly at random with ``seed`` (deterministic), keeping their combination order.
+
+    Args:
+        names: the M modality names, in the model's order (at least two).
+        subset_sizes: the sizes :math:`|S|` to visit, each in ``1..M-1``; ``None``: all of
+            them.
+        max_subsets_per_size: keep at most this many subsets of each size (at least 1);
+            ``None`` keeps all :math:`\\binom{M}{k}`.
+        seed: seed of the random pick (only used with ``max_subsets_per_size``).
+
+    Returns:
+        The subsets as tuples of names, by increasing size.
     """
     m = len(names)
     if m < 2:
@@ -51,15 +62,28 @@ def source_subsets(
 
 
 def subset_key(subset: Sequence[str]) -> str:
-    """String key of a source subset, e.g. ``("m0", "m2") -> "m0+m2"``."""
+    """String key of a source subset, e.g. ``("m0", "m2") -> "m0+m2"``.
+
+    Args:
+        subset: modality names, joined in the given order with :data:`SUBSET_SEPARATOR`.
+    """
     return SUBSET_SEPARATOR.join(subset)
 
 
 def subset_size(key: str) -> int:
-    """:math:`|S|` of a key made by :func:`subset_key` (``"m0+m2" -> 2``)."""
+    """:math:`|S|` of a key made by :func:`subset_key` (``"m0+m2" -> 2``).
+
+    Args:
+        key: a subset key such as ``"m0+m2"``.
+    """
     return len(key.split(SUBSET_SEPARATOR))
 
 
 def complement(names: Sequence[str], subset: Sequence[str]) -> tuple[str, ...]:
-    """The modalities of ``names`` not in ``subset``, in the order of ``names``."""
+    """The modalities of ``names`` not in ``subset``, in the order of ``names``.
+
+    Args:
+        names: all modality names, in the model's order.
+        subset: the names to leave out (e.g. the sources S, giving the targets).
+    """
     return tuple(n for n in names if n not in subset)

@@ -6,6 +6,7 @@ The Pyro programs and the objectives know nothing of it: the engine wraps
 and ``pyro.infer.SVI`` work as before.
 """
 
+from pyro_mmvae.engine.device import configure_backends, enable_deterministic
 from pyro_mmvae.engine.distributed import ProcessGroup, init_process_group
 from pyro_mmvae.engine.networks import (
     PRECISIONS,
@@ -31,6 +32,8 @@ __all__ = [
     "build_optimizer",
     "check_precision",
     "compile_networks",
+    "configure_backends",
+    "enable_deterministic",
     "init_process_group",
     "network_precision",
     "resolve_precision",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyro_mmvae.engine.device import configure_backends
 from pyro_mmvae.engine.distributed import ProcessGroup, all_reduce_sum, shard, wrap_ddp
 from pyro_mmvae.engine.networks import grad_scaler, network_precision, warn_if_emulated
 
@@ -33,16 +34,26 @@ class NonFiniteError(RuntimeError):
 class TrainStep:
     """Callable ``step(batch) -> loss`` (the global batch's loss, a float).
 
-    :param vae: the model (an ``nn.Module`` with ``model`` and ``guide`` Pyro programs).
-    :param elbo: the objective (a :class:`pyro.infer.ELBO` with ``differentiable_loss``).
-    :param params: ``(name, parameter)`` pairs the optimiser updates (the unconstrained
-        tensors of ``pyro.param`` sites included).
-    :param optimizer: a torch optimiser over those parameters.
-    :param device: the training device (for autocast and loss scaling).
-    :param precision: ``"32"``, ``"bf16"`` or ``"16"`` for the networks.
-    :param clip_grad: clip the gradients' global 2-norm to this value (None: no clipping).
-    :param scheduler: a learning-rate scheduler stepped after every optimiser step.
-    :param group: the data-parallel process group (default: one process).
+    Args:
+        vae: the model (an ``nn.Module`` with ``model`` and ``guide`` Pyro programs).
+        elbo: the objective (a :class:`pyro.infer.ELBO` with ``differentiable_loss``).
+        params: ``(name, parameter)`` pairs the optimiser updates (the unconstrained
+            tensors of ``pyro.param`` sites included); the names appear in
+            :class:`NonFiniteError` messages.
+        optimizer: a torch optimiser over those parameters.
+        device: the training device (for autocast and loss scaling); on CUDA the
+            backend defaults of :func:`~pyro_mmvae.engine.device.configure_backends` (TF32,
+            ``cudnn.benchmark`` unless deterministic) are set.
+        precision: ``"32"``, ``"bf16"`` or ``"16"`` for the networks (already resolved:
+            not ``"auto"``); ``"16"`` adds a gradient scaler.
+        clip_grad: clip the gradients' global 2-norm to this positive value (None: no
+            clipping).
+        scheduler: a learning-rate scheduler stepped after every optimiser step (None:
+            none).
+        group: the data-parallel process group (default None: one process).
+
+    Raises:
+        ValueError: when ``clip_grad`` is not positive.
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class TrainStep:
         self.group = group or ProcessGroup()
         self.scaler = grad_scaler(precision, device)
         warn_if_emulated(precision, device)
+        configure_backends(device)
         self._ddp: nn.Module | None = None
         self.refresh()
 
@@ -80,7 +92,17 @@ class TrainStep:
             self._ddp = wrap_ddp(self.vae, self.elbo, self.device)
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """The differentiable loss of this process's shard of ``batch``."""
+        """The differentiable loss of this process's shard of ``batch``.
+
+        Args:
+            batch: the global batch, a dict of modality name -> tensor
+                ``(B, *event_shape)`` on the training device; a
+                :class:`~pyro_mmvae.data.base.MaskedBatch` carries its bool ``(B,)``
+                presence masks.
+
+        Returns:
+            A scalar tensor: the loss of this rank's rows (summed over them, in nats).
+        """
         local = shard(batch, self.group)
         with network_precision(self.precision, self.device):
             if self._ddp is not None:

@@ -68,7 +68,15 @@ __all__ = ["SCHEDULES", "annealed_log_weights", "temperatures"]
 
 
 def temperatures(num: int, schedule: str = "sigmoid") -> Tensor:
-    r""":math:`\beta_0 = 0 < \beta_1 < \dots < \beta_T = 1` (float64, length T + 1)."""
+    r""":math:`\beta_0 = 0 < \beta_1 < \dots < \beta_T = 1` (float64, length T + 1).
+
+    Args:
+        num: T >= 1, the number of steps after :math:`\beta_0 = 0`.
+        schedule: ``"sigmoid"`` (default) or ``"linear"``, see :data:`SCHEDULES`.
+
+    Raises:
+        ValueError: for ``num < 1`` or an unknown schedule.
+    """
     if num < 1:
         raise ValueError(f"the number of temperatures must be >= 1, got {num}")
     t = torch.arange(num + 1, dtype=torch.float64) / num
@@ -145,19 +153,36 @@ def annealed_log_weights(
 ) -> tuple[Tensor, dict[str, Any]]:
     r"""AIS log-weights ``(num_samples, B)`` from ``guide`` to ``model`` (see the module).
 
-    :param num_samples: K, independent annealing chains per data point.
-    :param num_temperatures: T, intermediate densities (T = 1: plain importance sampling).
-    :param leapfrog_steps: L leapfrog steps per HMC transition (1: MALA).
-    :param step_size: initial leapfrog step size, relative to the proposal's std.
-    :param target_accept: acceptance probability the per-point step size is adapted to.
-    :param adapt_rate: :math:`\gamma` of the step-size update (0: no adaptation).
-    :param schedule: one of :data:`SCHEDULES`.
-    :param pilot_samples: proposal draws that set the diagonal mass matrix (< 2: identity).
-    :param chunk_size: chains annealed at once (``None``: all K).
+    Args:
+        model: the Pyro model :math:`p(X, z)`; every latent site must be proposed by the guide
+            and every sample site lie in the ``data_plate``.
+        guide: the proposal :math:`r(z|X)` (e.g. ``vae.guide`` with ``stratify=False``); its
+            latent sites must not depend on each other's values.
+        *args: positional arguments of both programs (the batch: ``data``, a dict of
+            modality name -> tensor ``(B, ...)``, then optional ``mask``).
+        num_samples: K >= 1, independent annealing chains per data point (default 100).
+        num_temperatures: T >= 1, intermediate densities (default 100; T = 1: plain
+            importance sampling).
+        leapfrog_steps: L >= 1 leapfrog steps per HMC transition (default 1: MALA).
+        step_size: initial leapfrog step size > 0, relative to the proposal's std (default
+            0.2); adapted per data point within ``STEP_SIZE_RANGE`` = (1e-4, 10).
+        target_accept: acceptance probability in (0, 1) the per-point step size is adapted to
+            (default 0.65).
+        adapt_rate: :math:`\gamma \ge 0` of the step-size update (default 1; 0: no
+            adaptation).
+        schedule: one of :data:`SCHEDULES` (default ``"sigmoid"``).
+        pilot_samples: proposal draws that set the diagonal mass matrix (default 64; < 2:
+            identity).
+        chunk_size: chains annealed at once (``None``, the default: all K).
+        max_plate_nesting: plates besides the particle plate (default 2).
+        data_plate: the name of the plate over data points (default ``"data"``).
+        **kwargs: keyword arguments of both programs (e.g. ``stratify=False``).
 
-    The remaining arguments go to both programs. Returns the log-weights (float64, CPU) and
-    ``{"num_temperatures", "leapfrog_steps", "schedule", "acceptance", "step_size"}`` (mean
-    acceptance probability over all transitions, mean final step size).
+    Returns:
+        ``(log_weights, info)``: the log-weights ``(num_samples, B)`` in nats (float64, CPU)
+        and ``{"num_temperatures", "leapfrog_steps", "schedule", "acceptance",
+        "step_size"}`` (mean acceptance probability over all transitions, mean final step
+        size).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")

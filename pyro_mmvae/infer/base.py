@@ -42,7 +42,17 @@ ESTIMATORS = ("elbo", "iwae", "dreg")
 
 @dataclass
 class WeightedTraces:
-    """Log-weights ``(K, S, B)`` and the stratum weights ``(S, B)`` they are averaged with."""
+    r"""Log-weights ``(K, S, B)`` and the stratum weights ``(S, B)`` they are averaged with.
+
+    Attributes:
+        log_weights: :math:`\log w_{k,s,b}` in nats, shape ``(K, S, B)`` (particles x strata x
+            batch); scaled (β, :math:`\lambda_m`) and masked as Pyro recorded the sites.
+        stratum_weights: weights ``(S, B)`` of the strata in the outer average (a stratified
+            mixture guide's ``stratum_weights``, e.g. :math:`1/|S|` or 0); ones ``(1, B)``
+            when the guide has no strata.
+        guide_trace: the vectorised guide trace the weights were computed from.
+        model_trace: the model trace replayed against ``guide_trace``.
+    """
 
     log_weights: Tensor
     stratum_weights: Tensor
@@ -63,6 +73,17 @@ def site_log_prob(site: dict, detach_params: bool = False, scaled: bool = True) 
     is what the DReG surrogate needs for :math:`\\log q`. With ``scaled=False`` the site's
     scale (:math:`\\beta`, :math:`\\lambda_m`) is left out and only its mask applied: the
     unweighted density importance sampling of :math:`\\log p(X)` needs.
+
+    Args:
+        site: a sample site of a Pyro trace (a dict with ``fn``, ``value``, ``args``,
+            ``kwargs``, ``scale`` and ``mask``).
+        detach_params: detach the distribution's parameters (not the value) before scoring;
+            default False.
+        scaled: multiply by the site's ``scale``; default True. The ``mask`` is always applied.
+
+    Returns:
+        The log-density in nats, with the site's batch shape (e.g. ``(K, S, B)``); masked-out
+        entries are 0.
     """
     fn = detach(site["fn"]) if detach_params else site["fn"]
     log_p = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
@@ -70,13 +91,27 @@ def site_log_prob(site: dict, detach_params: bool = False, scaled: bool = True) 
 
 
 def scored_sites(trace: Trace) -> list[dict]:
-    """The sample sites of a trace that enter a density (every one but plate subsamples)."""
+    """The sample sites of a trace that enter a density (every one but plate subsamples).
+
+    Args:
+        trace: a Pyro :class:`~pyro.poutine.trace_struct.Trace` (model or guide).
+
+    Returns:
+        The site dicts, observed and latent, in execution order.
+    """
     return [s for s in trace.nodes.values()
             if s["type"] == "sample" and not site_is_subsample(s)]
 
 
 def latent_sites(trace: Trace) -> list[dict]:
-    """The unobserved sites among :func:`scored_sites`."""
+    """The unobserved sites among :func:`scored_sites`.
+
+    Args:
+        trace: a Pyro :class:`~pyro.poutine.trace_struct.Trace` (model or guide).
+
+    Returns:
+        The latent site dicts (``is_observed`` False), in execution order.
+    """
     return [s for s in scored_sites(trace) if not s["is_observed"]]
 
 
@@ -85,7 +120,17 @@ _latent_sites = latent_sites
 
 
 def particle_plate(fn, size: int, dim: int):
-    """``fn`` run inside a ``particles`` plate of ``size`` at ``dim`` (vectorised particles)."""
+    """``fn`` run inside a ``particles`` plate of ``size`` at ``dim`` (vectorised particles).
+
+    Args:
+        fn: a Pyro program (model or guide); called with the wrapper's arguments.
+        size: K, the number of particles (the plate's size).
+        dim: the plate's (negative) batch dim, left of every other plate of ``fn``; the
+            objectives use ``-(max_plate_nesting + 1)``, i.e. -3 for strata and data plates.
+
+    Returns:
+        A callable with ``fn``'s signature and return value.
+    """
 
     def wrapped(*args, **kwargs):
         with pyro.plate("particles", size, dim=dim):
@@ -95,7 +140,15 @@ def particle_plate(fn, size: int, dim: int):
 
 
 def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
-    """:math:`\\log \\frac{1}{K}\\sum_k e^{x_k}` along ``dim``, computed stably."""
+    """:math:`\\log \\frac{1}{K}\\sum_k e^{x_k}` along ``dim``, computed stably.
+
+    Args:
+        x: log-values (e.g. log-weights ``(K, S, B)``), any shape.
+        dim: the dimension of size K to reduce; default 0 (the particles).
+
+    Returns:
+        ``x`` with ``dim`` removed (``torch.logsumexp(x, dim) - log K``).
+    """
     return torch.logsumexp(x, dim=dim) - math.log(x.size(dim))
 
 
@@ -106,6 +159,13 @@ def dreg_gradient_factor(site: dict, normalised: Tensor) -> Tensor:
     where it is masked out — an unscored draw (MMVAE+'s cross-modal :math:`\tilde w_d`) has no
     score-function term to remove and keeps its IWAE gradient. Shape ``(K, S, B, 1, ...)``,
     broadcastable to the site's value.
+
+    Args:
+        site: a latent site of the guide trace; its ``mask`` (bool tensor, ``True``/absent,
+            or ``False``) decides where the factor applies and its ``value`` the trailing
+            dims added.
+        normalised: the normalised weights :math:`\tilde\omega` ``(K, S, B)``, a softmax of
+            the log-weights over the particle dim (detached).
     """
     mask = site["mask"]
     factor = normalised
@@ -120,9 +180,18 @@ def dreg_gradient_factor(site: dict, normalised: Tensor) -> Tensor:
 class MultimodalELBO(ELBO):
     """Base class: vectorised particles, per-datapoint log-weights, three estimators.
 
-    :param num_particles: K, the number of importance samples per data point.
-    :param estimator: ``"elbo"``, ``"iwae"`` or ``"dreg"`` (see the module docstring).
-    :param max_plate_nesting: plates besides the particle plate (2: strata and data).
+    Args:
+        num_particles: K, the number of importance samples per data point (>= 1; default 1),
+            drawn at once in a ``particles`` plate at dim ``-(max_plate_nesting + 1)``.
+        estimator: ``"elbo"`` (mean of :math:`\\log w_k`), ``"iwae"``
+            (:math:`\\log\\frac1K\\sum_k w_k`) or ``"dreg"`` (the IWAE value with the doubly
+            reparameterised gradient); one of :data:`ESTIMATORS`, default ``"elbo"`` (see the
+            module docstring).
+        max_plate_nesting: plates besides the particle plate (default 2: strata at dim -2 and
+            data at dim -1).
+
+    Raises:
+        ValueError: for an unknown ``estimator`` or ``num_particles < 1``.
     """
 
     def __init__(
@@ -144,7 +213,19 @@ class MultimodalELBO(ELBO):
         return particle_plate(fn, self.num_particles, -(self.max_plate_nesting + 1))
 
     def get_traces(self, model, guide, args, kwargs) -> tuple[Trace, Trace]:
-        """One vectorised guide trace and the model trace replayed against it."""
+        """One vectorised guide trace and the model trace replayed against it.
+
+        Args:
+            model: the Pyro model (e.g. a :mod:`pyro_mmvae.models` VAE's ``model``).
+            guide: the Pyro guide; run once inside the ``particles`` plate of size K.
+            args: positional arguments of both programs, as a tuple (the batch: ``data``,
+                a dict of modality name -> tensor ``(B, ...)``, then optional ``mask``).
+            kwargs: keyword arguments of both programs, as a dict (e.g. ``subsets``).
+
+        Returns:
+            ``(model_trace, guide_trace)``; with Pyro validation on, checks that every latent
+            site is reparameterisable and every scored site lies in the ``data`` plate.
+        """
         guide_trace = poutine.trace(self._in_particle_plate(guide)).get_trace(*args, **kwargs)
         replayed = poutine.replay(self._in_particle_plate(model), trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
@@ -167,7 +248,22 @@ class MultimodalELBO(ELBO):
 
     def weigh(self, model_trace: Trace, guide_trace: Trace,
               detach_guide: bool = False) -> WeightedTraces:
-        """Per-datapoint log-weights ``(K, S, B)`` and stratum weights ``(S, B)``."""
+        """Per-datapoint log-weights ``(K, S, B)`` and stratum weights ``(S, B)``.
+
+        Args:
+            model_trace: the model trace from :meth:`get_traces`; every scored site is added.
+            guide_trace: the guide trace from :meth:`get_traces`; its latent sites are
+                subtracted and a stratified site supplies the ``stratum_weights``.
+            detach_guide: score the guide with its parameters detached (the DReG surrogate's
+                :math:`\\log q`); default False.
+
+        Returns:
+            A :class:`WeightedTraces` (stratum weights ones ``(1, B)`` without strata).
+
+        Raises:
+            ValueError: when the log-weights do not have ``max_plate_nesting + 1`` dims (a
+                site outside the ``data`` plate).
+        """
         log_w = 0.0
         for site in _scored_sites(model_trace):
             log_w = log_w + site_log_prob(site)
@@ -211,6 +307,19 @@ class MultimodalELBO(ELBO):
         same value whose gradient is the chosen estimator's.
 
         Stratified average: :math:`\sum_b \sum_s w_{s,b}\,\hat{L}_{s,b}`.
+
+        Args:
+            model: the Pyro model, e.g. ``vae.model`` of a :mod:`pyro_mmvae.models` VAE.
+            guide: the Pyro guide, e.g. ``vae.guide``; run once in the ``particles`` plate.
+            *args: the batch, passed to both programs: ``data`` (dict of modality name ->
+                tensor ``(B, ...)``, ``None`` or missing for an absent modality), then optional
+                ``mask`` (dict of name -> bool ``(B,)``, True where observed).
+            **kwargs: further keyword arguments of both programs (e.g. ``subsets``, a bool
+                ``(k, M)`` tensor of extra strata).
+
+        Returns:
+            ``(value, surrogate)``, scalar tensors in nats (summed over the batch, not
+            averaged); equal unless the estimator is ``"dreg"``.
         """
         model_trace, guide_trace = self.get_traces(model, guide, args, kwargs)
         weighted = self.weigh(model_trace, guide_trace)
@@ -227,18 +336,53 @@ class MultimodalELBO(ELBO):
         raise NotImplementedError("use get_traces(): particles are vectorised in one trace")
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        """The loss (negative objective, summed over the batch) with the estimator's gradient."""
+        """The loss (negative objective, summed over the batch) with the estimator's gradient.
+
+        Args:
+            model: the Pyro model (e.g. ``vae.model``).
+            guide: the Pyro guide (e.g. ``vae.guide``).
+            *args: the batch, passed to both programs: ``data`` (dict of modality name ->
+                tensor ``(B, ...)``), then optional ``mask`` (dict of name -> bool ``(B,)``).
+            **kwargs: further keyword arguments of both programs (e.g. ``subsets``).
+
+        Returns:
+            A scalar tensor in nats; back-propagating it gives the ELBO, IWAE or DReG gradient.
+        """
         _, surrogate = self.objective(model, guide, *args, **kwargs)
         return -surrogate
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """The loss value without gradients."""
+        """The loss value without gradients.
+
+        Args:
+            model: the Pyro model, as in :meth:`differentiable_loss`.
+            guide: the Pyro guide, as in :meth:`differentiable_loss`.
+            *args: the batch, passed to both programs: ``data`` (dict of modality name ->
+                tensor ``(B, ...)``), then optional ``mask`` (dict of name -> bool ``(B,)``).
+            **kwargs: further keyword arguments of both programs (e.g. ``subsets``).
+
+        Returns:
+            The negative objective summed over the batch, in nats, as a float (computed under
+            ``torch.no_grad()``).
+        """
         with torch.no_grad():
             value, _ = self.objective(model, guide, *args, **kwargs)
         return -float(value)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Back-propagate the estimator's gradient and return the loss value."""
+        """Back-propagate the estimator's gradient and return the loss value.
+
+        Args:
+            model: the Pyro model, as in :meth:`differentiable_loss`.
+            guide: the Pyro guide, as in :meth:`differentiable_loss`.
+            *args: the batch, passed to both programs: ``data`` (dict of modality name ->
+                tensor ``(B, ...)``), then optional ``mask`` (dict of name -> bool ``(B,)``).
+            **kwargs: further keyword arguments of both programs (e.g. ``subsets``).
+
+        Returns:
+            The loss (negative objective summed over the batch, nats) as a float; the
+            gradients are accumulated in the parameters' ``.grad``.
+        """
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward(retain_graph=self.retain_graph)
         return float(loss.detach())

@@ -31,7 +31,8 @@ Objectives (maximised; each subclass only names its weights and terms):
   :mod:`pyro_mmvae.stages`).
 * MVTCAE (Hwang et al. 2021): :math:`\frac{M-\alpha}{M} R - \beta_t\big[(1-\alpha)
   \mathrm{KL}(q\|p) + \frac{\alpha}{M}\sum_m C_m\big]`.
-* CRMVAE (seed 000; MODELS.md objective 8): with :math:`\pi = 1/(M+1)`,
+* CRMVAE (*Mitigating the limitations of multimodal VAEs with coordination-based
+  approach*, 2023): with :math:`\pi = 1/(M+1)`,
   :math:`\pi\big[R + \sum_m R_m\big] - \beta_t\,\pi\big[\mathrm{KL}(q\|p) + \sum_m C_m\big]`.
   Convention: the reconstruction sum is **not** halved. MultiVae's code divides the
   reconstructions by :math:`2(M+1)` and the KL terms by :math:`M+1`; its objective at
@@ -74,16 +75,38 @@ def gaussian_kl(loc1: Tensor, scale1: Tensor, loc2: Tensor, scale2: Tensor) -> T
               = \sum_d \Big[\log\frac{\sigma_{2,d}}{\sigma_{1,d}}
               + \frac{\sigma_{1,d}^2 + (\mu_{1,d} - \mu_{2,d})^2}{2\sigma_{2,d}^2}
               - \frac12\Big]
+
+    Args:
+        loc1: :math:`\mu_1`, shape ``(..., D)``.
+        scale1: :math:`\sigma_1 > 0`, broadcastable with ``loc1``.
+        loc2: :math:`\mu_2`, broadcastable with ``loc1``.
+        scale2: :math:`\sigma_2 > 0`, broadcastable with ``loc1``.
+
+    Returns:
+        The KL in nats, the broadcast shape without its last dim ``(...)``.
     """
     return kl_divergence(Normal(loc1, scale1), Normal(loc2, scale2)).sum(-1)
 
 
 @dataclass
 class CoordinationTerms:
-    """The shared pieces of every coordination objective, per data point.
+    r"""The shared pieces of every coordination objective, per data point.
 
     Shapes: ``(B,)`` for joint terms, ``(M, B)`` for per-modality terms (zero where the
     modality is absent). ``unimodal_rec`` is ``None`` when the model draws no unimodal strata.
+
+    Attributes:
+        joint_rec: :math:`R`, ``(B,)``: :math:`\sum_m \lambda_m \log p(x_m|z)`,
+            :math:`z \sim q(z|X_S)`, mean over the K particles (nats).
+        unimodal_rec: :math:`R_m`, ``(M, B)``, reconstructions from :math:`z \sim q_m(z|x_m)`,
+            or ``None`` without unimodal strata.
+        joint_kl: :math:`\mathrm{KL}(q(z|X_S)\,\|\,p(z))`, ``(B,)``.
+        coordination_kl: :math:`C_m = \mathrm{KL}(q(z|X_S)\,\|\,q_m(z|x_m))`, ``(M, B)``.
+        unimodal_kl: :math:`U_m = \mathrm{KL}(q_m(z|x_m)\,\|\,p(z))`, ``(M, B)``.
+        present: bool ``(M, B)``, True where modality m of data point b is observed.
+        beta: :math:`\beta_t`, the scale Pyro recorded on the latent site (the model's β with
+            its KL warm-up): a float or a broadcastable tensor.
+        warmup: :math:`w_t = \beta_t/\beta`, the warm-up factor in [0, 1] (1 without warm-up).
     """
 
     joint_rec: Tensor
@@ -107,8 +130,9 @@ class CoordinationELBO(MultimodalELBO):
     The guide must be a :class:`~pyro_mmvae.models.CoordinationVAE`'s (its latent site ``z``
     carries a :class:`~pyro_mmvae.distributions.coordinated.CoordinatedPosterior`).
 
-    :param num_particles: K, reconstructions are averaged over K draws of z.
-    :param estimator: only ``"elbo"``.
+    Args:
+        num_particles: K, reconstructions are averaged over K draws of z (default 1).
+        estimator: only ``"elbo"`` (the default); anything else raises ``ValueError``.
     """
 
     #: Whether the objective needs the unimodal strata (reconstructions from :math:`q_m`).
@@ -122,7 +146,22 @@ class CoordinationELBO(MultimodalELBO):
 
     # ------------------------------------------------------------------- shared pieces
     def terms(self, model_trace: Trace, guide_trace: Trace) -> CoordinationTerms:
-        """Reconstructions from the observe sites, analytic KLs from the latent site."""
+        """Reconstructions from the observe sites, analytic KLs from the latent site.
+
+        Args:
+            model_trace: the model trace from :meth:`get_traces` (observe sites ``x_<name>``
+                and a Normal prior at site ``z``).
+            guide_trace: the guide trace; its site ``z`` must carry a stratified
+                :class:`~pyro_mmvae.distributions.coordinated.CoordinatedPosterior`.
+
+        Returns:
+            The :class:`CoordinationTerms` of the batch.
+
+        Raises:
+            ValueError: when the traces are not a :class:`~pyro_mmvae.models.CoordinationVAE`'s
+                (no site ``z``, another posterior or prior, no observed site) or lack the
+                unimodal strata the objective needs.
+        """
         if LATENT_SITE not in guide_trace.nodes or LATENT_SITE not in model_trace.nodes:
             raise ValueError("the coordination objectives need a latent site 'z' in model "
                              "and guide (a CoordinationVAE's programs)")
@@ -180,12 +219,30 @@ class CoordinationELBO(MultimodalELBO):
 
     # ------------------------------------------------------------------- objective
     def combine(self, terms: CoordinationTerms) -> Tensor:
-        """The objective per data point, ``(B,)``, from the shared pieces."""
+        """The objective per data point, ``(B,)``, from the shared pieces.
+
+        Args:
+            terms: the :class:`CoordinationTerms` of the batch (from :meth:`terms`).
+
+        Returns:
+            The objective in nats per data point, shape ``(B,)`` (to be maximised).
+        """
         raise NotImplementedError
 
     def objective(self, model, guide, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """``(value, surrogate)``: the objective summed over the batch (twice: the estimator
-        is reparameterised and the KL terms analytic, so the value is its own surrogate)."""
+        is reparameterised and the KL terms analytic, so the value is its own surrogate).
+
+        Args:
+            model: a :class:`~pyro_mmvae.models.CoordinationVAE`'s ``model``.
+            guide: its ``guide`` (run with ``stratify=True``, the default).
+            *args: the batch, passed to both programs: ``data`` (dict of modality name ->
+                tensor ``(B, ...)``), then optional ``mask`` (dict of name -> bool ``(B,)``).
+            **kwargs: further keyword arguments of both programs.
+
+        Returns:
+            ``(value, value)``: the scalar objective in nats summed over the batch.
+        """
         model_trace, guide_trace = self.get_traces(model, guide, args, kwargs)
         value = self.combine(self.terms(model_trace, guide_trace)).sum()
         return value, value
@@ -195,8 +252,10 @@ class JMVAEELBO(CoordinationELBO):
     r"""JMVAE-KL: :math:`R - \beta_t\,\mathrm{KL}(q(z|X)\|p) - \alpha\,w_t\sum_m
     \mathrm{KL}(q(z|X)\|q_m)`.
 
-    :param alpha: α, the weight of the KL terms that pull :math:`q_m` towards :math:`q(z|X)`
-        (Suzuki et al. use 0.1; 1.0 is also common).
+    Args:
+        alpha: α >= 0, the weight of the KL terms that pull :math:`q_m` towards :math:`q(z|X)`
+            (default 0.1, as Suzuki et al.; 1.0 is also common).
+        **kwargs: ``num_particles`` and ``estimator`` of :class:`CoordinationELBO`.
     """
 
     def __init__(self, alpha: float = 0.1, **kwargs) -> None:
@@ -206,6 +265,14 @@ class JMVAEELBO(CoordinationELBO):
         self.alpha = float(alpha)
 
     def combine(self, t: CoordinationTerms) -> Tensor:
+        r""":math:`R - \beta_t\,\mathrm{KL}(q\|p) - \alpha\,w_t\sum_m C_m`.
+
+        Args:
+            t: the :class:`CoordinationTerms` of the batch.
+
+        Returns:
+            The objective per data point, ``(B,)``, in nats.
+        """
         return (t.joint_rec - t.beta * t.joint_kl
                 - self.alpha * t.warmup * t.coordination_kl.sum(0))
 
@@ -215,11 +282,24 @@ class TELBOELBO(CoordinationELBO):
     i.e. :math:`R - \beta_t\,\mathrm{KL}(q\|p) + \sum_m (R_m - \beta_t U_m)`; on a row
     observing :math:`S`, :math:`\mathrm{ELBO}(X_S; q(z|X_S)) + \sum_{m \in S}
     \mathrm{ELBO}(x_m; q_m)` (the zoo's TELBO takes :math:`q(z|X_S)` from the joint encoder,
-    ``incomplete_joint="encoder"``)."""
+    ``incomplete_joint="encoder"``).
+
+    Args:
+        num_particles: K, reconstructions are averaged over K draws of z (default 1).
+        estimator: only ``"elbo"`` (the default).
+    """
 
     needs_unimodal_strata = True
 
     def combine(self, t: CoordinationTerms) -> Tensor:
+        r""":math:`R - \beta_t\,\mathrm{KL}(q\|p) + \sum_m (R_m - \beta_t U_m)`.
+
+        Args:
+            t: the :class:`CoordinationTerms` of the batch.
+
+        Returns:
+            The objective per data point, ``(B,)``, in nats.
+        """
         joint = t.joint_rec - t.beta * t.joint_kl
         unimodal = t.unimodal_rec - t.beta * t.unimodal_kl
         return joint + unimodal.sum(0)
@@ -229,8 +309,10 @@ class MVTCAEELBO(CoordinationELBO):
     r"""MVTCAE: :math:`\frac{M-\alpha}{M} R - \beta_t\big[(1-\alpha)\mathrm{KL}(q\|p)
     + \frac{\alpha}{M}\sum_m \mathrm{KL}(q\|q_m)\big]`, :math:`q = \mathrm{PoE}(X)`.
 
-    :param alpha: α ∈ [0, 1], the share of the total-correlation (cross-view) terms; the
-        MVTCAE PolyMNIST setting is 5/6.
+    Args:
+        alpha: α ∈ [0, 1], the share of the total-correlation (cross-view) terms (default
+            5/6, the MVTCAE PolyMNIST setting).
+        **kwargs: ``num_particles`` and ``estimator`` of :class:`CoordinationELBO`.
     """
 
     def __init__(self, alpha: float = 5 / 6, **kwargs) -> None:
@@ -240,6 +322,15 @@ class MVTCAEELBO(CoordinationELBO):
         self.alpha = float(alpha)
 
     def combine(self, t: CoordinationTerms) -> Tensor:
+        r""":math:`\frac{M-\alpha}{M} R - \beta_t\big[(1-\alpha)\mathrm{KL}(q\|p)
+        + \frac{\alpha}{M}\sum_m C_m\big]`.
+
+        Args:
+            t: the :class:`CoordinationTerms` of the batch.
+
+        Returns:
+            The objective per data point, ``(B,)``, in nats.
+        """
         num = t.num_modalities
         kl = (1 - self.alpha) * t.joint_kl + self.alpha / num * t.coordination_kl.sum(0)
         return (num - self.alpha) / num * t.joint_rec - t.beta * kl
@@ -252,11 +343,24 @@ class CRMVAEELBO(CoordinationELBO):
     :math:`R_m` reconstructs :math:`x_m` (or every modality, with the model's
     ``unimodal_targets="all"``) from :math:`q_m`; the model's ``decoder_stop_gradient``
     keeps those gradients out of the decoders.
+
+    Args:
+        num_particles: K, reconstructions are averaged over K draws of z (default 1).
+        estimator: only ``"elbo"`` (the default).
     """
 
     needs_unimodal_strata = True
 
     def combine(self, t: CoordinationTerms) -> Tensor:
+        r""":math:`\pi\big[R + \sum_m R_m\big] - \beta_t\,\pi\big[\mathrm{KL}(q\|p)
+        + \sum_m C_m\big]`, :math:`\pi = 1/(M+1)`.
+
+        Args:
+            t: the :class:`CoordinationTerms` of the batch.
+
+        Returns:
+            The objective per data point, ``(B,)``, in nats.
+        """
         weight = 1.0 / (t.num_modalities + 1)
         rec = t.joint_rec + t.unimodal_rec.sum(0)
         kl = t.joint_kl + t.coordination_kl.sum(0)

@@ -112,6 +112,23 @@ def particle_log_weights(model: Callable, guide: Callable, size: int, *args: Any
     model's observed sites and of the latents the guide proposes are added and the guide's
     latent sites subtracted. A model latent the guide does not propose is drawn from its
     prior and contributes :math:`p/q = 1`.
+
+    Args:
+        model: the Pyro model :math:`p(X, z)` (e.g. ``vae.model``); every sample site must
+            lie in the ``data_plate``.
+        guide: the proposal :math:`r(z|X)` (e.g. ``vae.guide``; for this library's models pass
+            ``stratify=False`` so it draws one z per particle and data point).
+        size: the number of particles drawn at once.
+        *args: positional arguments of both programs (the batch: ``data``, a dict of
+            modality name -> tensor ``(B, ...)``, then optional ``mask``).
+        max_plate_nesting: plates of the programs besides the particle plate (default 2),
+            which goes at dim ``-(max_plate_nesting + 1)``.
+        data_plate: the name of the plate over data points (default ``"data"``); densities
+            are summed per data point of it.
+        **kwargs: keyword arguments of both programs (e.g. ``stratify=False``).
+
+    Returns:
+        Log-weights in nats, shape ``(size, B)``, with gradients.
     """
     dim = -(max_plate_nesting + 1)
     full = max_plate_nesting + 1
@@ -155,6 +172,21 @@ def importance_log_weights(
     particle and data point (for this library's models pass ``stratify=False``).
 
     Returns a float tensor ``(num_samples, B)`` on the device of the model.
+
+    Args:
+        model: the Pyro model :math:`p(X, z)` (e.g. ``vae.model``); every sample site must
+            lie in the ``data_plate``.
+        guide: the proposal :math:`r(z|X)` (e.g. ``vae.guide``; for this library's models pass
+            ``stratify=False`` so it draws one z per particle and data point).
+        *args: positional arguments of both programs (the batch: ``data``, a dict of
+            modality name -> tensor ``(B, ...)``, then optional ``mask``).
+        num_samples: K >= 1, importance samples per data point (default 1000).
+        chunk_size: the most particles drawn at once (``None``, the default: all K).
+        max_plate_nesting: plates of the programs besides the particle plate (default 2),
+            which goes at dim ``-(max_plate_nesting + 1)``.
+        data_plate: the name of the plate over data points (default ``"data"``); densities
+            are summed per data point of it.
+        **kwargs: keyword arguments of both programs (e.g. ``stratify=False``).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -176,6 +208,12 @@ def effective_sample_size(log_weights: Tensor) -> Tensor:
     r"""Per data point :math:`\mathrm{ESS} = (\sum_k w_k)^2 / \sum_k w_k^2` from ``(K, B)``.
 
     Computed in log space: :math:`\exp(2\,\mathrm{lse}_k \log w - \mathrm{lse}_k 2\log w)`.
+
+    Args:
+        log_weights: importance log-weights ``(K, B)`` (particles x data points).
+
+    Returns:
+        Float64 ``(B,)``, values in [1, K].
     """
     lw = log_weights.double()
     return torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
@@ -192,6 +230,13 @@ def pareto_k(log_weights: Tensor) -> Tensor:
     get :math:`\hat k = 0` — arviz fits the rounding
     noise and answers inf there; with fewer than 25 samples the tail is too short to fit and
     every :math:`\hat k` is NaN.
+
+    Args:
+        log_weights: importance log-weights ``(K, B)`` (particles x data points); non-finite
+            entries are treated as weight 0.
+
+    Returns:
+        Float64 ``(B,)`` on the CPU (NaN for every point when K < 25).
     """
     tolerance = CONSTANT_LOG_WEIGHTS
     if log_weights.dtype == torch.float32:
@@ -213,7 +258,18 @@ def pareto_k(log_weights: Tensor) -> Tensor:
 
 
 def weight_summary(khat: Tensor, ess: Tensor, num_samples: int) -> dict[str, Any]:
-    r"""Quantiles of :math:`\hat k`, the fraction above 0.7, and ESS (absolute and / K)."""
+    r"""Quantiles of :math:`\hat k`, the fraction above 0.7, and ESS (absolute and / K).
+
+    Args:
+        khat: Pareto :math:`\hat k` per data point ``(B,)`` (NaN entries are ignored).
+        ess: effective sample size per data point ``(B,)``.
+        num_samples: K, the number of importance samples behind them.
+
+    Returns:
+        A JSON-ready dict ``{"num_samples", "pareto_k": {...}, "ess": {...}}``; ``pareto_k``
+        has ``median``, ``q90``, ``q99``, ``max`` and the fractions above 0.7 and 0.5, or a
+        ``note`` when no :math:`\hat k` is finite.
+    """
     khat = khat.double()
     known = khat[torch.isfinite(khat)]
     if known.numel():
@@ -249,7 +305,10 @@ def _mean_and_error(values: Tensor) -> dict[str, float]:
 class ImportanceEstimate:
     r"""Importance-sampling estimate of :math:`\log p(X_b)` for a batch of data points.
 
-    :param log_weights: ``(K, B)`` float64 on the CPU.
+    Attributes:
+        log_weights: importance log-weights ``(K, B)`` in nats, float64 on the CPU.
+        _pareto_k: cached :math:`\hat k` ``(B,)``, or ``None`` (the default) to compute it on
+            first access of :attr:`pareto_k`.
     """
 
     log_weights: Tensor
@@ -279,7 +338,12 @@ class ImportanceEstimate:
 
     @classmethod
     def concatenate(cls, estimates: Sequence[ImportanceEstimate]) -> ImportanceEstimate:
-        """Join estimates of consecutive batches along the data dimension."""
+        """Join estimates of consecutive batches along the data dimension.
+
+        Args:
+            estimates: a non-empty sequence of estimates with the same K; their cached
+                :math:`\\hat k` is kept only if every one has it.
+        """
         if not estimates:
             raise ValueError("nothing to concatenate")
         ks = [e._pareto_k for e in estimates]
@@ -301,6 +365,13 @@ def log_marginal(model: Callable, guide: Callable, *args: Any, **kwargs: Any
     Takes the arguments of :func:`importance_log_weights` (``num_samples``, ``chunk_size``,
     ``max_plate_nesting``, ``data_plate`` and the programs' own); the returned
     :class:`ImportanceEstimate` also gives :math:`\hat k` and the ESS per data point.
+
+    Args:
+        model: the Pyro model, as in :func:`importance_log_weights`.
+        guide: the proposal, as in :func:`importance_log_weights`.
+        *args: positional arguments of both programs (the batch).
+        **kwargs: ``num_samples``, ``chunk_size``, ``max_plate_nesting``, ``data_plate`` of
+            :func:`importance_log_weights`, and the programs' keyword arguments.
     """
     lw = importance_log_weights(model, guide, *args, **kwargs)
     return ImportanceEstimate(lw.detach().double().cpu())
@@ -323,7 +394,17 @@ def replace_site(guide: Callable, name: str,
                  build: Callable[[TorchDistribution], TorchDistribution]) -> Callable:
     """``guide`` with the distribution of its latent site ``name`` replaced by
     ``build(original)`` (given the original after the guide's own plates have broadcast it,
-    with batch shape ``(B,)`` for one data plate); its other sites are untouched."""
+    with batch shape ``(B,)`` for one data plate); its other sites are untouched.
+
+    Args:
+        guide: a Pyro guide.
+        name: the name of its latent site to replace (observed sites are never replaced).
+        build: maps the site's original distribution to its replacement (same batch and event
+            shape).
+
+    Returns:
+        The wrapped guide (a Pyro program with ``guide``'s signature).
+    """
     return _ReplaceSite(name, build)(guide)
 
 
@@ -335,6 +416,13 @@ class DefensiveMixture(TorchDistribution):
 
     ``sample`` draws one component per batch element with the weights, then from it (not
     reparameterised: a proposal for importance sampling, not for gradients).
+
+    Args:
+        components: the :math:`r_c`, a non-empty sequence of distributions with one batch and
+            event shape.
+        weights: :math:`\alpha_c \ge 0`, one per component with a positive sum; normalised to
+            sum to 1, and components of weight 0 are dropped.
+        validate_args: Pyro/torch argument validation (``None``: the global default).
     """
 
     arg_constraints: dict = {}
@@ -362,9 +450,23 @@ class DefensiveMixture(TorchDistribution):
         super().__init__(first.batch_shape, first.event_shape, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
+        """The mixture with its batch shape expanded (see :meth:`TorchDistribution.expand`).
+
+        Args:
+            batch_shape: the new batch shape, broadcastable from the current one.
+            _instance: unused (torch's subclass protocol).
+        """
         return TorchDistribution.expand(self, batch_shape)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Draw a component per batch element with the weights, then a value from it.
+
+        Args:
+            sample_shape: the leading shape of the draws (default ``()``).
+
+        Returns:
+            Shape ``sample_shape + batch_shape + event_shape``, without gradients.
+        """
         shape = torch.Size(sample_shape)
         with torch.no_grad():
             draws = torch.stack([c.sample(shape) for c in self.components])
@@ -383,7 +485,19 @@ def mixture_proposal(guide: Callable, site: str,
                      components: Callable[[TorchDistribution], Sequence[TorchDistribution]],
                      weights: Sequence[float]) -> Callable:
     r"""``guide`` with site ``site`` drawn from a :class:`DefensiveMixture` of the guide's own
-    distribution (weight ``weights[0]``) and ``components(original)`` (the other weights)."""
+    distribution (weight ``weights[0]``) and ``components(original)`` (the other weights).
+
+    Args:
+        guide: a Pyro guide (e.g. ``vae.guide`` with ``stratify=False``).
+        site: the name of the latent site to draw from the mixture (e.g. ``"z"``).
+        components: maps the site's original distribution to the further components
+            (e.g. the product of the present experts and the prior), each of its batch and
+            event shape.
+        weights: mixture weights, the guide's own first, then one per further component.
+
+    Returns:
+        The wrapped guide.
+    """
 
     def build(original: TorchDistribution) -> TorchDistribution:
         return DefensiveMixture([original, *components(original)], weights)
@@ -429,6 +543,20 @@ def refine_proposal(
     :math:`\mathcal{N}(\mu_b, \sigma_b)` and ``{"steps", "num_particles", "bound_start",
     "bound_end", "start_from"}`` (the mean per-point bound before and after; the fraction of
     the points started from each candidate, the guide's own first).
+
+    Args:
+        model: the Pyro model :math:`p(X, z)`.
+        guide: the proposal to start from (e.g. ``vae.guide`` with ``stratify=False``).
+        *args: positional arguments of both programs (the batch).
+        site: the latent site to refine (default ``"z"``).
+        steps: Adam steps, >= 0 (default 50; 0 keeps the starting moments).
+        num_particles: k >= 1, particles of the per-point IWAE bound (default 8).
+        lr: Adam's learning rate on :math:`(\mu_b, \log\sigma_b)` (default 0.05).
+        starts: further starting distributions of the site, each of its batch and event
+            shape (default none: start from the guide).
+        max_plate_nesting: plates besides the particle plate (default 2).
+        data_plate: the name of the plate over data points (default ``"data"``).
+        **kwargs: keyword arguments of both programs (e.g. ``stratify=False``).
     """
     if steps < 0 or num_particles < 1:
         raise ValueError(f"steps must be >= 0 and num_particles >= 1, got {steps}, "

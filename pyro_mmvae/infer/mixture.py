@@ -22,11 +22,27 @@ from pyro_mmvae.infer.base import MultimodalELBO
 
 
 class MixtureELBO(MultimodalELBO):
-    """MMVAE's stratified objective: per-stratum estimator, averaged over present experts."""
+    r"""MMVAE's stratified objective: per-stratum estimator, averaged over present experts.
+
+    Args:
+        num_particles: K, importance samples per data point and stratum (default 1).
+        estimator: ``"elbo"`` (K = 1 form, mean of :math:`\log w_k`), ``"iwae"`` (the looser
+            per-stratum IWAE bound) or ``"dreg"`` (its doubly reparameterised gradient);
+            default ``"elbo"``.
+        max_plate_nesting: plates besides the particle plate (default 2: strata and data).
+    """
 
 
 class MoPoEELBO(MultimodalELBO):
     r"""MoPoE's objective (Sutter et al. 2021): the same stratified estimator, but the guide
     scores each subset's sample by that subset's PoE, so the KL term is the average over
     subsets of :math:`\mathrm{KL}(\mathrm{PoE}(T)\,\|\,p(z))` (see
-    :class:`~pyro_mmvae.models.MoPoE`)."""
+    :class:`~pyro_mmvae.models.MoPoE`).
+
+    Args:
+        num_particles: K, importance samples per data point and stratum (default 1).
+        estimator: ``"elbo"`` (K = 1 form, mean of :math:`\log w_k`), ``"iwae"`` (the looser
+            per-stratum IWAE bound) or ``"dreg"`` (its doubly reparameterised gradient);
+            default ``"elbo"``.
+        max_plate_nesting: plates besides the particle plate (default 2: strata and data).
+    """

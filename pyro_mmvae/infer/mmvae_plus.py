@@ -35,6 +35,10 @@ class MMVAEPlusELBO(MultimodalELBO):
     come from the traces, and its DReG surrogate leaves the unscored :math:`\\tilde w_d`
     their IWAE gradient (:func:`~pyro_mmvae.infer.base.dreg_gradient_factor`).
 
-    :param num_particles: K.
-    :param estimator: ``"elbo"``, ``"iwae"`` or ``"dreg"``.
+    Args:
+        num_particles: K, importance samples per data point and stratum (default 1; the
+            paper's objective is K = 1 with ``"elbo"``).
+        estimator: ``"elbo"``, ``"iwae"`` or ``"dreg"`` (default ``"elbo"``; see
+            :class:`~pyro_mmvae.infer.MultimodalELBO`).
+        max_plate_nesting: plates besides the particle plate (default 2: strata and data).
     """

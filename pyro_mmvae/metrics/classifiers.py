@@ -62,7 +62,7 @@ class ModalityClassifiers:
         if not classifiers:
             raise ValueError("ModalityClassifiers needs at least one classifier.")
         self.nets = nn.ModuleDict(dict(classifiers))
-        self.test_accuracy: dict[str, float] = dict(test_accuracy or {})
+        self.test_accuracy: dict[str, float | None] = dict(test_accuracy or {})
         self.info: dict[str, Any] = dict(info or {})
         self.nets.eval()
 
@@ -82,7 +82,11 @@ class ModalityClassifiers:
         return next(self.nets.parameters()).device
 
     def to(self, device: torch.device | str) -> ModalityClassifiers:
-        """Move every classifier to ``device`` (in place); returns self."""
+        """Move every classifier to ``device`` (in place); returns self.
+
+        Args:
+            device: the target device (e.g. ``"cpu"``, ``"cuda:0"``).
+        """
         self.nets.to(device)
         return self
 
@@ -100,6 +104,11 @@ class ModalityClassifiers:
 
         Generated images are decoder means, which may leave [0, 1] slightly; real images are
         unchanged by the clamp. Runs in eval mode, in chunks, on the classifiers' device.
+
+        Args:
+            name: the modality whose classifier to use.
+            x: inputs of that modality ``(B, ...)``: images ``(B, C, H, W)`` in [0, 1], token
+                ids or vectors for the other classifier kinds.
         """
         net = self._net(name)
         was_training = net.training
@@ -114,7 +123,12 @@ class ModalityClassifiers:
     @torch.no_grad()
     def features(self, name: str, x: Tensor) -> Tensor:
         """Penultimate-layer features (B, F) of images ``x`` (the flattened conv map the
-        linear head reads; F = 1024 for 28x28 inputs), clamped to [0, 1] first, eval mode."""
+        linear head reads; F = 1024 for 28x28 inputs), clamped to [0, 1] first, eval mode.
+
+        Args:
+            name: the modality whose classifier to use.
+            x: inputs of that modality ``(B, ...)``, trailing shape the classifier's input shape.
+        """
         net = self._net(name)
         was_training = net.training
         net.eval()
@@ -128,12 +142,27 @@ class ModalityClassifiers:
             net.train(was_training)
 
     def predict(self, name: str, x: Tensor) -> Tensor:
-        """Predicted class (LongTensor (B,), on the classifiers' device) for images ``x``."""
+        """Predicted class (LongTensor (B,), on the classifiers' device) for images ``x``.
+
+        Args:
+            name: the modality whose classifier to use.
+            x: inputs of that modality ``(B, ...)``, as in :meth:`logits`.
+        """
         return self.logits(name, x).argmax(dim=-1)
 
-    def accuracy(self, dataset: Any, batch_size: int = 512) -> dict[str, float]:
+    def accuracy(self, dataset: Any, batch_size: int = 512) -> dict[str, float | None]:
         """Accuracy of each classifier on the real data of ``dataset`` (modalities in common;
-        with presence masks, on the rows that observe the modality)."""
+        with presence masks, on the rows that observe the modality; ``None``, not measurable,
+        for a modality that no row observes).
+
+        Args:
+            dataset: a labelled multimodal dataset (``batches`` yields ``(batch, labels)``);
+                must not be empty.
+            batch_size: data points per forward pass (default 512).
+
+        Returns:
+            Modality name -> fraction correct in [0, 1], or ``None`` when not measurable.
+        """
         correct = dict.fromkeys(self.names, 0)
         seen = dict.fromkeys(self.names, 0)
         total = 0
@@ -150,12 +179,19 @@ class ModalityClassifiers:
             total += len(labels)
         if total == 0:
             raise ValueError("cannot measure accuracy on an empty dataset.")
-        return {name: correct[name] / max(seen[name], 1) for name in self.names
-                if name in dataset.modalities}
+        return {name: correct[name] / seen[name] if seen[name] else None
+                for name in self.names if name in dataset.modalities}
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write the classifiers to ``path`` atomically (temporary file + ``os.replace``)."""
+        """Write the classifiers to ``path`` atomically (temporary file + ``os.replace``).
+
+        Args:
+            path: the file to write; missing parent folders are created.
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -186,6 +222,10 @@ class ModalityClassifiers:
 
         Raises FileNotFoundError if ``path`` does not exist and ValueError if the file is
         corrupt, is not a classifier file, or was written for another architecture.
+
+        Args:
+            path: the file written by :meth:`save`.
+            device: where to put the classifiers (default ``"cpu"``).
         """
         path = Path(path)
         if not path.is_file():
@@ -246,7 +286,13 @@ def _prepare_input(net: nn.Module, x: Tensor, device: torch.device) -> Tensor:
 
 
 def classifier_kind(dataset: Any, name: str) -> str:
-    """``"tokens"``, ``"image"`` or ``"vector"``: which classifier modality ``name`` gets."""
+    """``"tokens"``, ``"image"`` or ``"vector"``: which classifier modality ``name`` gets.
+
+    Args:
+        dataset: the dataset; its ``kinds`` (if any) decide, else its ``vocab_sizes`` (token
+            modalities), else its ``event_shapes`` (3 dims: image, otherwise vector).
+        name: the modality name.
+    """
     kinds = getattr(dataset, "kinds", None) or {}
     if name in kinds:
         return kinds[name]
@@ -256,7 +302,16 @@ def classifier_kind(dataset: Any, name: str) -> str:
 
 
 def make_classifier(dataset: Any, name: str, num_classes: int) -> nn.Module:
-    """The untrained classifier of modality ``name`` (see :func:`classifier_kind`)."""
+    """The untrained classifier of modality ``name`` (see :func:`classifier_kind`).
+
+    Args:
+        dataset: the dataset (its ``event_shapes``, and ``vocab_sizes`` for tokens).
+        name: the modality name.
+        num_classes: the number of output classes.
+
+    Returns:
+        A :class:`DigitClassifier`, ``TextClassifier`` or ``VectorClassifier``.
+    """
     shape = tuple(dataset.event_shapes[name])
     kind = classifier_kind(dataset, name)
     if kind == "tokens":
@@ -352,6 +407,21 @@ def train_modality_classifiers(
     On CPU, training runs with ``torch.set_num_threads(num_threads)`` (restored afterwards;
     ``None`` leaves it alone): these small convolutions gain little from intra-op threads
     and slow down several-fold when the cores are shared with other processes.
+
+    Args:
+        train_ds: the labelled training dataset.
+        test_ds: the labelled test dataset (must have the trained modalities).
+        epochs: passes over ``train_ds``, >= 1 (default 3).
+        batch_size: training batch size, >= 1 (default 128).
+        lr: initial Adam learning rate, > 0 (default 5e-3), decayed linearly to 0.
+        seed: seed of initialisation and batch order (default 0).
+        device: where to train (default ``"cpu"``).
+        modalities: the modalities to train classifiers for (``None``, the default: all of
+            ``train_ds.modalities``).
+        num_classes: output classes (``None``, the default: 1 + the largest label, at
+            least 2).
+        num_threads: torch threads on the CPU during training (default 1; ``None``: leave
+            the setting alone).
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(
@@ -474,7 +544,13 @@ def _rows(dataset: Any, name: str, index: Tensor) -> Tensor:
 
 
 def dataset_fingerprint(train_ds: Any, test_ds: Any, settings: Mapping[str, Any]) -> str:
-    """Short (16 hex) SHA-256 of both datasets' sizes, names, labels, data samples + settings."""
+    """Short (16 hex) SHA-256 of both datasets' sizes, names, labels, data samples + settings.
+
+    Args:
+        train_ds: the training dataset.
+        test_ds: the test dataset.
+        settings: the training options (JSON-serialisable mapping, hashed with sorted keys).
+    """
     h = hashlib.sha256(f"{ARCHITECTURE}|{FILE_VERSION}".encode())
     if any(classifier_kind(train_ds, n) != "image" for n in train_ds.modalities):
         h.update(OTHER_ARCHITECTURES.encode())
@@ -498,6 +574,14 @@ def get_classifiers(
     options ``kw`` (see :func:`train_modality_classifiers`). ``cache_dir`` defaults to
     :func:`default_cache_dir`. A corrupt or incompatible cache file is reported with a
     warning and replaced by freshly trained classifiers.
+
+    Args:
+        train_ds: the labelled training dataset.
+        test_ds: the labelled test dataset.
+        cache_dir: the cache folder (``None``, the default: :func:`default_cache_dir`).
+        device: where to load or train the classifiers (default ``"cpu"``).
+        **kw: options of :func:`train_modality_classifiers` (``epochs``, ``batch_size``,
+            ``lr``, ``seed``, ``modalities``, ``num_classes``, ``num_threads``).
     """
     settings = _training_settings(kw)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

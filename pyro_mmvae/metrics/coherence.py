@@ -68,14 +68,24 @@ def _check_classifiers(names: Sequence[str], classifiers: ModalityClassifiers) -
 # ---------------------------------------------------------------------- cross generation
 def supports_cached_generation(vae: Any) -> bool:
     """Whether ``vae`` builds its subset posteriors from cached experts (the library's
-    models: :meth:`~pyro_mmvae.models.base.MultimodalVAE.generation_latents`)."""
+    models: :meth:`~pyro_mmvae.models.base.MultimodalVAE.generation_latents`).
+
+    Args:
+        vae: any model; True when it has callable ``encode_experts`` and
+            ``generation_latents``.
+    """
     return all(callable(getattr(vae, a, None)) for a in ("encode_experts", "generation_latents"))
 
 
 def supports_mixture_coherence(vae: Any) -> bool:
     """Whether ``vae`` generates from a subset S by decoding one uniformly drawn expert of S
     (a mixture-of-experts posterior, ``mixture_generation = True``: MMVAE, MMVAE+ and its
-    private-latent baseline), with the cached-expert API."""
+    private-latent baseline), with the cached-expert API.
+
+    Args:
+        vae: any model; its ``mixture_generation`` attribute and cached-expert methods are
+            read.
+    """
     return bool(getattr(vae, "mixture_generation", False)) and supports_cached_generation(vae)
 
 
@@ -133,6 +143,20 @@ def cross_generate(
     model supports it (:func:`supports_cached_generation`). ``posterior``: decode the
     posterior mean of z or one draw from it (``"mean"``, ``"sample"``). Call under
     ``torch.no_grad()``.
+
+    Args:
+        vae: the model (``generate``, or ``encode_experts`` and ``generation_latents``).
+        batch: the inputs, dict of modality name -> tensor ``(B, ...)``; every source named
+            in ``plan`` must be present.
+        plan: pairs ``(S, targets)``: a tuple of source names and the target names to
+            generate from it.
+        engine: ``"auto"`` (default), ``"cached"`` or ``"generate"``.
+        chunk: latents per decoder call of the cached engine (``None``: the default above).
+        posterior: ``"mean"`` (default) or ``"sample"``, the point of :math:`q(z|X_S)`
+            decoded.
+
+    Returns:
+        ``{(S, t): decoder means (B, ...)}`` for every pair of the plan.
     """
     check_posterior_point(posterior)
     if engine not in ENGINES or engine == "mixture":
@@ -151,8 +175,44 @@ def cross_generate(
     return out
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values)) if values else float("nan")
+def _generates(vae: Any, sources: Sequence[str], target: str) -> bool:
+    """Whether ``vae`` generates ``target`` from ``sources``: every pair, unless the model
+    lists the pairs it defines in ``generation_pairs`` (``((sources...), target)`` tuples;
+    the conditional VAE defines one)."""
+    pairs = getattr(vae, "generation_pairs", None)
+    if pairs is None:
+        return True
+    return (frozenset(sources), target) in {(frozenset(s), t) for s, t in pairs}
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean, or None (not measurable) when there is no value or one is not measurable:
+    a mean over the measurable part only would not be the same figure as other runs'."""
+    if not values or any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return float(sum(values) / len(values))
+
+
+#: Prefix of the reasons why a figure is not measurable (reported as ``null`` beside them).
+NOT_MEASURABLE = "not measurable"
+
+
+def _unjudged_targets(names: Sequence[str], classifiers: ModalityClassifiers, rows: int
+                      ) -> dict[str, str]:
+    """Targets whose classifier has no measurable test accuracy (no test row observes the
+    modality: the classifier cannot be checked, and may never have been trained), with why."""
+    accuracy = classifiers.test_accuracy
+    return {t: f"modality {t} is absent in all {rows} test rows evaluated, so its classifier "
+               "cannot be checked" for t in names if t in accuracy and accuracy[t] is None}
+
+
+def _unobserved_reason(sources: Sequence[str], observed_by_modality: dict[str, int],
+                       rows: int) -> str:
+    """Why no evaluated row observes every source of S."""
+    absent = [m for m in sources if observed_by_modality.get(m, 1) == 0]
+    if absent:
+        return f"modality {absent[0]} is absent in all {rows} test rows evaluated"
+    return f"no test row evaluated observes {', '.join(sources)} together"
 
 
 def conditional_coherence(
@@ -192,7 +252,11 @@ def conditional_coherence(
 
     With missing modalities (a dataset with presence masks, e.g. ``with_missing``),
     C(S -> t) averages over the rows that observe every source of S (``observed_rows``
-    counts them); the generation itself never reads an absent entry.
+    counts them); the generation itself never reads an absent entry. A pair is **not
+    measurable** when no row observes every source of S, or when the target's classifier
+    has no measurable test accuracy (no test row observes t): its accuracy is ``None``, so is
+    every mean over it, and ``not_measurable`` (``{"m2 -> m0": reason}``) and ``note`` (one
+    line) say why. ``None`` rather than NaN: the results stay strict JSON.
 
     Returns a dict with
       - ``by_subset``: ``{"m0+m2": {target: accuracy}}`` for every evaluated subset;
@@ -203,6 +267,23 @@ def conditional_coherence(
         (if M - 1 is among the sizes, else absent / None);
       - ``classifier_accuracy`` (the classifiers' accuracy on real test images — the ceiling
         a perfect generator would reach), ``posterior``, ``num_datapoints``, ``subset_sizes``.
+
+    Args:
+        vae: the model (a :mod:`pyro_mmvae.models` VAE or any model with ``generate``).
+        dataset: the labelled test dataset (``batches`` yields ``(batch, labels)``), with the
+            model's modalities; not empty.
+        classifiers: one classifier per modality of the model
+            (:func:`~pyro_mmvae.metrics.classifiers.get_classifiers`).
+        subset_sizes: the sizes :math:`|S|` to evaluate, each in 1..M-1 (default ``(1,)``:
+            single sources; ``None``: all of 1..M-1).
+        batch_size: data points per batch (default 256).
+        device: where to run the model (default ``"cpu"``).
+        max_subsets_per_size: at most this many subsets of each size, a seeded random pick
+            (``None``, the default: all).
+        engine: one of :data:`ENGINES` (default ``"auto"``).
+        progress: show a progress bar on stderr (default False).
+        posterior: ``"mean"`` (default) or ``"sample"``, the point of :math:`q(z|X_S)`
+            decoded.
     """
     names = _model_names(vae, dataset.modalities)
     missing = [n for n in names if n not in dataset.modalities]
@@ -210,7 +291,8 @@ def conditional_coherence(
         raise ValueError(f"the dataset lacks the model's modalities {missing}.")
     _check_classifiers(names, classifiers)
     subsets = source_subsets(names, subset_sizes, max_subsets_per_size)
-    targets = {s: [t for t in names if t not in s] for s in subsets}
+    targets = {s: [t for t in names if t not in s and _generates(vae, s, t)] for s in subsets}
+    subsets = [s for s in subsets if targets[s]]  # a model may define only some pairs
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     check_posterior_point(posterior)
@@ -224,6 +306,7 @@ def conditional_coherence(
     correct: dict[tuple[tuple[str, ...], str], float] = {
         (s, t): 0 for s in subsets for t in targets[s]}
     observed = dict.fromkeys(subsets, 0)  # rows that observe every source of S
+    by_modality = dict.fromkeys(names, 0)  # rows that observe each modality
     total = 0
     with evaluation_mode(vae), progress_bar(len(dataset), "conditional coherence", progress,
                                             unit="tuple") as bar:
@@ -234,6 +317,9 @@ def conditional_coherence(
             rows = {s: _observed_rows(batch, s, labels) for s in subsets}
             for s in subsets:
                 observed[s] += len(labels) if rows[s] is None else int(rows[s].sum())
+            mask = getattr(batch, "mask", None)
+            for m in names:
+                by_modality[m] += len(labels) if mask is None else int(mask[m].sum())
             hits = _hits(classifiers, generated, labels, names)
             for s in subsets:
                 for t in targets[s]:
@@ -247,10 +333,23 @@ def conditional_coherence(
             bar.update(len(labels))
     if total == 0:
         raise ValueError("cannot compute coherence on an empty dataset.")
-    accuracy = {key: hits / observed[key[0]] if observed[key[0]] else float("nan")
+    unjudged = _unjudged_targets(names, classifiers, total)
+    reasons = {}  # (S, t) -> why C(S -> t) is not measurable
+    for s, t in correct:
+        if not observed[s]:
+            reasons[s, t] = _unobserved_reason(s, by_modality, total)
+        elif t in unjudged:
+            reasons[s, t] = unjudged[t]
+    accuracy = {key: None if key in reasons else hits / observed[key[0]]
                 for key, hits in correct.items()}
     result = _summarise_conditional(names, subsets, targets, accuracy, classifiers, total)
     result["posterior"] = posterior
+    if reasons:
+        result["not_measurable"] = {f"{subset_key(s)} -> {t}": f"{NOT_MEASURABLE}: {why}"
+                                    for (s, t), why in reasons.items()}
+        result["note"] = (f"{NOT_MEASURABLE}: {next(iter(reasons.values()))} "
+                          f"({len(reasons)} of {len(correct)} (sources, target) pairs are "
+                          "null, and so is every mean over them)")
     if getattr(dataset, "masks", None) is not None:
         result["observed_rows"] = {subset_key(s): observed[s] for s in subsets}
     return result
@@ -321,7 +420,11 @@ def _entropy(probabilities: Tensor) -> float:
 
 
 def mean_pairwise_l2(images: Tensor) -> float:
-    """Mean Euclidean distance between all pairs i < j of ``images`` (flattened); 0 if < 2."""
+    """Mean Euclidean distance between all pairs i < j of ``images`` (flattened); 0 if < 2.
+
+    Args:
+        images: a batch ``(N, ...)``; each item is flattened (computed in float64).
+    """
     flat = images.reshape(images.shape[0], -1).double()
     n = flat.shape[0]
     if n < 2:
@@ -349,6 +452,18 @@ def unconditional_coherence(
       - ``mean_pairwise_l2``: per modality, the mean L2 distance between pairs of generated
         images (clamped to [0, 1]; first 256 samples); ``diversity`` is that figure for the
         first modality. A collapsed generator has coherence ~1 with diversity ~0.
+
+    Args:
+        vae: the model (with ``sample(n)`` returning a dict of modality name -> decoder
+            means); at least two modalities.
+        classifiers: one classifier per modality of the model.
+        num_samples: prior draws, >= 1 (default 1000).
+        batch_size: draws generated per call, >= 1 (default 256).
+        progress: show a progress bar on stderr (default False).
+
+    Returns:
+        A JSON-ready dict: ``coherence`` (fraction in [0, 1], ``None`` when a classifier
+        cannot be checked), ``num_samples`` and the diversity figures above.
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(
@@ -371,6 +486,7 @@ def unconditional_coherence(
     names = _model_names(vae, list(predictions))
     if len(names) < 2:
         raise ValueError("unconditional coherence needs a model with at least two modalities.")
+    unjudged = _unjudged_targets(names, classifiers, 0)
     preds = torch.stack([torch.cat(predictions[n]) for n in names])  # (M, num_samples)
     coherent = (preds == preds[0]).all(dim=0)
     k = classifiers.num_classes
@@ -378,8 +494,8 @@ def unconditional_coherence(
                    for i, n in enumerate(names)}
     pooled = torch.bincount(preds.reshape(-1), minlength=k).double() / preds.numel()
     spread = {n: mean_pairwise_l2(torch.cat(kept[n])) for n in names}
-    return {
-        "coherence": float(coherent.double().mean()),
+    result = {
+        "coherence": None if unjudged else float(coherent.double().mean()),
         "num_samples": int(preds.shape[1]),
         "class_histogram": pooled.tolist(),
         "class_histogram_by_modality": {n: h.tolist() for n, h in by_modality.items()},
@@ -389,3 +505,8 @@ def unconditional_coherence(
         "diversity": spread[names[0]],
         "diversity_modality": names[0],
     }
+    if unjudged:
+        m = next(iter(unjudged))
+        result["note"] = (f"{NOT_MEASURABLE}: modality {m} is absent in every test row, so "
+                          "its classifier cannot be checked")
+    return result

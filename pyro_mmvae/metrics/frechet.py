@@ -53,7 +53,14 @@ __all__ = [
 
 
 def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Mean :math:`\mu` and unbiased covariance :math:`\Sigma` (float64) of ``features`` (N, F)."""
+    r"""Mean :math:`\mu` and unbiased covariance :math:`\Sigma` (float64) of ``features`` (N, F).
+
+    Args:
+        features: finite feature vectors ``(N, F)``, N >= 2.
+
+    Returns:
+        ``(mu, cov)`` of shapes ``(F,)`` and ``(F, F)``.
+    """
     if features.dim() != 2 or features.size(0) < 2:
         raise ValueError(f"features must have shape (N, F) with N >= 2, got "
                          f"{tuple(features.shape)}")
@@ -92,6 +99,13 @@ def trace_sqrt_product(cov1: Tensor, cov2: Tensor) -> Tensor:
     ``eigvalsh`` (a few seconds for F = 2048 on a CPU). A singular :math:`\Sigma_1` (fewer
     samples than features, dead units) falls back to the symmetric square root by ``eigh``.
     Coordinates with zero variance in both sets are dropped first: they add nothing here.
+
+    Args:
+        cov1: :math:`\Sigma_1`, symmetric PSD ``(F, F)``, float64.
+        cov2: :math:`\Sigma_2`, symmetric PSD ``(F, F)``, float64.
+
+    Returns:
+        A float64 scalar tensor.
     """
     keep = (cov1.diagonal() > 0) | (cov2.diagonal() > 0)
     if not bool(keep.all()):
@@ -116,6 +130,15 @@ def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
     :math:`\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}` (see :func:`trace_sqrt_product`), all in
     float64 (FID reports this squared distance). Covariances must be symmetric positive
     semi-definite ``(F, F)``.
+
+    Args:
+        mu1: :math:`\mu_1`, shape ``(F,)``.
+        cov1: :math:`\Sigma_1`, shape ``(F, F)`` (symmetrised before use).
+        mu2: :math:`\mu_2`, shape ``(F,)``.
+        cov2: :math:`\Sigma_2`, shape ``(F, F)`` (symmetrised before use).
+
+    Returns:
+        The squared distance, >= 0 (clipped at 0 against rounding).
     """
     mu1, mu2 = torch.as_tensor(mu1).double(), torch.as_tensor(mu2).double()
     cov1, cov2 = torch.as_tensor(cov1).double(), torch.as_tensor(cov2).double()
@@ -143,6 +166,13 @@ def frechet_distance_from_features(features1: Tensor, features2: Tensor) -> floa
     :math:`A_1 A_2^\top`, so :math:`\operatorname{tr}(\cdot)^{1/2} = \lVert A_1 A_2^\top
     \rVert_*` and :math:`\operatorname{tr}\Sigma_i = \lVert A_i \rVert_F^2`. Otherwise the
     F x F covariances go to :func:`frechet_distance`.
+
+    Args:
+        features1: finite features ``(N1, F)``, N1 >= 2.
+        features2: finite features ``(N2, F)``, N2 >= 2, the same F.
+
+    Returns:
+        The squared Fréchet distance (>= 0).
     """
     if features1.dim() != 2 or features2.dim() != 2 or features1.size(1) != features2.size(1):
         raise ValueError(f"feature sets must be (N, F) with the same F, got "
@@ -160,6 +190,13 @@ def frechet_distances(reference: Tensor, candidates: Mapping[str, Tensor]) -> di
 
     Picks the cheaper exact route per pair (see :func:`frechet_distance_from_features`) and
     computes the reference's mean and covariance at most once.
+
+    Args:
+        reference: the reference features ``(N, F)`` (e.g. of real test images).
+        candidates: name -> features ``(N_i, F)`` (e.g. of generated images per source).
+
+    Returns:
+        name -> squared Fréchet distance to ``reference``.
     """
     reference_stats: tuple[Tensor, Tensor] | None = None
     out = {}
@@ -189,6 +226,15 @@ def classifier_frechet_distance(classifiers: Any, name: str, real: Tensor,
     """Fréchet distance in the feature space of modality ``name``'s classifier (not FID).
 
     Features are the classifier's penultimate layer (:meth:`ModalityClassifiers.features`).
+
+    Args:
+        classifiers: the :class:`~pyro_mmvae.metrics.classifiers.ModalityClassifiers`.
+        name: the modality whose classifier gives the features.
+        real: real inputs of that modality ``(N, ...)``.
+        generated: generated inputs of that modality ``(N', ...)``.
+
+    Returns:
+        The squared Fréchet distance between the two feature sets.
     """
     return frechet_distance_from_features(classifiers.features(name, real).cpu(),
                                           classifiers.features(name, generated).cpu())
@@ -224,6 +270,13 @@ def load_fid_inception(weights_path: str | Path, device: torch.device | str = "c
     ``weights_path`` is the standard FID weights file (``pt_inception-2015-12-05-6726825d.pth``,
     a state dict); it is read locally, nothing is downloaded. Raises ImportError without
     pytorch-fid, FileNotFoundError for a missing file and ValueError for a wrong one.
+
+    Args:
+        weights_path: path of the FID Inception weights file (``~`` is expanded).
+        device: where to put the network (default ``"cpu"``).
+
+    Returns:
+        The network in eval mode.
     """
     path = Path(weights_path).expanduser()
     if not path.is_file():
@@ -253,7 +306,17 @@ def load_fid_inception(weights_path: str | Path, device: torch.device | str = "c
 
 @torch.no_grad()
 def inception_features(net: nn.Module, images: Tensor, batch_size: int = 50) -> Tensor:
-    """Pool3 features (N, 2048) of images (N, 1 or 3, H, W) in [0, 1] (resized to 299)."""
+    """Pool3 features (N, 2048) of images (N, 1 or 3, H, W) in [0, 1] (resized to 299).
+
+    Args:
+        net: the network from :func:`load_fid_inception`.
+        images: images ``(N, 1 or 3, H, W)`` with values in [0, 1] (clamped); one channel is
+            repeated to three.
+        batch_size: images per forward pass (default 50).
+
+    Returns:
+        Float64 features ``(N, 2048)`` on the CPU.
+    """
     if images.dim() != 4 or images.size(1) not in (1, 3):
         raise ValueError(f"Inception features need images (N, 1 or 3, H, W), got "
                          f"{tuple(images.shape)}")
@@ -274,6 +337,17 @@ def inception_fid(real: Tensor, generated: Tensor, weights_path: str | Path | No
 
     Pass ``net`` (from :func:`load_fid_inception`) to reuse a loaded network, else
     ``weights_path``.
+
+    Args:
+        real: real images ``(N, 1 or 3, H, W)`` in [0, 1].
+        generated: generated images ``(N', 1 or 3, H, W)`` in [0, 1].
+        weights_path: the FID Inception weights file, used when ``net`` is ``None``.
+        net: a loaded FID Inception network (``None``: load one from ``weights_path``).
+        batch_size: images per forward pass (default 50).
+        device: where to load the network (default ``"cpu"``; ignored with ``net``).
+
+    Returns:
+        The FID (squared Fréchet distance of the pool3 features).
     """
     if net is None:
         if weights_path is None:

@@ -112,13 +112,30 @@ __all__ = [
 
 
 def default_chunk_size(batch_size: int, budget: int = CHUNK_BUDGET) -> int:
-    """Particles per chunk so that at most ``budget`` latents are decoded at once."""
+    """Particles per chunk so that at most ``budget`` latents are decoded at once.
+
+    Args:
+        batch_size: data points per batch B (values below 1 count as 1).
+        budget: the most latents (particles x B) decoded at once (default
+            ``CHUNK_BUDGET`` = 4096).
+
+    Returns:
+        ``max(1, budget // B)``.
+    """
     return max(1, budget // max(1, int(batch_size)))
 
 
 def parse_proposals(proposal: str | Sequence[str]) -> tuple[str, ...]:
     """``"all"`` (:data:`CHEAP_PROPOSALS`), one name, ``"a,b"`` or a list of
-    :data:`PROPOSALS` (``"all"`` may be one of them) -> validated tuple."""
+    :data:`PROPOSALS` (``"all"`` may be one of them) -> validated tuple.
+
+    Args:
+        proposal: ``"all"``, a name of :data:`PROPOSALS`, several comma-separated, or a
+            sequence of them; duplicates are dropped, order kept.
+
+    Raises:
+        ValueError: for an unknown name or an empty selection.
+    """
     items = [p.strip() for p in proposal.split(",")] if isinstance(proposal, str) \
         else [str(p).strip() for p in proposal]
     names: list[str] = []
@@ -133,7 +150,11 @@ def parse_proposals(proposal: str | Sequence[str]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------- multimodal VAEs
 def supports_unstratified(vae: Any) -> str | None:
-    """``None`` if ``vae.model``/``vae.guide`` accept ``stratify=False``, else the reason."""
+    """``None`` if ``vae.model``/``vae.guide`` accept ``stratify=False``, else the reason.
+
+    Args:
+        vae: any model; its ``model`` and ``guide`` signatures are inspected.
+    """
     for name in ("model", "guide"):
         program = getattr(vae, name, None)
         if program is None:
@@ -185,7 +206,26 @@ def vae_proposal(
     refine_lr: float = 0.1,
 ) -> tuple[Any, dict[str, Any]]:
     """The proposal program (a guide taking ``(data, stratify=False)``) for ``data``, and
-    what was done to build it (the refinement's bounds before and after)."""
+    what was done to build it (the refinement's bounds before and after).
+
+    Args:
+        vae: a :mod:`pyro_mmvae.models` VAE (``model``, ``guide``, ``prior``; the product of
+            experts needs ``prepare`` and ``expert_params``).
+        data: the batch, dict of modality name -> tensor ``(B, ...)`` holding only the
+            modalities S conditioned on.
+        proposal: ``"model"`` (default), ``"mixture"`` or ``"refined"`` (``"annealed"`` is
+            not a guide and raises ``ValueError``).
+        mixture_weights: weights of :math:`q(z|X_S)`, the product of the present experts and
+            the prior for ``"mixture"`` (default :data:`MIXTURE_WEIGHTS`; without experts the
+            second is dropped).
+        refine_steps: Adam steps of ``"refined"`` (default 50).
+        refine_particles: particles of the per-point IWAE bound of ``"refined"`` (default 8).
+        refine_lr: Adam's learning rate of ``"refined"`` (default 0.1).
+
+    Returns:
+        ``(guide, info)``: the proposal program and a dict describing it (empty for
+        ``"model"``).
+    """
     if proposal == "model":
         return vae.guide, {}
     if proposal == "mixture":
@@ -231,6 +271,22 @@ def vae_log_likelihood(
     ``annealed_step_size`` (:data:`ANNEALED_DEFAULTS`), the start proposal taking the
     others); the other modalities are masked out of :math:`p(X, z)`. Runs in eval mode, no
     grad (the refinement and the HMC transitions take their own gradients).
+
+    Args:
+        vae: a model whose ``model`` and ``guide`` accept ``stratify=False``
+            (:func:`supports_unstratified`).
+        data: the batch, dict of modality name -> tensor ``(B, ...)`` (``None`` entries
+            absent).
+        modalities: the modalities S, each present in ``data`` (``None``, the default: all
+            present ones).
+        num_samples: K, importance samples per data point (default 1000; AIS uses
+            ``annealed_samples`` of them).
+        chunk_size: particles drawn at once (``None``: :func:`default_chunk_size` of B).
+        proposal: ``"model"`` (default), ``"mixture"``, ``"refined"`` or ``"annealed"``.
+        **proposal_options: options of :func:`vae_proposal` and the ``annealed_*`` options.
+
+    Returns:
+        The :class:`ImportanceEstimate` (log-weights ``(K, B)``, nats).
     """
     return _vae_estimate(vae, data, modalities, num_samples, chunk_size, proposal,
                          proposal_options)[0]
@@ -287,7 +343,12 @@ def _vae_estimate(vae: Any, data: Mapping[str, Tensor | None], modalities: Seque
 
 @dataclass
 class ConditionalEstimate:
-    r""":math:`\log p(X_T \mid X_S) = \log p(X_{S \cup T}) - \log p(X_S)` per data point."""
+    r""":math:`\log p(X_T \mid X_S) = \log p(X_{S \cup T}) - \log p(X_S)` per data point.
+
+    Attributes:
+        joint: the estimate of :math:`\log p(X_{S \cup T})` (log-weights ``(K, B)``).
+        given: the estimate of :math:`\log p(X_S)` over the same B data points.
+    """
 
     joint: ImportanceEstimate
     given: ImportanceEstimate
@@ -320,6 +381,16 @@ def conditional_log_likelihood(
 
     Two independent importance-sampling estimates, each with its own proposal
     (for ``"model"``: :math:`q(z \mid X_{S \cup T})` and :math:`q(z \mid X_S)`).
+
+    Args:
+        vae: the model, as in :func:`vae_log_likelihood`.
+        data: the batch, dict of modality name -> tensor ``(B, ...)``.
+        targets: the modalities T, non-empty and disjoint from ``sources``.
+        sources: the modalities S conditioned on, non-empty.
+        num_samples: K per estimate (default 1000).
+        chunk_size: particles drawn at once (``None``: :func:`default_chunk_size`).
+        proposal: the proposal of both estimates (default ``"model"``).
+        **proposal_options: as for :func:`vae_log_likelihood`.
     """
     overlap = set(targets) & set(sources)
     if overlap or not targets or not sources:
@@ -363,7 +434,7 @@ def dataset_log_likelihood(
     num_samples: int = 1000,
     batch_size: int = 64,
     chunk_size: int | None = None,
-    max_points: int | None = 1000,
+    max_points: int | None = 100,
     device: torch.device | str = "cpu",
     proposals: str | Sequence[str] = ("model",),
     progress: bool = False,
@@ -381,9 +452,24 @@ def dataset_log_likelihood(
     "best": name, "joint": ImportanceEstimate, "subsets": {key: ImportanceEstimate},
     "conditional": {key: ConditionalEstimate}}`` (the top-level estimates are the best
     proposal's; keys like ``"m0+m2"``) plus the settings; see :func:`likelihood_summary`.
+
+    Args:
+        vae: the model, as in :func:`vae_log_likelihood`.
+        dataset: a multimodal dataset (``batches`` yields ``(batch, labels)``); not empty.
+        subsets: source subsets S, each a non-empty proper subset of the model's modalities
+            (default none: the joint only).
+        num_samples: K, importance samples per data point (default 1000).
+        batch_size: data points per batch (default 64).
+        chunk_size: particles drawn at once (``None``: :func:`default_chunk_size`).
+        max_points: the first points used (default 100; ``None``: all).
+        device: where to run the model (default ``"cpu"``).
+        proposals: ``"all"`` or names of :data:`PROPOSALS`, as in :func:`parse_proposals`
+            (default ``("model",)``).
+        progress: show a progress bar on stderr (default False).
+        **proposal_options: as for :func:`vae_log_likelihood`.
     """
     names = tuple(getattr(vae, "names", None) or dataset.modalities)
-    chosen = parse_proposals(proposals)
+    chosen, skipped = applicable_proposals(vae, parse_proposals(proposals))
     subsets = [tuple(s) for s in subsets]
     bad = [s for s in subsets if not s or set(s) - set(names) or set(s) == set(names)]
     if bad:
@@ -405,7 +491,37 @@ def dataset_log_likelihood(
             results[proposal]["seconds"] = time.perf_counter() - start
     best = min(chosen, key=lambda p: _rank(results[p]["joint"]))
     return {"proposals": results, "best": best, **results[best], "num_samples": num_samples,
-            "num_datapoints": results[best]["joint"].log_weights.size(1)}
+            "num_datapoints": results[best]["joint"].log_weights.size(1),
+            **({"skipped_proposals": skipped} if skipped else {})}
+
+
+def applicable_proposals(vae: Any, chosen: tuple[str, ...]
+                         ) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The proposals of ``chosen`` that ``vae`` supports, and why the others are skipped.
+
+    A model lists the proposals that apply to it in ``likelihood_proposals`` (default: all of
+    :data:`PROPOSALS`). The mixture and refined proposals build on one latent site ``z`` with
+    the prior and the experts' product over it; a model with several latent levels (MHVAE,
+    Nexus) supports only its own guide, ``"model"``.
+
+    Args:
+        vae: the model.
+        chosen: validated proposal names (:func:`parse_proposals`).
+
+    Returns:
+        ``(kept, skipped)``: the names to run, in order, and ``{name: reason}``.
+
+    Raises:
+        ValueError: when none of ``chosen`` applies.
+    """
+    supported = tuple(getattr(vae, "likelihood_proposals", PROPOSALS))
+    kept = tuple(p for p in chosen if p in supported)
+    skipped = {p: f"not applicable to {type(vae).__name__} (its proposals: "
+                  f"{', '.join(supported)})" for p in chosen if p not in supported}
+    if not kept:
+        raise ValueError(f"{type(vae).__name__} supports the proposals {', '.join(supported)}; "
+                         f"none of {', '.join(chosen)} applies")
+    return kept, skipped
 
 
 def _one_proposal(vae: Any, dataset: Any, names: tuple[str, ...],
@@ -473,7 +589,15 @@ def _proposal_summary(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def likelihood_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """JSON-ready summary of :func:`dataset_log_likelihood`: the best proposal's figures
-    at the top level, every proposal's under ``"proposals"``, and ``"warnings"``."""
+    at the top level, every proposal's under ``"proposals"``, and ``"warnings"``.
+
+    Args:
+        result: the dict :func:`dataset_log_likelihood` returns.
+
+    Returns:
+        A JSON-ready dict (figures in nats per data point) with one warning per headline
+        estimate whose :math:`\\hat k > 0.7` for more than 10 % of the points.
+    """
     proposals = result.get("proposals") or {"model": {k: result[k] for k in
                                                       ("joint", "subsets", "conditional")}}
     best = result.get("best", next(iter(proposals)))
@@ -495,13 +619,21 @@ def likelihood_summary(result: Mapping[str, Any]) -> dict[str, Any]:
                              s["subset_mean_by_size"], "info": s["info"],
                              "seconds": s["seconds"]}
                       for name, s in by_proposal.items()},
+        **({"skipped_proposals": dict(result["skipped_proposals"])}
+           if result.get("skipped_proposals") else {}),
         "warnings": messages,
     }
 
 
 def likelihood_subsets(names: Sequence[str], per_size: int, seed: int = 0
                        ) -> list[tuple[str, ...]]:
-    """Up to ``per_size`` source subsets of every size 1..M-1 (seeded choice); [] for 0."""
+    """Up to ``per_size`` source subsets of every size 1..M-1 (seeded choice); [] for 0.
+
+    Args:
+        names: the M modality names in the model's order ([] when M < 2).
+        per_size: subsets per size, >= 0.
+        seed: seed of the choice (default 0).
+    """
     if per_size < 0:
         raise ValueError(f"the number of subsets per size must be >= 0, got {per_size}")
     if per_size == 0 or len(names) < 2:

@@ -11,9 +11,9 @@ scale f is ``(C * (W + 2) + 2) * f`` x ``(R * (H + 2) + 2) * f`` pixels, placed 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor
@@ -52,7 +52,17 @@ def _text_width(font: Any, text: str) -> int:
 
 def grid_layout(row_labels: Sequence[str], tile: int, scale: int | None = None
                 ) -> dict[str, int]:
-    """Scale factor and label margins (pixels) of a labelled grid with ``tile``-pixel tiles."""
+    """Scale factor and label margins (pixels) of a labelled grid with ``tile``-pixel tiles.
+
+    Args:
+        row_labels: the row labels; the widest sets the left margin.
+        tile: the side of one tile in pixels (the larger of height and width).
+        scale: integer upscaling of the tiles (``None`` or 0: the smallest that makes a tile
+            at least ``MIN_TILE`` = 56 pixels).
+
+    Returns:
+        ``{"scale", "left", "top"}``: the factor and the left and top margins in pixels.
+    """
     font = _font()
     factor = scale or max(1, math.ceil(MIN_TILE / tile))
     left = max(_text_width(font, label) for label in row_labels) + 2 * LABEL_GAP
@@ -96,10 +106,7 @@ def _save_labelled_grid(rows: list[Tensor], row_labels: Sequence[str],
             line_y = y0 + j * step_y - (GRID_PADDING * factor) // 2 - 1
             draw.line([(LABEL_GAP, line_y), (canvas.width - LABEL_GAP, line_y)], fill="black",
                       width=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return _write_png(path, lambda handle: canvas.save(handle, format="PNG"))
 
 
 def _column_labels(labels: Tensor | Sequence[int] | None, n: int) -> list[str]:
@@ -122,6 +129,17 @@ def save_cross_generation_grid(
     alone (``vae.generate(..., sources=[s])``; t = s is the reconstruction). Columns are
     data points, labelled with their digit class when ``labels`` are given (else #1, #2...),
     so a column reads as one tuple translated into every modality. M * (M + 1) rows.
+
+    Args:
+        vae: the model (with ``names`` and ``generate``); run in eval mode.
+        batch: a full multimodal batch, dict of modality name -> images ``(B, 1 or 3, H, W)``
+            in [0, 1], every modality present and of one image size.
+        path: the PNG file to write (atomically).
+        num_examples: columns, at most the batch size (default 8).
+        labels: class labels ``(B,)`` for the column headers (``None``: #1, #2, ...).
+
+    Returns:
+        The path written.
     """
     names = tuple(getattr(vae, "names", None) or batch.keys())
     missing = [n for n in names if batch.get(n) is None]
@@ -148,7 +166,16 @@ def save_cross_generation_grid(
 
 def save_unconditional_grid(vae: Any, path: str | Path, num_samples: int = 16) -> Path:
     """Save a labelled PNG of ``vae.sample(num_samples)``: one row per modality, one
-    column per prior draw z (shared by the modalities of a column)."""
+    column per prior draw z (shared by the modalities of a column).
+
+    Args:
+        vae: the model (with ``sample``); run in eval mode.
+        path: the PNG file to write (atomically).
+        num_samples: columns, i.e. prior draws z (>= 1; default 16).
+
+    Returns:
+        The path written.
+    """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     with evaluation_mode(vae):
@@ -171,11 +198,17 @@ def _new_figure(width: float, height: float) -> Any:
     return figure
 
 
+def _write_png(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a PNG atomically (:func:`~pyro_mmvae.checkpoint.atomic_write`): a full disk or
+    an unwritable folder is a one-line :class:`~pyro_mmvae.checkpoint.CheckpointWriteError`
+    naming ``path``, and never leaves a truncated image behind."""
+    from pyro_mmvae.checkpoint import atomic_write
+
+    return atomic_write(path, write)
+
+
 def _save_figure(figure: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return _write_png(path, lambda handle: figure.savefig(handle, format="png"))
 
 
 def save_coherence_plot(
@@ -191,25 +224,44 @@ def save_coherence_plot(
     gives the line and ``by_subset`` the individual (S, t) pairs (grey dots). Dashed lines:
     the mean accuracy of the classifiers on real test images (the ceiling a perfect
     generator reaches), chance 1/``num_classes``, and the unconditional coherence if given.
-    ``probe`` (``{|S|: accuracy}``) adds the linear-probe accuracy of E[z|X_S].
+    ``probe`` (``{|S|: accuracy}``) adds the linear-probe accuracy of E[z|X_S]. Figures that
+    are not measurable (``None``) are left out.
+
+    Args:
+        coherence: the dict :func:`conditional_coherence` returns (``by_subset_size``
+            required, ``by_subset`` and ``classifier_accuracy`` optional).
+        path: the PNG file to write.
+        unconditional: the unconditional coherence in [0, 1], drawn as a dotted line
+            (``None``: left out).
+        probe: ``{|S|: accuracy}`` of :func:`~pyro_mmvae.metrics.probe.latent_probe`
+            (``None``: left out).
+        num_classes: the number of classes for the chance line (default 10; ``None`` or 0:
+            no chance line).
+
+    Returns:
+        The path written.
     """
-    by_size = {int(k): float(v) for k, v in coherence["by_subset_size"].items()}
+    by_size = {int(k): float(v) for k, v in coherence["by_subset_size"].items()
+               if v is not None}
     if not by_size:
-        raise ValueError("coherence has no by_subset_size figures to plot")
+        raise ValueError("coherence has no measurable by_subset_size figures to plot")
     figure = _new_figure(5.5, 4.0)
     ax = figure.add_subplot()
     for key, targets in coherence.get("by_subset", {}).items():
         size = len(key.split("+"))
-        ax.scatter([size] * len(targets), list(targets.values()), s=12, color="0.7", zorder=1)
+        values = [v for v in targets.values() if v is not None]
+        ax.scatter([size] * len(values), values, s=12, color="0.7", zorder=1)
     sizes = sorted(by_size)
     ax.plot(sizes, [by_size[k] for k in sizes], "o-", color="C0", label="conditional coherence",
             zorder=3)
+    probe = {k: v for k, v in (probe or {}).items() if v is not None}
     if probe:
         probe_sizes = sorted(int(k) for k in probe)
         values = {int(k): float(v) for k, v in probe.items()}
         ax.plot(probe_sizes, [values[k] for k in probe_sizes], "s-", color="C2",
                 label="linear probe of E[z|X_S]", zorder=3)
-    accuracy = coherence.get("classifier_accuracy") or {}
+    accuracy = {k: v for k, v in (coherence.get("classifier_accuracy") or {}).items()
+                if v is not None}
     if accuracy:
         ceiling = sum(accuracy.values()) / len(accuracy)
         ax.axhline(ceiling, ls="--", color="C1", label=f"classifier accuracy ({ceiling:.2f})")
@@ -237,6 +289,14 @@ def save_pareto_k_histogram(
     ``diagnostics`` maps an estimate's name (e.g. ``"log p(X)"``) to ``(k_hat, ess, K)``
     with per-datapoint tensors. Vertical lines at :math:`\hat k` = 0.5 (good below) and 0.7
     (unreliable above).
+
+    Args:
+        diagnostics: estimate name -> ``(k_hat, ess, K)``, per-datapoint tensors ``(B,)`` and
+            the number of importance samples; at least one entry.
+        path: the PNG file to write.
+
+    Returns:
+        The path written.
     """
     if not diagnostics:
         raise ValueError("no importance-sampling diagnostics to plot")

@@ -20,7 +20,22 @@ GRID_ROWS = 8
 
 def training_report(run: LoadedRun, device: torch.device | str = "cpu") -> dict[str, Any]:
     """``conditional_coherence`` (mean single source), the coherence matrix and the
-    classifiers' own accuracies; writes ``cross_generation.png`` into the run folder."""
+    classifiers' own accuracies; writes ``cross_generation.png`` into the run folder.
+
+    A figure that is not measurable (a modality absent in every test row) is ``None``, and
+    ``conditional_coherence_note`` says why (see
+    :func:`~pyro_mmvae.metrics.coherence.conditional_coherence`).
+
+    Args:
+        run: the trained run (model, data and folder) from :func:`pyro_mmvae.runs.load_run`;
+            the grid is written into ``run.folder.path``.
+        device: where to run the model and the classifiers (default ``"cpu"``).
+
+    Returns:
+        A JSON-ready dict: ``conditional_coherence`` (float in [0, 1] or ``None``),
+        ``coherence_matrix``, ``classifier_accuracy`` and an optional note; only
+        ``coherence_skipped`` when the test set has no labels.
+    """
     from pyro_mmvae.metrics import (
         conditional_coherence,
         get_classifiers,
@@ -41,8 +56,10 @@ def training_report(run: LoadedRun, device: torch.device | str = "cpu") -> dict[
                                        num_examples=GRID_ROWS, labels=labels)
         except ValueError:  # a modality that is not an image (token sequences, vectors)
             pass
+    note = {"conditional_coherence_note": coherence["note"]} if coherence.get("note") else {}
     return {
         "conditional_coherence": coherence.get("mean_single_source"),
+        **note,
         "coherence_matrix": jsonable(coherence.get("single_source_matrix")),
         "classifier_accuracy": jsonable(coherence.get("classifier_accuracy")),
     }

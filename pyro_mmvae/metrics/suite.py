@@ -58,7 +58,11 @@ REFERENCE = "test"  # the image set every Fréchet distance is measured against
 # ---------------------------------------------------------------------- helpers
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed torch, NumPy and Python's RNG in the block; restore the caller's states after."""
+    """Seed torch, NumPy and Python's RNG in the block; restore the caller's states after.
+
+    Args:
+        seed: the seed (``pyro.set_rng_seed``: torch on every CUDA device, NumPy, Python).
+    """
     import random
 
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -72,20 +76,40 @@ def seeded(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _mean(values: Mapping[str, float]) -> float | None:
-    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
+def _mean(values: Mapping[str, float | None]) -> float | None:
+    """The mean, or None (not measurable) when a value is not measurable or there is none."""
+    listed = list(values.values())
+    if not listed or any(v is None or not math.isfinite(v) for v in listed):
+        return None
+    return float(np.mean(listed))
 
 
 def record_seconds(results: dict[str, Any], name: str, start: float) -> None:
-    """``results["seconds"][name]``: the seconds since ``start``."""
+    """``results["seconds"][name]``: the seconds since ``start``.
+
+    Args:
+        results: the results dict, updated in place (``"seconds"`` created if missing).
+        name: the metric (or ``"figures"``) the time is recorded for.
+        start: a :func:`time.perf_counter` reading taken when it began.
+    """
     results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 2)
 
 
 # ---------------------------------------------------------------------- metrics
 def run_coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettings,
                   device: torch.device) -> dict[str, Any]:
-    """Conditional coherence for every subset size and unconditional coherence."""
+    """Conditional coherence for every subset size and unconditional coherence.
+
+    Args:
+        vae: the trained model.
+        test_ds: the labelled test dataset (its first ``settings.coherence_points`` points).
+        classifiers: the per-modality :class:`~pyro_mmvae.metrics.classifiers.ModalityClassifiers`.
+        settings: the :class:`~pyro_mmvae.metrics.evaluate.EvalSettings` bounding the work.
+        device: where to run the model.
+
+    Returns:
+        The ``"coherence"`` entry of the results (JSON-ready apart from tensors).
+    """
     data = head(test_ds, settings.coherence_points)
     conditional = conditional_coherence(
         vae, data, classifiers, subset_sizes=None, batch_size=settings.batch_size,
@@ -93,12 +117,17 @@ def run_coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettin
         engine=settings.engine, progress=settings.progress, posterior=settings.posterior)
     num = settings.unconditional_samples or min(len(test_ds), settings.quality_points
                                                 or len(test_ds))
-    unconditional = unconditional_coherence(vae, classifiers, num_samples=num,
-                                            batch_size=settings.batch_size,
-                                            progress=settings.progress)
+    try:
+        unconditional = unconditional_coherence(vae, classifiers, num_samples=num,
+                                                batch_size=settings.batch_size,
+                                                progress=settings.progress)
+    except NotImplementedError as err:  # a model with no prior to sample (conditional VAE)
+        unconditional = {"coherence": None, "note": f"not applicable: {err}"}
     accuracy = dict(classifiers.test_accuracy)
     unconditional["classifier_accuracy"] = accuracy
+    notes = [part["note"] for part in (conditional, unconditional) if part.get("note")]
     return {
+        **({"note": notes[0]} if notes else {}),
         "conditional": conditional,
         "by_subset_size": conditional["by_subset_size"],
         "unconditional": unconditional,
@@ -148,6 +177,19 @@ def run_quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, setting
     """Classifier Fréchet distances (and Inception FID) of generations vs test images.
 
     Images are turned into features batch by batch (memory ~ features, not images).
+
+    Args:
+        vae: the trained model.
+        train_ds: the training dataset (its images give the train-vs-test floor).
+        test_ds: the labelled test dataset, the reference (first ``settings.quality_points``).
+        classifiers: the per-modality :class:`~pyro_mmvae.metrics.classifiers.ModalityClassifiers`
+            whose features define the distance.
+        settings: the :class:`~pyro_mmvae.metrics.evaluate.EvalSettings` bounding the work.
+        device: where to run the model.
+
+    Returns:
+        The ``"quality"`` entry of the results, or ``{"skipped": reason}`` without an image
+        modality.
     """
     names = [n for n in vae.names if n in classifiers.names
              and len(test_ds.event_shapes[n]) == 3
@@ -175,6 +217,7 @@ def run_quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, setting
                     part = extract(m, x.float().clamp(0, 1))
                     features[key].setdefault(label, {}).setdefault(m, []).append(part)
     distances = {key: _distances(sets, names) for key, sets in features.items()}
+    notes = {key: distances[key].pop(NOTES) for key in distances}
     dim = features["classifier"][REFERENCE][names[0]][0].size(1)
     classifier = distances["classifier"]
     result: dict[str, Any] = {
@@ -187,8 +230,11 @@ def run_quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, setting
             "conditional": "decoder means of x_t from the posterior mean of q(z | all other "
                            "modalities)",
             "num_points": len(test_part),
+            **({"not_measurable": notes["classifier"]} if notes["classifier"] else {}),
         },
     }
+    if notes["classifier"]:
+        result["note"] = next(iter(notes["classifier"].values()))
     if isinstance(inception, str):
         result["inception_fid"] = {"skipped": inception}
     else:
@@ -201,16 +247,40 @@ def run_quality(vae: Any, train_ds: Any, test_ds: Any, classifiers: Any, setting
     return result
 
 
+NOTES = "not_measurable"  # the key of _distances' reasons
+
+
 def _distances(sets: Mapping[str, Mapping[str, list[Tensor]]], names: Sequence[str]
-               ) -> dict[str, dict[str, float]]:
-    """Fréchet distance of every set's features to the reference (test) features."""
-    out: dict[str, dict[str, float]] = {label: {} for label in sets if label != REFERENCE}
+               ) -> dict[str, Any]:
+    """Fréchet distance of every set's features to the reference (test) features.
+
+    A distance needs two feature vectors on each side; one without them (a modality absent
+    from every test row, or no row observing every other modality for the leave-one-out
+    generation) is ``None``, and ``out[NOTES]`` (``{"set/modality": reason}``) says why.
+    """
+    out: dict[str, Any] = {label: {} for label in sets if label != REFERENCE}
+    notes: dict[str, str] = {}
     for m in names:
+        reference = torch.cat(sets[REFERENCE][m])
         candidates = {label: torch.cat(parts[m]) for label, parts in sets.items()
                       if label != REFERENCE and m in parts}
-        for label, value in frechet_distances(torch.cat(sets[REFERENCE][m]),
-                                              candidates).items():
-            out[label][m] = value
+        short = {label: x for label, x in candidates.items() if len(x) < 2}
+        for label, x in short.items():
+            notes[f"{label}/{m}"] = (f"not measurable: {len(x)} {label} images of {m}; a "
+                                     "Fréchet distance needs at least 2")
+        if len(reference) < 2:
+            short = candidates
+            why = (f"modality {m} is absent in every test row evaluated" if not len(reference)
+                   else f"modality {m} is observed in only 1 test row evaluated")
+            for label in candidates:
+                notes[f"{label}/{m}"] = f"not measurable: {why}"
+        for label in short:
+            out[label][m] = None
+        kept = {label: x for label, x in candidates.items() if label not in short}
+        if kept:
+            for label, value in frechet_distances(reference, kept).items():
+                out[label][m] = value
+    out[NOTES] = notes
     return out
 
 
@@ -227,7 +297,19 @@ def _inception_network(settings: EvalSettings, device: torch.device) -> Any:
 def run_likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.device
                    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Importance-sampled log-likelihoods with every proposal (summary and raw results), or
-    the reason they are skipped."""
+    the reason they are skipped.
+
+    Args:
+        vae: the trained model; its programs must accept ``stratify=False``.
+        test_ds: the test dataset (with masks: only the rows that observe every modality).
+        settings: the :class:`~pyro_mmvae.metrics.evaluate.EvalSettings` bounding the work.
+        device: where to run the model.
+
+    Returns:
+        ``(summary, raw)``: :func:`~pyro_mmvae.metrics.likelihood.likelihood_summary` of the
+        results and the :func:`~pyro_mmvae.metrics.likelihood.dataset_log_likelihood` dict,
+        or ``({"skipped": reason}, None)``.
+    """
     reason = supports_unstratified(vae)
     if reason is not None:
         return {"skipped": reason}, None
@@ -257,7 +339,18 @@ def run_likelihood(vae: Any, test_ds: Any, settings: EvalSettings, device: torch
 
 def run_probe(vae: Any, train_ds: Any, test_ds: Any, settings: EvalSettings,
               device: torch.device) -> dict[str, Any]:
-    """Linear-probe accuracy of the posterior means by number of inputs."""
+    """Linear-probe accuracy of the posterior means by number of inputs.
+
+    Args:
+        vae: the trained model.
+        train_ds: the labelled dataset the probes are fitted on.
+        test_ds: the labelled dataset they are scored on.
+        settings: the :class:`~pyro_mmvae.metrics.evaluate.EvalSettings` bounding the work.
+        device: where to run the model.
+
+    Returns:
+        The result of :func:`~pyro_mmvae.metrics.probe.latent_probe`.
+    """
     return latent_probe(vae, train_ds, test_ds, max_subsets_per_size=settings.probe_subsets,
                         max_train_points=settings.probe_train_points,
                         max_test_points=settings.probe_test_points,
@@ -265,10 +358,51 @@ def run_probe(vae: Any, train_ds: Any, test_ds: Any, settings: EvalSettings,
                         progress=settings.progress)
 
 
+def run_clustering(vae: Any, test_ds: Any, settings: EvalSettings, device: torch.device
+                   ) -> dict[str, Any]:
+    """NMI/ARI/accuracy of the model's clusters and of k-means on its posterior means, or
+    the reason they are skipped (a model without ``cluster_posterior``).
+
+    Args:
+        vae: the trained model (e.g. CMVAE).
+        test_ds: the labelled test dataset (its first ``settings.probe_test_points`` rows).
+        settings: the :class:`~pyro_mmvae.metrics.evaluate.EvalSettings` bounding the work.
+        device: where to run the model.
+
+    Returns:
+        :func:`~pyro_mmvae.metrics.clustering.evaluate_clustering`'s result, or
+        ``{"skipped": reason}``.
+    """
+    from pyro_mmvae.metrics.clustering import evaluate_clustering, supports_clustering
+
+    reason = supports_clustering(vae)
+    if reason is not None:
+        return {"skipped": reason}
+    return evaluate_clustering(vae, test_ds, batch_size=settings.batch_size, device=device,
+                               max_points=settings.probe_test_points, seed=settings.seed)
+
+
 # ---------------------------------------------------------------------- figures
 def draw_figures(vae: Any, test_ds: Any, results: dict[str, Any], raw_likelihood: Any,
                  out_dir: Path, classifiers: Any, device: torch.device) -> dict[str, Any]:
-    """The evaluation PNGs (:data:`FIGURES`) in ``out_dir``; returns their paths."""
+    """The evaluation PNGs (:data:`FIGURES`) in ``out_dir``; returns their paths.
+
+    Args:
+        vae: the trained model.
+        test_ds: the test dataset (its first 8 points fill the cross-generation grid).
+        results: the results so far (its ``"coherence"`` and ``"probe"`` entries are plotted).
+        raw_likelihood: the raw
+            :func:`~pyro_mmvae.metrics.likelihood.dataset_log_likelihood` dict for the
+            PSIS k-hat histogram, or ``None`` (no histogram).
+        out_dir: the folder the PNGs are written to.
+        classifiers: the classifiers (their ``num_classes`` sets the chance line), or
+            ``None``.
+        device: where to run the model.
+
+    Returns:
+        Figure key -> path written, or ``{"skipped": reason}`` for a figure that cannot be
+        drawn (e.g. modalities that are not images).
+    """
     from pyro_mmvae.metrics.plots import (
         save_coherence_plot,
         save_cross_generation_grid,
@@ -281,7 +415,7 @@ def draw_figures(vae: Any, test_ds: Any, results: dict[str, Any], raw_likelihood
     def attempt(key: str, draw: Any) -> None:
         try:
             figures[key] = str(draw(out_dir / FIGURES[key]))
-        except ValueError as err:  # e.g. modalities that are not images
+        except (ValueError, NotImplementedError) as err:  # not images; no prior samples
             figures[key] = {"skipped": str(err)}
 
     batch, labels = next(iter(test_ds.batches(GRID_EXAMPLES, device=device)))

@@ -1,4 +1,7 @@
-r"""Coordination-based multimodal VAEs: JMVAE-KL, TELBO, MVTCAE and CRMVAE (seed 000).
+r"""Coordination-based multimodal VAEs: JMVAE-KL, TELBO, MVTCAE and CRMVAE.
+
+CRMVAE is from *Mitigating the limitations of multimodal VAEs with coordination-based
+approach* (2023; the name is MultiVae's).
 
 These models bring each unimodal posterior :math:`q_m(z|x_m)` close to a joint posterior
 :math:`q(z|X)` instead of sub-sampling modality subsets. They share one Pyro program and
@@ -97,25 +100,29 @@ UNIMODAL_TARGETS = ("none", "own", "all")
 class CoordinationVAE(MultimodalVAE):
     r"""Shared latent z; joint posterior by PoE or a joint encoder; optional unimodal strata.
 
-    :param modalities: the modalities (their encoders are the unimodal experts
-        :math:`q_m(z|x_m)`).
-    :param latent_dim: D.
-    :param joint: ``"poe"`` or ``"encoder"`` (then ``joint_encoder`` is required).
-    :param joint_encoder: a network ``dict[name, Tensor] -> (loc, raw_scale)`` on all
-        modalities, e.g. :class:`~pyro_mmvae.nets.JointEncoder`; its parameters are named
-        ``joint_encoder.*`` (useful for training stages that freeze it).
-    :param unimodal_targets: ``"none"``, ``"own"`` (stratum m reconstructs :math:`x_m`) or
-        ``"all"`` (stratum m reconstructs every present modality).
-    :param decoder_stop_gradient: decode strata 1..M with detached decoder parameters.
-    :param prior_expert: include :math:`p(z)` as an expert of every PoE.
-    :param incomplete_joint: the training posterior of a row with missing modalities, for
-        ``joint="encoder"``: ``"poe"`` (the product of its present experts) or ``"encoder"``
-        (the joint encoder with absent features zeroed; the network must accept
-        ``(data, present)``, see :class:`~pyro_mmvae.nets.JointEncoder`). See the module
-        docstring.
-    :param kwargs: ``beta``, ``kl_warmup_epochs``, ``scale_param`` of
-        :class:`~pyro_mmvae.models.MultimodalVAE` (the posterior family is Normal: the PoE
-        and the analytic KL terms need it).
+    Args:
+        modalities: the modalities (their encoders are the unimodal experts
+            :math:`q_m(z|x_m)`).
+        latent_dim: D, the size of the shared latent z.
+        joint: ``"poe"`` (default) or ``"encoder"`` (then ``joint_encoder`` is required);
+            keyword only, as are the arguments below.
+        joint_encoder: a network ``dict[name, Tensor] -> (loc, raw_scale)`` on all
+            modalities, e.g. :class:`~pyro_mmvae.nets.JointEncoder`; its parameters are named
+            ``joint_encoder.*`` (useful for training stages that freeze it). ``None``
+            (default) with ``joint="poe"``.
+        unimodal_targets: ``"none"`` (default), ``"own"`` (stratum m reconstructs
+            :math:`x_m`) or ``"all"`` (stratum m reconstructs every present modality).
+        decoder_stop_gradient: decode strata 1..M with detached decoder parameters (default
+            False; needs ``unimodal_targets`` ``"own"`` or ``"all"``).
+        prior_expert: include :math:`p(z)` as an expert of every PoE (default False).
+        incomplete_joint: the training posterior of a row with missing modalities, for
+            ``joint="encoder"``: ``"poe"`` (default; the product of its present experts) or
+            ``"encoder"`` (the joint encoder with absent features zeroed; the network must
+            accept ``(data, present)``, see :class:`~pyro_mmvae.nets.JointEncoder`). See the
+            module docstring.
+        **kwargs: ``beta``, ``kl_warmup_epochs``, ``scale_param`` of
+            :class:`~pyro_mmvae.models.MultimodalVAE` (the posterior family is Normal: the
+            PoE and the analytic KL terms need it).
     """
 
     pyro_name = "coordination"
@@ -162,23 +169,35 @@ class CoordinationVAE(MultimodalVAE):
 
     # ------------------------------------------------------------------ posteriors
     def joint_params(self, data: dict[str, Tensor], present: Tensor,
-                     experts: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                     experts: tuple[Tensor, Tensor] | None = None,
+                     complete: bool | None = None) -> tuple[Tensor, Tensor]:
         r"""``loc``, ``scale`` ``(B, D)`` of :math:`q(z|X_{\text{present}})`.
 
         PoE: :math:`T = [1] + \sum_{m \text{ present}} \sigma_m^{-2}`,
         :math:`\mu = T^{-1}\sum_m \sigma_m^{-2}\mu_m`. Joint encoder: its output on rows with
         every modality present, the PoE of the present experts on the other rows.
+
+        ``complete`` is what the caller knows on the host: True (every row observes every
+        modality), False (no row does) or None (unknown: both are computed and chosen per
+        row on the device, no host sync).
+
+        Args:
+            data: every modality, filled as :meth:`prepare` returns it.
+            present: bool ``(M, B)``, True where modality m is observed in row b.
+            experts: optional ``(loc, scale)`` of the unimodal experts, each ``(M, B, D)``,
+                if already computed; ``None``: run the encoders.
+            complete: whether every row observes every modality: True, False or ``None``
+                (unknown; default).
         """
-        loc, scale = self.expert_params(data) if experts is None else experts
-        complete = present.all(0)
         use_encoder = self.joint_encoder is not None
-        if use_encoder and bool(complete.all()):
+        if use_encoder and complete:
             return self._encode_joint(data)
+        loc, scale = self.expert_params(data) if experts is None else experts
         p_loc, p_scale = product_of_experts(loc, scale, present, self.prior_expert)
-        if not use_encoder or not bool(complete.any()):
+        if not use_encoder or complete is False:
             return p_loc, p_scale
         j_loc, j_scale = self._encode_joint(data)
-        rows = complete.unsqueeze(-1)
+        rows = present.all(0).unsqueeze(-1)
         return torch.where(rows, j_loc, p_loc), torch.where(rows, j_scale, p_scale)
 
     def training_joint_params(self, data: dict[str, Tensor], present: Tensor,
@@ -187,8 +206,14 @@ class CoordinationVAE(MultimodalVAE):
         r"""``loc``, ``scale`` ``(B, D)`` of the joint posterior the objective trains:
         :meth:`joint_params`, except that with ``incomplete_joint="encoder"`` every row,
         complete or not, gets the joint encoder's :math:`q_\phi(z|X_S)` (absent modalities'
-        features zeroed)."""
-        if self.incomplete_joint != "encoder" or bool(present.all()):
+        features zeroed: on a complete row the same numbers as without the mask).
+
+        Args:
+            data: every modality, filled as :meth:`prepare` returns it.
+            present: bool ``(M, B)``, True where modality m is observed in row b.
+            experts: optional precomputed ``(loc, scale)`` of the experts, ``(M, B, D)``.
+        """
+        if self.incomplete_joint != "encoder":
             return self.joint_params(data, present, experts)
         return self._encode_joint(data, present)
 
@@ -202,20 +227,39 @@ class CoordinationVAE(MultimodalVAE):
         return loc, self.scale_fn(raw_scale)
 
     def layout(self, present: Tensor, subsets: Tensor | None = None) -> Strata:
-        """Stratum 0 reconstructs every modality; strata 1..M (optional) their targets."""
+        """Stratum 0 reconstructs every modality; strata 1..M (optional) their targets.
+        With ``unimodal_targets="own"`` modality m is decoded on strata 0 and m + 1 only.
+
+        Args:
+            present: bool ``(M, B)``, True where modality m is observed in row b.
+            subsets: must be ``None`` (coordination models take no modality subsets; any
+                other value raises ``ValueError``).
+        """
         if subsets is not None:
             raise ValueError("coordination models take no modality subsets")
         num, batch = present.shape
         ones = torch.ones(1, num, dtype=torch.bool, device=present.device)
         if self.unimodal_targets == "none":
-            return Strata(available=ones.new_ones(1, batch), members=ones)
+            return Strata(available=ones.new_ones(1, batch), members=ones,
+                          decode=(None,) * num)
         own = torch.eye(num, dtype=torch.bool, device=present.device)
         members = own if self.unimodal_targets == "own" else ones.expand(num, num)
         available = torch.cat([ones.new_ones(1, batch), present])
-        return Strata(available=available, members=torch.cat([ones, members]))
+        decode = (tuple((0, 1 + i) for i in range(num)) if self.unimodal_targets == "own"
+                  else (None,) * num)
+        return Strata(available=available, members=torch.cat([ones, members]), decode=decode)
 
     def latent_posterior(self, data, present, strata, stratify):
-        """A :class:`CoordinatedPosterior`: the joint posterior (and the experts as strata)."""
+        """A :class:`CoordinatedPosterior`: the joint posterior (and the experts as strata).
+
+        Args:
+            data: every modality, filled as :meth:`prepare` returns it.
+            present: bool ``(M, B)``, True where modality m is observed in row b.
+            strata: the layout from :meth:`layout` (unimodal strata when it has more than
+                one stratum), or ``None`` (one z per row from the joint posterior).
+            stratify: as in :meth:`MultimodalVAE.latent_posterior` (the layout is read from
+                ``strata``).
+        """
         experts = self.expert_params(data)
         j_loc, j_scale = self.training_joint_params(data, present, experts)
         unimodal = strata is not None and strata.available.size(0) > 1
@@ -225,22 +269,43 @@ class CoordinationVAE(MultimodalVAE):
     def guide(self, data: Data, mask=None, subsets: Tensor | None = None,
               stratify: bool = True, **kwargs) -> None:
         r"""The base guide; the latent site also records ``infer["kl_warmup"]``
-        :math:`= \beta_t / \beta` (the warm-up factor, for weights other than β)."""
+        :math:`= \beta_t / \beta` (the warm-up factor, for weights other than β).
+
+        Args:
+            data: the batch, as in :meth:`MultimodalVAE.model` (dict modality name ->
+                ``(B, ...)`` tensor or ``None``).
+            mask: optional dict modality name -> bool ``(B,)`` presence.
+            subsets: must be ``None`` (see :meth:`layout`).
+            stratify: lay out the strata (default True) or draw one z per data point.
+            **kwargs: ``batch_size``, ``sample_missing`` of
+                :meth:`MultimodalVAE.guide`.
+        """
         factor = self.current_beta / self.beta
         configured = poutine.infer_config(
             super().guide, lambda site: {"kl_warmup": factor} if site["name"] == "z" else {})
         configured(data, mask, subsets, stratify, **kwargs)
 
     def posterior(self, data: Data, sources: Sequence[str]) -> TorchDistribution:
-        """:math:`q(z|X_S)`: the joint posterior of the sources (see :meth:`joint_params`)."""
+        """:math:`q(z|X_S)`: the joint posterior of the sources (see :meth:`joint_params`).
+
+        Args:
+            data: dict modality name -> tensor ``(B, *event_shape)``; must hold the sources.
+            sources: the names of the modalities S to condition on (all of them: the joint
+                encoder, if any; else the PoE of their experts).
+        """
         sources = self._check_names(sources, "source")
         subset, present = self.prepare({s: data[s] for s in sources})
-        loc, scale = self.joint_params(subset, present)
+        loc, scale = self.joint_params(subset, present, complete=len(set(sources)) == len(
+            self.names))
         return component_distribution("normal", loc, scale)
 
     def encode_experts(self, data: Data) -> dict[str, Tensor]:
         """The unimodal experts, and the joint encoder's output when the batch holds every
-        modality and the model has one (``joint_loc``, ``joint_scale``)."""
+        modality and the model has one (``joint_loc``, ``joint_scale``).
+
+        Args:
+            data: dict modality name -> tensor ``(B, *event_shape)`` or ``None``.
+        """
         experts = super().encode_experts(data)
         if self.joint_encoder is not None and all(data.get(n) is not None for n in self.names):
             filled, _ = self.prepare(data)
@@ -249,7 +314,13 @@ class CoordinationVAE(MultimodalVAE):
 
     def posterior_from_experts(self, experts, sources) -> TorchDistribution:
         """:meth:`posterior` from cached experts: the joint encoder for all modalities (if
-        the model has one), else the PoE of the sources' experts."""
+        the model has one), else the PoE of the sources' experts.
+
+        Args:
+            experts: the cache from :meth:`encode_experts` (``"loc"``, ``"scale"``, and
+                ``"joint_loc"``, ``"joint_scale"`` when it holds the joint encoder's output).
+            sources: the names of the modalities S to condition on.
+        """
         sources = self._check_names(sources, "source")
         if self.joint_encoder is not None and set(sources) == set(self.names):
             if "joint_loc" not in experts:
@@ -265,29 +336,55 @@ class CoordinationVAE(MultimodalVAE):
     # ------------------------------------------------------------------ observations
     def observe(self, z: Tensor, data: dict[str, Tensor], reconstruct: Tensor,
                 members: Tensor | None = None, skip: Collection[str] = (),
-                sample: Collection[str] = ()) -> None:
+                sample: Collection[str] = (),
+                decode: Sequence[Tensor | None] | None = None) -> None:
         """Observe sites as in the base class; with ``decoder_stop_gradient`` strata 1..M
-        decode with detached decoder parameters."""
+        decode with detached decoder parameters.
+
+        Args:
+            z: decoder input, ``(..., S, B, D)`` with strata (stratum 0 the joint one), or
+                ``(..., B, D)``.
+            data: every modality, filled as :meth:`prepare` returns it.
+            reconstruct: bool ``(M, B)`` or ``(M, S, B)``, where each observation is scored.
+            members: optional bool ``(S, M)``, the modalities each stratum reconstructs.
+            skip: names of modalities that get no site (only without stop-gradient).
+            sample: names of modalities drawn instead of observed (only without
+                stop-gradient).
+            decode: optional per-modality long indices of the strata its decoder runs on.
+        """
         if not (self.decoder_stop_gradient and members is not None and members.size(0) > 1):
-            super().observe(z, data, reconstruct, members, skip, sample)
+            super().observe(z, data, reconstruct, members, skip, sample, decode=decode)
             return
         for i, (name, mod) in enumerate(self.mods.items()):
-            params = self._decode_detached_strata(mod, z, members[:, i])
+            params = self._decode_detached_strata(
+                mod, z, members[:, i], None if decode is None else decode[i],
+                known=decode is not None)
             fn = mod.likelihood.distribution(params, len(mod.event_shape))
             with poutine.mask(mask=reconstruct[i]), poutine.scale(scale=mod.weight):
                 pyro.sample(f"x_{name}", fn, obs=data[name])
 
-    def _decode_detached_strata(self, mod: Modality, z: Tensor, rows: Tensor) -> Tensor:
-        """Decoder output for z ``(..., S, B, D)``: stratum 0 as usual, strata 1.. (those in
-        ``rows``) through the decoder with detached parameters, zeros elsewhere."""
+    def _decode_detached_strata(self, mod: Modality, z: Tensor, rows: Tensor,
+                                index: Tensor | None = None, known: bool = False) -> Tensor:
+        """Decoder output for z ``(..., S, B, D)``: stratum 0 as usual, strata 1.. through the
+        decoder with detached parameters, zeros on the strata it does not reconstruct.
+
+        With ``known`` the strata are ``index`` (long on z's device, holding 0; None: every
+        stratum), a host-side choice (:attr:`Strata.decode`); otherwise those ``rows`` marks,
+        read on the host (a sync on an accelerator).
+        """
         dim = z.dim() - 3
-        joint = self._decode_strata(mod, z.narrow(dim, 0, 1), rows[:1])
+        joint = mod.decode(z.narrow(dim, 0, 1))
         rest = z.narrow(dim, 1, z.size(dim) - 1)
-        index = rows[1:].cpu().nonzero().squeeze(1).to(z.device)
-        chosen = rest.index_select(dim, index)
+        if not known:
+            index = rows[1:].cpu().nonzero().squeeze(1).to(z.device)
+        elif index is not None:
+            index = index[1:] - 1
+        chosen = rest if index is None else rest.index_select(dim, index)
         detached = {k: v.detach() for k, v in mod.decoder.named_parameters()}
         flat = run_network(functional_call, mod.decoder, detached,
                            (chosen.reshape(-1, chosen.size(-1)),))
         params = flat.reshape(*chosen.shape[:-1], *mod.param_shape)
+        if index is None:
+            return torch.cat([joint, params], dim=dim)
         full = params.new_zeros(rest.shape[:-1] + params.shape[chosen.dim() - 1:])
         return torch.cat([joint, full.index_copy(dim, index, params)], dim=dim)

@@ -56,7 +56,15 @@ AUX_PRIORS = ("learned", "fixed", "posterior")
 
 
 def concat_latents(z: Tensor, w: Tensor) -> Tensor:
-    """``[z, w]`` along the last dimension, broadcasting the leading (particle/strata) dims."""
+    """``[z, w]`` along the last dimension, broadcasting the leading (particle/strata) dims.
+
+    Args:
+        z: shared latent, ``(*lead_z, D_z)``.
+        w: private latent, ``(*lead_w, D_w)``; ``lead_z`` and ``lead_w`` must broadcast.
+
+    Returns:
+        ``(*lead, D_z + D_w)``, the decoder input of one modality.
+    """
     lead = torch.broadcast_shapes(z.shape[:-1], w.shape[:-1])
     return torch.cat([z.expand(*lead, z.size(-1)), w.expand(*lead, w.size(-1))], dim=-1)
 
@@ -64,18 +72,19 @@ def concat_latents(z: Tensor, w: Tensor) -> Tensor:
 class MMVAEPlus(MMVAE):
     r"""Mixture-of-experts VAE with a shared latent z and private latents :math:`w_m`.
 
-    :param modalities: the modalities; encoders return ``(loc_z, raw_z, loc_w, raw_w)`` or
-        ``(loc, raw)`` of width :math:`D_z + D_w` (split: first :math:`D_z` shared); decoders
-        take :math:`D_z + D_w` inputs, ``[z, w_m]``.
-    :param latent_dim: :math:`D_z`.
-    :param private_dim: :math:`D_w`.
-    :param aux_prior: ``"learned"`` (MMVAE+: :math:`r_d = \mathcal{F}(0, s_d)` with a learnable
-        scale :math:`s_d` per modality, through the model's scale map), ``"fixed"``
-        (:math:`r_d = p(w_d)`) or ``"posterior"`` (the baseline:
-        :math:`\tilde w_d \sim q_d(w_d|x_d)`).
-    :param kwargs: ``posterior`` (family of posteriors, priors and :math:`r_d`),
-        ``scale_param``, ``beta``, ``kl_warmup_epochs`` as for
-        :class:`~pyro_mmvae.models.MultimodalVAE`.
+    Args:
+        modalities: the modalities; encoders return ``(loc_z, raw_z, loc_w, raw_w)`` or
+            ``(loc, raw)`` of width :math:`D_z + D_w` (split: first :math:`D_z` shared);
+            decoders take :math:`D_z + D_w` inputs, ``[z, w_m]``.
+        latent_dim: :math:`D_z`, the size of the shared latent z.
+        private_dim: :math:`D_w \geq 1`, the size of each private latent :math:`w_m`.
+        aux_prior: ``"learned"`` (default; MMVAE+: :math:`r_d = \mathcal{F}(0, s_d)` with a
+            learnable scale :math:`s_d` per modality, through the model's scale map),
+            ``"fixed"`` (:math:`r_d = p(w_d)`) or ``"posterior"`` (the baseline:
+            :math:`\tilde w_d \sim q_d(w_d|x_d)`).
+        **kwargs: ``posterior`` (family of posteriors, priors and :math:`r_d`),
+            ``scale_param``, ``beta``, ``kl_warmup_epochs`` as for
+            :class:`~pyro_mmvae.models.MultimodalVAE`.
     """
 
     pyro_name = "mmvae_plus"
@@ -120,7 +129,14 @@ class MMVAEPlus(MMVAE):
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run the encoders of ``names`` (default: all, in order) once: ``loc_z, scale_z``
         ``(M, B, Dz)``, ``loc_w, scale_w`` ``(M, B, Dw)``. The scale map is applied to the
-        shared and private parts separately."""
+        shared and private parts separately.
+
+        Args:
+            data: every modality, filled as :meth:`prepare` returns it (name ->
+                ``(B, *event_shape)``).
+            names: the modalities whose encoders run, in the order of the stacked ``M``
+                dimension; ``None``: all, in the model's order.
+        """
         parts: list[list[Tensor]] = [[], [], [], []]
         for name in self.names if names is None else names:
             loc_z, raw_z, loc_w, raw_w = self._split(name, self.mods[name].encode(data[name]))
@@ -143,7 +159,11 @@ class MMVAEPlus(MMVAE):
                          f"widths ({dz}, {dz}, {dw}, {dw}) or (loc, raw) of width {dz + dw}")
 
     def expert_params(self, data: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """The shared experts :math:`q_m(z|x_m)`: ``loc`` and ``scale`` ``(M, B, Dz)``."""
+        """The shared experts :math:`q_m(z|x_m)`: ``loc`` and ``scale`` ``(M, B, Dz)``.
+
+        Args:
+            data: every modality, filled as :meth:`prepare` returns it.
+        """
         loc_z, scale_z, _, _ = self.encode_all(data)
         return loc_z, scale_z
 
@@ -155,6 +175,13 @@ class MMVAEPlus(MMVAE):
         :math:`r_d` (``"learned"``/``"fixed"``) or :math:`q_d(w_d|x_d)` (``"posterior"``).
         Unstratified, batch ``(B,)``: :math:`q_d(w_d|x_d)` where modality d is present, else
         :math:`p(w_d)` (which then cancels against the model's prior).
+
+        Args:
+            index: d, the position of the modality in :attr:`names`.
+            loc_w: private locations of every modality, ``(M, B, D_w)``.
+            scale_w: private scales of every modality, ``(M, B, D_w)``.
+            present: bool ``(M, B)``, True where modality m is observed in row b.
+            strata: the layout from :meth:`layout`, or ``None`` (unstratified).
         """
         loc, scale = loc_w[index], scale_w[index]  # (B, Dw)
         if strata is None:
@@ -187,7 +214,15 @@ class MMVAEPlus(MMVAE):
     # ------------------------------------------------------------------ Pyro programs
     def sample_latents(self, present: Tensor, strata: Strata | None) -> dict[str, Tensor]:
         r""":math:`z \sim p(z)` and :math:`w_m \sim p(w_m)` (the prior of :math:`w_d` masked
-        to stratum d); modality m decodes ``[z, w_m]``."""
+        to stratum d); modality m decodes ``[z, w_m]``.
+
+        Args:
+            present: bool ``(M, B)``, True where modality m is observed in row b.
+            strata: the layout from :meth:`layout`, or ``None`` (unstratified).
+
+        Returns:
+            Dict modality name -> decoder input ``[z, w_m]``.
+        """
         with poutine.scale(scale=self.current_beta):
             z = pyro.sample("z", self.prior())
             latents = {}
@@ -206,6 +241,16 @@ class MMVAEPlus(MMVAE):
         With ``stratify=False``: z from the mixture, :math:`w_m \sim q_m(w_m|x_m)` for the
         present modalities and :math:`p(w_m)` for the absent ones (a proper importance
         proposal; z is then not reparameterised).
+
+        Args:
+            data: the batch, as in :meth:`model` (dict modality name -> ``(B, ...)`` tensor
+                or ``None``).
+            mask: optional dict modality name -> bool ``(B,)`` presence, as in :meth:`model`.
+            subsets: unused by MMVAE+'s layout; accepted so model and guide share arguments.
+            stratify: lay out one stratum per modality (default True) or draw one z per data
+                point.
+            batch_size: unused (keyword only; the guide needs data).
+            sample_missing: as in :meth:`model`; implies ``stratify=False``.
         """
         self.register()
         stratify = stratify and not sample_missing
@@ -222,7 +267,14 @@ class MMVAEPlus(MMVAE):
                         pyro.sample(f"w_{name}", qw)
 
     def latent_posterior(self, data, present, strata, stratify):
-        """The distribution of the shared latent z (as MMVAE)."""
+        """The distribution of the shared latent z (as MMVAE).
+
+        Args:
+            data: every modality, filled as :meth:`prepare` returns it.
+            present: bool ``(M, B)``, True where modality m is observed in row b.
+            strata: the layout from :meth:`layout`, or ``None`` (then the mixture itself).
+            stratify: as in :meth:`MultimodalVAE.latent_posterior`.
+        """
         loc, scale = self.expert_params(data)
         qz = StratifiedMixture(loc, scale, present, family=self.posterior_family)
         return qz if strata is not None else qz.marginal()
@@ -230,7 +282,12 @@ class MMVAEPlus(MMVAE):
     # ------------------------------------------------------------------ generation
     def encode_experts(self, data: Data) -> dict[str, Tensor]:
         """Shared experts ``loc``/``scale`` ``(M, B, Dz)`` and private ``loc_w``/``scale_w``
-        ``(M, B, Dw)``, every encoder run once."""
+        ``(M, B, Dw)``, every encoder run once.
+
+        Args:
+            data: dict modality name -> tensor ``(B, *event_shape)`` or ``None``; absent
+                modalities are encoded from zeros (never used as sources).
+        """
         filled, _ = self.prepare(data)
         loc_z, scale_z, loc_w, scale_w = self.encode_all(filled)
         return {"loc": loc_z, "scale": scale_z, "loc_w": loc_w, "scale_w": scale_w}
@@ -244,6 +301,13 @@ class MMVAEPlus(MMVAE):
         among the sources is reconstructed with the mean of (or a draw from) its own
         :math:`q_t(w_t|x_t)`; any other target gets :math:`w_t \sim p(w_t)` (the paper's
         cross-generation: its private latent is not inferable from the sources).
+
+        Args:
+            experts: the cache from :meth:`encode_experts` (``"loc"``, ``"scale"``,
+                ``"loc_w"``, ``"scale_w"``).
+            sources: the names of the modalities S to condition on.
+            targets: the names of the modalities to generate.
+            posterior: ``"mean"`` (default) or ``"sample"``.
         """
         sources = self._check_names(sources, "source")
         targets = self._check_names(targets, "target")
@@ -265,7 +329,14 @@ class MMVAEPlus(MMVAE):
 
     def sample(self, num: int) -> dict[str, Tensor]:
         r"""Unconditional generation: decoder means for :math:`z \sim p(z)`,
-        :math:`w_m \sim p(w_m)` (one z shared by all modalities)."""
+        :math:`w_m \sim p(w_m)` (one z shared by all modalities).
+
+        Args:
+            num: the number of samples N.
+
+        Returns:
+            Dict modality name -> decoder mean ``(N, *event_shape)``.
+        """
         z = self.prior().sample((num,))
         return {name: mod.mean(concat_latents(z, self.private_prior().sample((num,))))
                 for name, mod in self.mods.items()}

@@ -3,7 +3,7 @@
 from pyro_mmvae.nets.classifier import DigitClassifier
 from pyro_mmvae.nets.conv import PolyMNISTConvDecoder, PolyMNISTConvEncoder
 from pyro_mmvae.nets.joint import EncoderFeatures, JointEncoder
-from pyro_mmvae.nets.mlp import MLPDecoder, MLPEncoder
+from pyro_mmvae.nets.mlp import MLPDecoder, MLPEncoder, PairedEncoder
 from pyro_mmvae.nets.polymnist import (
     PolyMNISTResNetDecoder,
     PolyMNISTResNetEncoder,
@@ -17,6 +17,7 @@ __all__ = [
     "JointEncoder",
     "MLPDecoder",
     "MLPEncoder",
+    "PairedEncoder",
     "PolyMNISTConvDecoder",
     "PolyMNISTConvEncoder",
     "PolyMNISTResNetDecoder",

@@ -33,6 +33,11 @@ class DigitClassifier(nn.Module):
     second on one CPU core; three epochs on 6000 PolyMNIST tuples reach ~96% test
     accuracy (see ``pyro_mmvae.metrics.train_modality_classifiers``).
     Call ``.eval()`` before predicting (batch norm uses running statistics then).
+
+    Args:
+        in_shape: the image shape ``(C, H, W)`` (default PolyMNIST's ``(3, 28, 28)``); H and
+            W must survive three stride-2 convolutions.
+        num_classes: K, the number of classes (outputs), at least 2.
     """
 
     def __init__(self, in_shape: Sequence[int] = (3, 28, 28), num_classes: int = 10) -> None:
@@ -59,13 +64,27 @@ class DigitClassifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(64 * height * width, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits of a batch of images.
+
+        Args:
+            x: float images ``(B, *in_shape)`` in [0, 1].
+
+        Returns:
+            Unnormalised logits ``(B, num_classes)``.
+        """
         check_trailing_shape(x, self.in_shape, type(self).__name__)
         return self.head(self.features(x))
 
 
 class VectorClassifier(nn.Module):
     """``x (B, *in_shape)`` float -> class logits: flatten, one hidden layer (ReLU), linear.
-    The coherence classifier of a vector modality (see ``pyro_mmvae.metrics.classifiers``)."""
+    The coherence classifier of a vector modality (see ``pyro_mmvae.metrics.classifiers``).
+
+    Args:
+        in_shape: the shape of one data point (without the batch dimension).
+        num_classes: K, the number of classes (outputs), at least 2.
+        hidden: width of the hidden layer (default 128).
+    """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int = 10, hidden: int = 128) -> None:
         super().__init__()
@@ -81,5 +100,10 @@ class VectorClassifier(nn.Module):
         self.head = nn.Linear(hidden, self.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, num_classes)`` of ``x``, a float batch ``(B, *in_shape)``.
+
+        Args:
+            x: float data points ``(B, *in_shape)``.
+        """
         check_trailing_shape(x, self.in_shape, type(self).__name__)
         return self.head(self.features(x))

@@ -64,6 +64,15 @@ class PolyMNISTConvEncoder(nn.Module):
     With ``private_dim > 0`` a second tower of the same shape gives the private latent's
     parameters (shared and private codes share no features, as with the ResNet encoder).
     Inputs in [0, 1] are centred to [-1, 1] first.
+
+    Args:
+        latent_dim: D, the size of the shared latent's ``loc`` and ``raw_scale``.
+        private_dim: size of the private (modality-specific) latent; 0 (default): none,
+            and ``forward`` returns two tensors.
+        channels: the three convolutions' output channels ``(c1, c2, c3)``, default
+            ``(32, 64, 128)``.
+        feature_dim: F, the width of the linear feature layer before the heads (default
+            256).
     """
 
     def __init__(self, latent_dim: int, private_dim: int = 0,
@@ -79,6 +88,12 @@ class PolyMNISTConvEncoder(nn.Module):
                         if self.private_dim > 0 else None)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``(loc, raw_scale)``, each ``(B, latent_dim)``, then with ``private_dim > 0``
+        ``(private_loc, private_raw_scale)``, each ``(B, private_dim)``.
+
+        Args:
+            x: float images ``(B, 3, 28, 28)`` in [0, 1].
+        """
         check_trailing_shape(x, POLYMNIST_SHAPE, type(self).__name__)
         x = 2 * x - 1
         loc, raw_scale = self.shared(x)
@@ -89,7 +104,14 @@ class PolyMNISTConvEncoder(nn.Module):
 
 class PolyMNISTConvDecoder(nn.Module):
     """z (N, latent_dim) -> (N, 3, 28, 28): the per-pixel location of the likelihood
-    (unbounded by default; ``output_activation="sigmoid"`` squashes it to (0, 1))."""
+    (unbounded by default; ``output_activation="sigmoid"`` squashes it to (0, 1)).
+
+    Args:
+        latent_dim: D, the size of the latent code decoded (for MMVAE+: shared plus private).
+        channels: the encoder's channels ``(c1, c2, c3)``, used in reverse order; default
+            ``(32, 64, 128)``.
+        output_activation: None (default, raw output) or ``"sigmoid"``.
+    """
 
     def __init__(self, latent_dim: int, channels=DEFAULT_CHANNELS,
                  output_activation: str | None = None) -> None:
@@ -111,6 +133,11 @@ class PolyMNISTConvDecoder(nn.Module):
         )
 
     def forward(self, z: Tensor) -> Tensor:
+        """The likelihood's location ``(N, 3, 28, 28)``.
+
+        Args:
+            z: latent codes ``(N, latent_dim)`` (particle and batch dims flattened into N).
+        """
         check_latent_shape(z, self.latent_dim, type(self).__name__)
         h = self.fc(z).reshape(z.shape[0], self.top_channels, _TOP_SIZE, _TOP_SIZE)
         out = self.deconv(h)

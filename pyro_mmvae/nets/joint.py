@@ -39,13 +39,23 @@ _LEAK = 0.2
 
 
 class EncoderFeatures(nn.Module):
-    """Read an encoder ``x -> (a, b)`` as a feature network ``x -> LeakyReLU([a, b])``."""
+    """Read an encoder ``x -> (a, b)`` as a feature network ``x -> LeakyReLU([a, b])``.
+
+    Args:
+        encoder: a unimodal encoder ``x (B, *event) -> (a (B, F), b (B, F), ...)``; only its
+            first two outputs are used (a private code is ignored).
+    """
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
     def forward(self, x: Tensor) -> Tensor:
+        """Features ``(B, 2F)``: ``LeakyReLU_0.2([a, b])``.
+
+        Args:
+            x: one modality's batch ``(B, *event)``, as the wrapped encoder takes it.
+        """
         a, b = self.encoder(x)[:2]
         return F.leaky_relu(torch.cat([a, b], dim=-1), _LEAK)
 
@@ -53,11 +63,12 @@ class EncoderFeatures(nn.Module):
 class JointEncoder(nn.Module):
     r"""``X -> (loc, raw_scale)``: per-modality features, concatenated, then an MLP head.
 
-    :param features: modality name -> feature network ``x_m (B, *event) -> (B, F_m)``; the
-        order of this mapping is the order of the concatenation.
-    :param feature_dims: ``F_m`` for each modality (same keys).
-    :param latent_dim: D, the size of ``loc`` and ``raw_scale``.
-    :param hidden: widths of the head's hidden layers (ReLU), default one layer of 256.
+    Args:
+        features: modality name -> feature network ``x_m (B, *event) -> (B, F_m)``; the
+            order of this mapping is the order of the concatenation.
+        feature_dims: ``F_m`` for each modality (same keys).
+        latent_dim: D, the size of ``loc`` and ``raw_scale``.
+        hidden: widths of the head's hidden layers (ReLU), default one layer of 256.
     """
 
     def __init__(
@@ -101,7 +112,15 @@ class JointEncoder(nn.Module):
         hidden: Sequence[int] = (256,),
     ) -> JointEncoder:
         """The default architecture: each ``encoders[m]`` (output size ``feature_dim`` per
-        head, own weights) becomes a feature network of width ``2 * feature_dim``."""
+        head, own weights) becomes a feature network of width ``2 * feature_dim``.
+
+        Args:
+            encoders: modality name -> a fresh unimodal encoder (not shared with the model's
+                experts) whose ``loc``/``raw_scale`` heads have ``feature_dim`` outputs.
+            feature_dim: F, the output size of each encoder head.
+            latent_dim: D, the size of ``loc`` and ``raw_scale``.
+            hidden: widths of the head's hidden layers (ReLU), default one layer of 256.
+        """
         features = {name: EncoderFeatures(enc) for name, enc in encoders.items()}
         return cls(features, {name: 2 * int(feature_dim) for name in encoders}, latent_dim,
                    hidden)
@@ -110,9 +129,14 @@ class JointEncoder(nn.Module):
                 present: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """``loc`` and ``raw_scale`` of :math:`q_\\phi(z|X)`, each ``(B, D)``.
 
-        :param data: every modality, ``(B, *event)`` (absent entries zero-filled).
-        :param present: optional bool ``(B,)`` per modality: the features of a modality are
-            zeroed on the rows where it is absent (:math:`q_\\phi(z|X_S)`).
+        Args:
+            data: modality name -> batch ``(B, *event)`` for every modality of
+                :attr:`names` (absent rows zero-filled, e.g. a
+                :class:`~pyro_mmvae.data.base.MaskedBatch`); a missing key is a
+                ``ValueError``.
+            present: optional modality name -> bool ``(B,)`` presence: the features of a
+                modality are zeroed on the rows where it is absent (:math:`q_\\phi(z|X_S)`);
+                None: every row observes every modality.
         """
         missing = [name for name in self.names if data.get(name) is None]
         if missing:

@@ -16,7 +16,13 @@ OUTPUT_ACTIVATIONS = (None, "sigmoid")
 
 
 def check_trailing_shape(x: Tensor, expected: Sequence[int], net: str) -> None:
-    """Raise ValueError unless ``x`` has shape ``(B, *expected)``."""
+    """Raise ValueError unless ``x`` has shape ``(B, *expected)``.
+
+    Args:
+        x: the network's input (anything; a non-tensor is refused too).
+        expected: the event shape the network was built for, without the batch dimension.
+        net: the network's name, for the error message.
+    """
     expected = tuple(int(s) for s in expected)
     if not isinstance(x, Tensor):
         raise ValueError(f"{net} expects a torch.Tensor, got {type(x).__name__}.")
@@ -30,7 +36,13 @@ def check_trailing_shape(x: Tensor, expected: Sequence[int], net: str) -> None:
 
 
 def check_latent_shape(z: Tensor, latent_dim: int, net: str) -> None:
-    """Raise ValueError unless ``z`` has shape (N, latent_dim)."""
+    """Raise ValueError unless ``z`` has shape (N, latent_dim).
+
+    Args:
+        z: the decoder's input (anything; a non-tensor is refused too).
+        latent_dim: the latent size D the decoder was built for.
+        net: the decoder's name, for the error message.
+    """
     if not isinstance(z, Tensor):
         raise ValueError(f"{net} expects a torch.Tensor, got {type(z).__name__}.")
     if z.dim() != 2 or z.shape[1] != latent_dim:
@@ -70,6 +82,16 @@ class MLPEncoder(nn.Module):
     constant-ish input the first layer's outputs barely differ between data points, the
     latent noise swamps the signal and the VAE collapses onto its prior before it learns to
     use z (observed on PolyMNIST-style images).
+
+    Args:
+        in_shape: the shape of one data point (event shape, without the batch dimension).
+        latent_dim: D, the size of ``loc`` and ``raw_scale``.
+        hidden: widths of the hidden layers (default ``(400, 400)``; empty: linear heads
+            on the flattened input).
+        activation: the ``nn.Module`` class applied after each hidden layer (default
+            ``nn.ReLU``).
+        input_offset: subtracted from the input first (0.5 for images in [0, 1]).
+        input_scale: the centred input is divided by it; positive (0.5 for images).
     """
 
     def __init__(
@@ -94,10 +116,39 @@ class MLPEncoder(nn.Module):
         self.raw_scale = nn.Linear(width, self.latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loc, raw_scale)``, each ``(B, latent_dim)``.
+
+        Args:
+            x: float data points ``(B, *in_shape)``.
+        """
         check_trailing_shape(x, self.in_shape, type(self).__name__)
         x = (x.reshape(x.shape[0], -1) - self.input_offset) / self.input_scale
         h = self.trunk(x)
         return self.loc(h), self.raw_scale(h)
+
+
+class PairedEncoder(nn.Module):
+    """Two encoders of one modality side by side: ``x -> (loc_z, raw_z, loc_w, raw_w)``.
+
+    The shared latent z and the private latent w get encoders with no layer in common, as in
+    the official MMVAE+ code (Palumbo et al. 2023), instead of one trunk with two heads.
+
+    Args:
+        shared: the encoder of z, ``x -> (loc (B, Dz), raw_scale (B, Dz))``.
+        private: the encoder of w, ``x -> (loc (B, Dw), raw_scale (B, Dw))``.
+    """
+
+    def __init__(self, shared: nn.Module, private: nn.Module) -> None:
+        super().__init__()
+        self.shared, self.private = shared, private
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(loc_z, raw_z, loc_w, raw_w)`` of a batch.
+
+        Args:
+            x: one modality's batch ``(B, *in_shape)``.
+        """
+        return (*self.shared(x), *self.private(x))
 
 
 class MLPDecoder(nn.Module):
@@ -106,6 +157,13 @@ class MLPDecoder(nn.Module):
     ``Linear -> ReLU`` layers of widths ``hidden`` then a linear layer to
     ``prod(out_shape)`` values, reshaped. ``output_activation="sigmoid"`` squashes to
     (0, 1) (e.g. for Bernoulli probabilities or bounded means); ``None`` leaves it raw.
+
+    Args:
+        latent_dim: D, the size of the latent code decoded (for MMVAE+: shared plus private).
+        out_shape: the shape of one output data point (the modality's event shape).
+        hidden: widths of the hidden layers (default ``(400, 400)``; empty: one linear
+            layer).
+        output_activation: None (default, raw output) or ``"sigmoid"``.
     """
 
     def __init__(
@@ -129,6 +187,11 @@ class MLPDecoder(nn.Module):
         self.output_activation = output_activation
 
     def forward(self, z: Tensor) -> Tensor:
+        """The likelihood's location ``(N, *out_shape)``.
+
+        Args:
+            z: latent codes ``(N, latent_dim)`` (particle and batch dims flattened into N).
+        """
         check_latent_shape(z, self.latent_dim, type(self).__name__)
         out = self.head(self.trunk(z)).reshape(z.shape[0], *self.out_shape)
         return torch.sigmoid(out) if self.output_activation == "sigmoid" else out

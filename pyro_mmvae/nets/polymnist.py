@@ -37,7 +37,12 @@ def _leaky(x: Tensor) -> Tensor:
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation residual block: shortcut(x) + 0.1 * conv(lrelu(conv(lrelu(x))))."""
+    """Pre-activation residual block: shortcut(x) + 0.1 * conv(lrelu(conv(lrelu(x)))).
+
+    Args:
+        c_in: input channels.
+        c_out: output channels (a 1x1 convolution shortcut when it differs from ``c_in``).
+    """
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
@@ -49,6 +54,11 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, c_out, H, W)``, the same spatial size.
+
+        Args:
+            x: a feature map ``(B, c_in, H, W)``.
+        """
         dx = self.conv_out(_leaky(self.conv_in(_leaky(x))))
         return self.shortcut(x) + _RESIDUAL_GAIN * dx
 
@@ -68,7 +78,13 @@ def _downsampling_tower() -> nn.Sequential:
 
 class GaussianHead(nn.Module):
     """A feature tower ``x -> (B, features)`` followed by two linear heads: (loc, raw_scale).
-    The image encoders build their shared and private codes from one each."""
+    The image encoders build their shared and private codes from one each.
+
+    Args:
+        tower: a feature network ``x -> (B, features)``.
+        features: the width of the tower's output.
+        out_dim: the size of ``loc`` and ``raw_scale``.
+    """
 
     def __init__(self, tower: nn.Module, features: int, out_dim: int) -> None:
         super().__init__()
@@ -77,6 +93,11 @@ class GaussianHead(nn.Module):
         self.raw_scale = nn.Linear(features, out_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loc, raw_scale)``, each ``(B, out_dim)``.
+
+        Args:
+            x: the tower's input batch, e.g. images ``(B, 3, 28, 28)``.
+        """
         h = self.tower(x)
         return self.loc(h), self.raw_scale(h)
 
@@ -102,6 +123,11 @@ class PolyMNISTResNetEncoder(nn.Module):
     shared and private codes do not share convolutional features. ``raw_scale`` values are
     unconstrained; the model maps them to positive scales (softplus(v) + eps, or the
     official softmax(v) * D + eps).
+
+    Args:
+        latent_dim: D, the size of the shared latent's ``loc`` and ``raw_scale``.
+        private_dim: size of the private latent; 0 (default): none, and ``forward``
+            returns two tensors.
     """
 
     def __init__(self, latent_dim: int, private_dim: int = 0) -> None:
@@ -116,6 +142,12 @@ class PolyMNISTResNetEncoder(nn.Module):
         self.private = _resnet_head(self.private_dim) if self.private_dim > 0 else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``(loc, raw_scale)``, each ``(B, latent_dim)``, then with ``private_dim > 0``
+        ``(private_loc, private_raw_scale)``, each ``(B, private_dim)``.
+
+        Args:
+            x: float images ``(B, 3, 28, 28)`` in [0, 1] (not centred here).
+        """
         check_trailing_shape(x, POLYMNIST_SHAPE, type(self).__name__)
         loc, raw_scale = self.shared(x)
         if self.private is None:
@@ -143,6 +175,10 @@ class PolyMNISTResNetDecoder(nn.Module):
     published numbers were obtained with. Generated images are clamped to [0, 1] only
     for display/classification (see ``pyro_mmvae.metrics``). ``output_activation=
     "sigmoid"`` is offered for likelihoods that need a bounded mean.
+
+    Args:
+        latent_dim: D, the size of the latent code decoded (for MMVAE+: shared plus private).
+        output_activation: None (default, raw output) or ``"sigmoid"``.
     """
 
     def __init__(self, latent_dim: int, output_activation: str | None = None) -> None:
@@ -166,6 +202,11 @@ class PolyMNISTResNetDecoder(nn.Module):
         self.to_image = nn.Conv2d(_BASE_CHANNELS, POLYMNIST_SHAPE[0], kernel_size=3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
+        """The likelihood's location ``(N, 3, 28, 28)``.
+
+        Args:
+            z: latent codes ``(N, latent_dim)`` (particle and batch dims flattened into N).
+        """
         check_latent_shape(z, self.latent_dim, type(self).__name__)
         h = self.fc(z).reshape(z.shape[0], _TOP_CHANNELS, _TOP_SIZE, _TOP_SIZE)
         out = self.to_image(_leaky(self.blocks(h)))

@@ -18,7 +18,15 @@ from pyro_mmvae.nets.mlp import MLPDecoder, _check_positive_dims, _mlp_trunk, ch
 
 
 class TextEncoder(nn.Module):
-    """``x (B, L)`` token ids -> ``(loc (B, D), raw_scale (B, D))``."""
+    """``x (B, L)`` token ids -> ``(loc (B, D), raw_scale (B, D))``.
+
+    Args:
+        length: L, tokens per sequence.
+        vocab_size: V, the vocabulary size (ids in ``[0, V)``).
+        latent_dim: D, the size of ``loc`` and ``raw_scale``.
+        hidden: widths of the MLP's hidden layers (ReLU), default ``(400, 400)``.
+        embed_dim: E, the embedding size per token (default 32).
+    """
 
     def __init__(self, length: int, vocab_size: int, latent_dim: int,
                  hidden: Sequence[int] = (400, 400), embed_dim: int = 32) -> None:
@@ -34,13 +42,26 @@ class TextEncoder(nn.Module):
         self.raw_scale = nn.Linear(width, self.latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loc, raw_scale)``, each ``(B, latent_dim)``.
+
+        Args:
+            x: token ids ``(B, L)``, any integer (or integral float) dtype; ids outside
+                ``[0, V)`` are clamped into it.
+        """
         check_trailing_shape(x, self.in_shape, type(self).__name__)
         h = self.trunk(self.embed(x.long().clamp(0, self.vocab_size - 1)).flatten(1))
         return self.loc(h), self.raw_scale(h)
 
 
 class TextDecoder(MLPDecoder):
-    """``z (N, D)`` -> logits ``(N, L, V)``: an :class:`MLPDecoder` to ``L * V`` outputs."""
+    """``z (N, D)`` -> logits ``(N, L, V)``: an :class:`MLPDecoder` to ``L * V`` outputs.
+
+    Args:
+        latent_dim: D, the size of the latent code decoded.
+        length: L, tokens per sequence.
+        vocab_size: V, the vocabulary size.
+        hidden: widths of the MLP's hidden layers (ReLU), default ``(400, 400)``.
+    """
 
     def __init__(self, latent_dim: int, length: int, vocab_size: int,
                  hidden: Sequence[int] = (400, 400)) -> None:
@@ -50,7 +71,14 @@ class TextDecoder(MLPDecoder):
 
 class TextClassifier(nn.Module):
     """Token ids ``(B, L)`` -> class logits ``(B, num_classes)``: the sum of the tokens'
-    embeddings (a bag of words) and one linear layer."""
+    embeddings (a bag of words) and one linear layer.
+
+    Args:
+        length: L, tokens per sequence.
+        vocab_size: V, the vocabulary size (ids in ``[0, V)``).
+        num_classes: K, the number of classes (outputs), at least 2.
+        embed_dim: E, the embedding size per token (default 32).
+    """
 
     def __init__(self, length: int, vocab_size: int, num_classes: int = 10,
                  embed_dim: int = 32) -> None:
@@ -65,9 +93,18 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(self.embed_dim, self.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        """The bag-of-embeddings vector ``(B, E)``."""
+        """The bag-of-embeddings vector ``(B, E)``.
+
+        Args:
+            x: token ids ``(B, L)``; ids outside ``[0, V)`` are clamped into it.
+        """
         check_trailing_shape(x, self.in_shape, type(self).__name__)
         return self.embed(x.long().clamp(0, self.vocab_size - 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, num_classes)``.
+
+        Args:
+            x: token ids ``(B, L)``.
+        """
         return self.head(self.features(x))

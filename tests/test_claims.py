@@ -1,0 +1,173 @@
+"""benchmarks/claims.py: the decision rule, the matched rows, the report from finished runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+claims = pytest.importorskip("claims")
+
+
+# --------------------------------------------------------------------------- decision rule
+def test_decide_holds_hand_computed():
+    # means 0.82 / 0.71, sds 0.02 / 0.01: SE = sqrt(0.0004/3 + 0.0001/3) = 0.012910
+    d = claims.decide([0.80, 0.82, 0.84], [0.70, 0.71, 0.72], "higher")
+    assert d["verdict"] == "holds"
+    assert d["difference"] == pytest.approx(0.11)
+    assert d["se"] == pytest.approx(math.sqrt(0.0005 / 3))
+    assert d["better"]["sd"] == pytest.approx(0.02)
+
+
+def test_decide_fails_when_reversed_beyond_two_se():
+    d = claims.decide([0.70, 0.71, 0.72], [0.80, 0.82, 0.84], "higher")
+    assert d["verdict"] == "fails"
+    assert d["difference"] == pytest.approx(-0.11)
+
+
+def test_decide_inconclusive_within_two_se():
+    # difference 0.01, SE = sqrt(0.01/3 + 0.0004/3) = 0.0589: 0.01 < 2 SE
+    d = claims.decide([0.81, 0.91, 0.71], [0.78, 0.80, 0.82], "higher")
+    assert d["verdict"] == "inconclusive"
+    assert d["se"] == pytest.approx(math.sqrt((0.01 + 0.0004) / 3))
+
+
+def test_decide_just_past_two_se_and_lower_direction():
+    # lower is better: a = 100 +- 1, b = 103 +- 1 (n = 3): diff 3, SE = sqrt(2/3) = 0.816
+    d = claims.decide([99.0, 100.0, 101.0], [102.0, 103.0, 104.0], "lower")
+    assert d["verdict"] == "holds" and d["difference"] == pytest.approx(3.0)
+    # diff 1.5 < 2 SE = 1.633: inconclusive
+    d = claims.decide([99.0, 100.0, 101.0], [100.5, 101.5, 102.5], "lower")
+    assert d["verdict"] == "inconclusive"
+    # the same numbers, higher claimed better: fails
+    d = claims.decide([99.0, 100.0, 101.0], [102.0, 103.0, 104.0], "higher")
+    assert d["verdict"] == "fails"
+
+
+def test_decide_unfinished_and_zero_spread():
+    assert claims.decide([0.8], [0.7, 0.7], "higher")["verdict"] == "unfinished"
+    assert claims.decide([0.8, 0.8], [0.7, 0.7], "higher")["verdict"] == "holds"
+    assert claims.decide([0.7, 0.7], [0.7, 0.7], "higher")["verdict"] == "inconclusive"
+    with pytest.raises(ValueError, match="direction"):
+        claims.decide([1.0, 2.0], [1.0, 2.0], "up")
+
+
+def test_spread_side_uses_seeds_finished_on_every_row():
+    results = {"a": {0: {"m": 0.5}, 1: {"m": 0.6}}, "b": {0: {"m": 0.8}, 1: {"m": 0.7}},
+               "c": {0: {"m": 0.1}}}
+    assert claims.side_values(results, ("a", "b"), "m") == pytest.approx([0.3, 0.1])
+    assert claims.side_values(results, ("a", "c"), "m") == pytest.approx([0.4])
+    assert claims.side_values(results, ("a",), "m") == [0.5, 0.6]
+
+
+# --------------------------------------------------------------------------- matching
+def test_every_claim_pair_is_matched():
+    assert claims.check_matching() == []
+    for claim in claims.CLAIMS:
+        for a, b in zip(claim.better, claim.worse, strict=True):
+            sa, sb = (claims.row_settings(claims.row_of(k)) for k in (a, b))
+            for name in ("beta", "nets", "hidden", "latent_budget", "epochs", "batch_size"):
+                assert sa[name] == sb[name], (claim.key, a, b, name)
+            assert len(claims.row_of(a).seeds) >= 3
+
+
+def test_matching_reports_an_unmatched_pair(monkeypatch):
+    bad = claims.Claim("x", "001", "x", ("mmvae_plus-b2.5",), ("mmvae-b1",), "coherence",
+                       "higher")
+    problems = claims.check_matching([bad])
+    assert len(problems) == 1 and "beta=2.5" in problems[0] and "1.0" in problems[0]
+
+
+def test_protocol_covers_the_issue():
+    keys = set(claims.ROW_KEYS)
+    for dw in (4, 16, 32, 64):
+        for model in ("mmvae_plus", "mmvae_private"):
+            assert f"{model}{claims.DW_SWEEP[dw]}" in keys
+            assert claims.row_settings(claims.row_of(f"{model}{claims.DW_SWEEP[dw]}"))[
+                "private_dim"] == dw
+    betas = {claims.row_settings(claims.row_of(k))["beta"]
+             for k in ("mmvae_plus-b2.5", "mmvae-b2.5", "mmvae_plus-b1", "mmvae-b1")}
+    assert betas == {2.5, 1.0}
+    assert {c.seed_paper for c in claims.CLAIMS} == {"000", "001"}
+
+
+def test_commands_are_the_users():
+    row = claims.row_of("mmvae_plus-b2.5")
+    args = claims.train_args(row, 2, Path("R"), "/data", resume=True)
+    assert args[:5] == ["train", "--model", "mmvae_plus", "--dataset", "polymnist-mini"]
+    assert "--data-root" not in args  # the mini dataset needs none
+    text = " ".join(args)
+    assert "--seed 2 --out R/mmvae_plus-b2.5-s2" in text
+    assert "--set beta=2.5" in text and "--resume --break-lock" in text
+    ev = " ".join(claims.evaluate_args(Path("R/x"), "sample", None, "polymnist-mini"))
+    assert "--posterior sample" in ev and "--coherence-points all" in ev
+    assert "--quality-points all" in ev
+
+
+# --------------------------------------------------------------------------- report
+def _fake_result(row: str, seed: int, coherence: float, frechet: float) -> dict:
+    return {"row": row, "seed": seed, "epochs": claims.row_of(row).epochs, "precision": "32",
+            "coherence": coherence, "coherence_class": coherence - 0.01,
+            "coherence_mean_z": coherence + 0.02, "unconditional_coherence": 0.3,
+            "frechet_prior": frechet, "frechet_conditional": frechet + 5,
+            "train_seconds": 600.0, "commands": []}
+
+
+def test_report_from_fake_finished_runs(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    figures = {"mmvae_plus-b2.5": (0.80, 200.0), "mmvae-b2.5": (0.70, 230.0)}
+    for row, (coh, fd) in figures.items():
+        for seed in (0, 1, 2):
+            run_dir = claims.row_of(row).run_dir(runs, seed)
+            run_dir.mkdir(parents=True)
+            (run_dir / claims.RESULT_NAME).write_text(
+                json.dumps(_fake_result(row, seed, coh + 0.01 * seed, fd + seed)))
+    # a run of another row with the wrong epoch count is not finished
+    stale = claims.row_of("mmvae_private-b2.5").run_dir(runs, 0)
+    stale.mkdir(parents=True)
+    (stale / claims.RESULT_NAME).write_text(json.dumps(
+        {**_fake_result("mmvae_private-b2.5", 0, 0.1, 90.0), "epochs": 1}))
+
+    report = claims.write_report(runs, out, with_plots=True)
+    assert report["runs_finished"] == 6
+    by_key = {c["key"]: c for c in report["claims"]}
+    assert by_key["plus_vs_mmvae_coh_b2.5"]["verdict"] == "holds"
+    assert by_key["plus_vs_mmvae_fd_b2.5"]["verdict"] == "holds"
+    assert by_key["plus_vs_private_coh"]["verdict"] == "unfinished"
+    saved = json.loads((out / "claims.json").read_text())
+    assert saved["claims"][0]["by_measure"]["coherence"]["better"]["mean"] == pytest.approx(0.81)
+    md = (out / "claims.md").read_text()
+    assert "**holds**" in md and "unfinished" in md and "3/3" in md
+    assert "pyro-mmvae train --model mmvae_plus" in md
+    assert (out / "claims-coherence-quality.png").is_file()
+    assert (out / "claims-dw.png").is_file()  # mmvae_plus-b2.5 is D_w = 32 of the sweep
+
+
+# --------------------------------------------------------------------------- runner
+def test_runner_skips_finished_runs_and_survives_a_failed_one(tmp_path, monkeypatch):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    row = claims.row_of("mvtcae-l20")
+    done = row.run_dir(runs, 0)
+    done.mkdir(parents=True)
+    (done / claims.RESULT_NAME).write_text(json.dumps(_fake_result(row.key, 0, 0.6, 150.0)))
+    calls = []
+
+    def fake_run_one(r, seed, runs_root, data_root):
+        calls.append((r.key, seed))
+        if seed == 1:
+            raise RuntimeError("exit 1: pyro-mmvae train ...")
+        result = _fake_result(r.key, seed, 0.6, 150.0)
+        (r.run_dir(runs_root, seed)).mkdir(parents=True, exist_ok=True)
+        (r.run_dir(runs_root, seed) / claims.RESULT_NAME).write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(claims, "run_one", fake_run_one)
+    code = claims.main(["run", "--runs", str(runs), "--rows", row.key, "--results", str(out)])
+    assert code == 1  # one run failed
+    assert calls == [(row.key, 1), (row.key, 2)]  # seed 0 was finished: skipped
+    report = json.loads((out / "claims.json").read_text())
+    assert report["runs_finished"] == 2
