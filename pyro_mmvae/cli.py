@@ -700,6 +700,10 @@ def _run_train(args: argparse.Namespace) -> int:
     def announce(spec) -> None:  # once everything is checked, before the folder exists
         print(f"run folder: {out} ({spec.model}, precision {spec.precision}, "
               f"device {spec.device})", flush=True)
+        settings = spec.settings
+        print(f"  {spec.epochs} epochs, batch {spec.batch_size}, lr {spec.lr:g}, latent "
+              f"{settings['latent_dim']}, beta {settings['beta']:g}, nets {settings['nets']} "
+              f"(every setting: summary.json 'spec')", flush=True)
 
     summary = train(config, progress=args.progress, on_start=announce)
     if not main_process:

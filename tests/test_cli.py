@@ -134,7 +134,9 @@ def test_no_arguments_trains_the_default_model(monkeypatch, tmp_path, capsys):
 
     def fake_train(config, progress=True, on_start=None):
         seen["config"] = config
-        on_start(types.SimpleNamespace(model=config.model, precision="32", device="cpu"))
+        on_start(types.SimpleNamespace(
+            model=config.model, precision="32", device="cpu", epochs=12, batch_size=64,
+            lr=1e-3, settings={"latent_dim": 20, "beta": 1.0, "nets": "mlp"}))
         return {"final_loss": 1.5, "model": config.model, "seconds": 0.1}
 
     def fake_evaluation(summary, out, device):
@@ -151,6 +153,7 @@ def test_no_arguments_trains_the_default_model(monkeypatch, tmp_path, capsys):
     assert config.out.startswith("runs/mmvae-polymnist-mini-")
     out = capsys.readouterr().out
     assert f"run folder: {config.out}" in out and "1.500" in out
+    assert "12 epochs, batch 64, lr 0.001, latent 20, beta 1, nets mlp" in out
 
 
 @pytest.mark.parametrize(

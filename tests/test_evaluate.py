@@ -333,3 +333,11 @@ def test_evaluate_with_sampled_posterior_points(patched, tmp_path, capsys):
     assert mean["conditional_leave_one_out"] != sampled["conditional_leave_one_out"]
     assert cli.main(["evaluate", str(run), "--posterior", "mode"]) == 2
     assert "invalid choice: 'mode'" in capsys.readouterr().err
+
+
+def test_evaluation_redraws_the_training_grid_instead_of_a_copy():
+    from pyro_mmvae.metrics.quick import GRID_NAME
+    from pyro_mmvae.metrics.suite import FIGURES
+
+    assert FIGURES["conditional_grid"] == GRID_NAME
+    assert len(set(FIGURES.values())) == len(FIGURES)

@@ -23,7 +23,7 @@ object with the same methods: ``names``, ``generate``, ``sample``, ``model``/``g
 :func:`evaluate_run` rebuilds a trained run from ``RUN_DIR/checkpoint.pt`` (refusing
 non-finite parameters), holds the run's lock while it runs, keeps the results so far in
 ``eval.partial.json`` (atomically, after each metric), writes ``eval.json`` only once
-complete, and the figures ``eval_conditional_grid.png``,
+complete, and the figures ``cross_generation.png`` (the grid training drew, redrawn),
 ``eval_unconditional_grid.png``, ``eval_coherence.png`` and ``eval_pareto_k.png`` to the run
 folder or ``out_dir``, having checked first that it can write there. With
 ``progress=True`` each metric shows a progress bar on stderr.

@@ -43,9 +43,11 @@ METRICS: tuple[str, ...] = ("coherence", "quality", "likelihood", "probe")
 if TYPE_CHECKING:
     from pyro_mmvae.metrics.evaluate import EvalSettings
 
-#: The PNG files of an evaluation, by figure.
+#: The PNG files of an evaluation, by figure. The cross-generation grid has the name of the
+#: one ``pyro-mmvae train`` draws (``metrics.quick.GRID_NAME``): evaluating redraws that
+#: figure (with its own ``posterior`` point) rather than writing a second copy of it.
 FIGURES = {
-    "conditional_grid": "eval_conditional_grid.png",
+    "conditional_grid": "cross_generation.png",
     "unconditional_grid": "eval_unconditional_grid.png",
     "coherence": "eval_coherence.png",
     "pareto_k": "eval_pareto_k.png",
