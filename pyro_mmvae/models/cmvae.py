@@ -45,10 +45,10 @@ from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 
-from pyro_mmvae.distributions.experts import StratifiedMixture, component_distribution
+from pyro_mmvae.distributions.experts import component_distribution
 from pyro_mmvae.distributions.scales import unit_scale_raw
 from pyro_mmvae.modality import Modality
-from pyro_mmvae.models.base import DATA_DIM, Data, Mask, Strata
+from pyro_mmvae.models.base import Data, Mask, Strata
 from pyro_mmvae.models.mmvae_plus import MMVAEPlus, concat_latents
 
 __all__ = ["CMVAE"]
@@ -169,36 +169,17 @@ class CMVAE(MMVAEPlus):
                 latents[name] = concat_latents(z, w)
         return latents
 
-    def guide(self, data: Data, mask: Mask = None, subsets: Tensor | None = None,
-              stratify: bool = True, *, batch_size: int | None = None,
-              sample_missing: bool = False) -> None:
-        r"""MMVAE+'s guide; unstratified it also draws :math:`c \sim p(c \mid z)`.
-
-        Stratified (training), c is left to the model, where the objective enumerates it.
+    def guide_shared_extras(self, z: Tensor, strata: Strata | None) -> None:
+        r"""Unstratified, draw :math:`c \sim p(c \mid z)` after z (exact: the importance
+        sampling and :class:`~pyro.infer.Predictive` guide). Stratified (training), c is left
+        to the model, where the objective enumerates it.
 
         Args:
-            data: the batch, dict modality name -> ``(B, ...)`` tensor or ``None``.
-            mask: optional dict modality name -> bool ``(B,)`` presence.
-            subsets: unused; accepted so model and guide share arguments.
-            stratify: one stratum per modality (default True) or one z per data point.
-            batch_size: unused (keyword only; the guide needs data).
-            sample_missing: as in :meth:`model`; implies ``stratify=False``.
+            z: the shared latent just drawn.
+            strata: the layout from :meth:`layout`, or ``None``.
         """
-        self.register()
-        stratify = stratify and not sample_missing
-        data, present = self.prepare(data, mask)
-        strata = self.layout(present, subsets) if stratify else None
-        loc_z, scale_z, loc_w, scale_w = self.encode_all(data)
-        qz = StratifiedMixture(loc_z, scale_z, present, family=self.posterior_family)
-        with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
-            with poutine.scale(scale=self.current_beta):
-                z = pyro.sample("z", qz if strata is not None else qz.marginal())
-                if strata is None:
-                    pyro.sample("c", dist.Categorical(logits=self.cluster_log_posterior(z)))
-                for i, name in enumerate(self.names):
-                    qw = self.private_guide(i, loc_w, scale_w, present, strata)
-                    with poutine.mask(mask=self._private_mask(i, present, strata)):
-                        pyro.sample(f"w_{name}", qw)
+        if strata is None:
+            pyro.sample("c", dist.Categorical(logits=self.cluster_log_posterior(z)))
 
     # ------------------------------------------------------------------ clusters
     def cluster_posterior(self, data: Data, mask: Mask = None) -> Tensor:

@@ -260,11 +260,21 @@ class MMVAEPlus(MMVAE):
         qz = StratifiedMixture(loc_z, scale_z, present, family=self.posterior_family)
         with self.stratified(strata), pyro.plate("data", present.size(1), dim=DATA_DIM):
             with poutine.scale(scale=self.current_beta):
-                pyro.sample("z", qz if strata is not None else qz.marginal())
+                z = pyro.sample("z", qz if strata is not None else qz.marginal())
+                self.guide_shared_extras(z, strata)
                 for i, name in enumerate(self.names):
                     qw = self.private_guide(i, loc_w, scale_w, present, strata)
                     with poutine.mask(mask=self._private_mask(i, present, strata)):
                         pyro.sample(f"w_{name}", qw)
+
+    def guide_shared_extras(self, z: Tensor, strata: Strata | None) -> None:
+        r"""Sites a subclass's guide draws right after the shared latent (none here; CMVAE
+        draws its cluster ``c`` from :math:`p(c \mid z)` when not stratified).
+
+        Args:
+            z: the shared latent just drawn.
+            strata: the layout from :meth:`layout`, or ``None``.
+        """
 
     def latent_posterior(self, data, present, strata, stratify):
         """The distribution of the shared latent z (as MMVAE).
