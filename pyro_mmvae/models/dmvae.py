@@ -253,17 +253,7 @@ class DMVAE(MultimodalVAE):
         return self.posterior_from_experts(self.encode_experts(
             {s: data[s] for s in self._check_names(sources, "source")}), sources)
 
-    def encode_experts(self, data: Data) -> dict[str, Tensor]:
-        """Shared ``loc``/``scale`` ``(M, B, Dz)`` and private ``loc_w``/``scale_w``
-        ``(M, B, Dw)``, every encoder run once.
-
-        Args:
-            data: dict modality name -> tensor ``(B, *event_shape)`` or ``None``; absent
-                modalities are encoded from zeros (never used as sources).
-        """
-        filled, _ = self.prepare(data)
-        loc_z, scale_z, loc_w, scale_w = self.encode_all(filled)
-        return {"loc": loc_z, "scale": scale_z, "loc_w": loc_w, "scale_w": scale_w}
+    encode_experts = MMVAEPlus.encode_experts
 
     def posterior_from_experts(self, experts: Mapping[str, Tensor], sources: Sequence[str]
                                ) -> TorchDistribution:
