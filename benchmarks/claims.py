@@ -49,6 +49,7 @@ finished runs after every run, unfinished rows shown as such. Budget arithmetic 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
 import json
@@ -60,7 +61,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import _exclusive, _last_metrics, machine  # noqa: E402  (the runner's helpers)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The documentation page whose claims table :func:`write_report` rewrites (between
+#: :data:`DOCS_MARKERS`) when the report goes to :data:`RESULTS`.
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "reproducing.md"
+DOCS_MARKERS = ("<!-- claims-table: start (benchmarks/claims.py report) -->",
+                "<!-- claims-table: end -->")
 DEFAULT_RUNS = os.environ.get("PYRO_MMVAE_CLAIMS_RUNS", "/work/claims_runs")
 RESULT_NAME = "claims-result.json"
 SEEDS = (0, 1, 2)
@@ -102,6 +108,9 @@ class Row:
     precision: str = PRECISION
     seeds: tuple[int, ...] = SEEDS
     note: str = ""
+    #: ``""`` for a built-in dataset, ``"translated"`` for the Translated PolyMNIST folder
+    #: that :func:`prepare_translated` writes (the runner's ``--translated-root``).
+    data: str = ""
 
     def run_dir(self, runs: Path, seed: int) -> Path:
         return Path(runs) / f"{self.key}-s{seed}"
@@ -134,6 +143,32 @@ def _coordination(key: str, model: str) -> Row:
     return Row(key, model, settings=(("latent_dim", 20), ("beta", 1.0)))
 
 
+#: Translated PolyMNIST of the seed-000 rows (:func:`prepare_translated`): the first
+#: ``TRANSLATED_TRAIN`` MNIST training images and ``TRANSLATED_TEST`` test images, digits
+#: scaled by 0.75 and placed at random (``pyro-mmvae make-polymnist --translated``). A fifth
+#: of the training set keeps a conv-net epoch near a minute on one core (pilot:
+#: ``claims-progress.md``).
+TRANSLATED_TRAIN, TRANSLATED_TEST = 12_000, 2_000
+DEFAULT_TRANSLATED = os.environ.get("PYRO_MMVAE_TRANSLATED_ROOT", "/work/data/translated-12k")
+DEFAULT_MNIST = os.environ.get("PYRO_MMVAE_MNIST_ROOT", "../shared/data/mnist")
+DEFAULT_BACKGROUNDS = os.environ.get("PYRO_MMVAE_BACKGROUNDS",
+                                     "../shared/data/polymnist_backgrounds")
+TRANSLATED_EPOCHS = 30
+
+
+def _translated(key: str, model: str) -> Row:
+    """Seed 000's claim on Translated PolyMNIST: the coordination rows' settings (latent 20,
+    β = 1, batch 64, Adam lr 1e-3, KL warm-up over 5 epochs, hidden (256, 256)) with the
+    small convolutional networks (``nets=conv``, :mod:`pyro_mmvae.nets.conv`) instead of
+    MLPs: the MLP rows of the reproduction stay at chance on translated digits, and the
+    conv nets are the cheapest of the library's networks that the pilot found to leave it
+    (``claims-progress.md``)."""
+    return Row(key, model, dataset="polymnist", data="translated",
+               settings=(("nets", "conv"), ("latent_dim", 20), ("beta", 1.0),
+                         ("batch_size", 64), ("kl_warmup_epochs", 5), ("hidden", (256, 256))),
+               epochs=TRANSLATED_EPOCHS, note="Translated PolyMNIST (12k/2k tuples), conv nets")
+
+
 #: The rows, in the order the runner trains them (each claim's pair early, seeds inner).
 ROWS: tuple[Row, ...] = (
     _mmvae_family("mmvae_plus-b2.5", "mmvae_plus", 2.5,
@@ -150,7 +185,11 @@ ROWS: tuple[Row, ...] = (
     _mmvae_family("mmvae-b1", "mmvae", 1.0),
     *(_mmvae_family(f"{m}-b2.5-dw{d}", m, 2.5, private_dim=d)
       for d in (4, 64, 16) for m in PRIVATE_MODELS),
+    _translated("crmvae-translated", "crmvae"),
+    _translated("mvtcae-translated", "mvtcae"),
+    _translated("jmvae-translated", "jmvae"),
 )
+TRANSLATED_ROWS = tuple(r.key for r in ROWS if r.data == "translated")
 ROW_KEYS = tuple(r.key for r in ROWS)
 DW_SWEEP = {4: "-b2.5-dw4", 16: "-b2.5-dw16", 32: "-b2.5", 64: "-b2.5-dw64"}
 
@@ -211,6 +250,12 @@ CLAIMS: tuple[Claim, ...] = (
           ("crmvae-l20",), ("mvtcae-l20",), "coherence", "higher", _COH),
     Claim("crmvae_vs_jmvae_coh", "000", "CRMVAE more coherent than JMVAE",
           ("crmvae-l20",), ("jmvae-l20",), "coherence", "higher", _COH),
+    Claim("crmvae_vs_mvtcae_coh_translated", "000",
+          "CRMVAE more coherent than MVTCAE on Translated PolyMNIST (conv nets)",
+          ("crmvae-translated",), ("mvtcae-translated",), "coherence", "higher", _COH),
+    Claim("crmvae_vs_jmvae_coh_translated", "000",
+          "CRMVAE more coherent than JMVAE on Translated PolyMNIST (conv nets)",
+          ("crmvae-translated",), ("jmvae-translated",), "coherence", "higher", _COH),
     Claim("crmvae_vs_mmvae_fd", "000", "CRMVAE better quality than MMVAE (mixture)",
           ("crmvae-l20",), ("mmvae-l20",), "frechet_prior", "lower",
           ("frechet_conditional",)),
@@ -241,7 +286,8 @@ def row_settings(row: Row) -> dict[str, Any]:
             "latent_budget": budget, "batch_size": s["batch_size"],
             "kl_warmup_epochs": s["kl_warmup_epochs"], "lr": s["lr"],
             "likelihood": s["likelihood"], "likelihood_scale": s["likelihood_scale"],
-            "epochs": row.epochs, "dataset": row.dataset, "seeds": row.seeds,
+            "epochs": row.epochs, "seeds": row.seeds,
+            "dataset": row.dataset + (f":{row.data}" if row.data else ""),
             "latent_dim": s["latent_dim"],
             "private_dim": s["private_dim"] if row.model in PRIVATE_MODELS else None}
 
@@ -433,7 +479,8 @@ def _mean_over_sizes(by_size: dict[str, Any]) -> float:
     return statistics.fmean(float(v) for v in by_size.values())
 
 
-def collect(row: Row, seed: int, run_dir: Path, train_seconds: float) -> dict[str, Any]:
+def collect(row: Row, seed: int, run_dir: Path, train_seconds: float,
+            data_root: str | None = None) -> dict[str, Any]:
     """The run's figures from its evaluations (the JSON written as ``claims-result.json``)."""
     sample = json.loads((run_dir / "eval-sample" / "eval.json").read_text())
     mean = json.loads((run_dir / "eval-mean" / "eval.json").read_text())
@@ -457,9 +504,9 @@ def collect(row: Row, seed: int, run_dir: Path, train_seconds: float) -> dict[st
         "wall_seconds": round(train_seconds, 1),
         "eval_seconds": round(sample.get("total_seconds", 0) + mean.get("total_seconds", 0), 1),
         "test_points": sample.get("test_points"),
-        "commands": [shown(train_args(row, seed, run_dir.parent, None)),
-                     shown(evaluate_args(run_dir, "sample", None, row.dataset)),
-                     shown(evaluate_args(run_dir, "mean", None, row.dataset))],
+        "commands": [shown(train_args(row, seed, run_dir.parent, data_root)),
+                     shown(evaluate_args(run_dir, "sample", data_root, row.dataset)),
+                     shown(evaluate_args(run_dir, "mean", data_root, row.dataset))],
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -494,9 +541,104 @@ def run_one(row: Row, seed: int, runs: Path, data_root: str | None) -> dict[str,
         result = per_class_coherence(run_dir, data_root if row.dataset != "polymnist-mini"
                                      else None)
         pc.write_text(json.dumps({**result, "epochs": row.epochs}, indent=1))
-    result = collect(row, seed, run_dir, wall)
+    result = collect(row, seed, run_dir, wall,
+                     data_root if row.dataset != "polymnist-mini" else None)
     (run_dir / RESULT_NAME).write_text(json.dumps(result, indent=1))
     return result
+
+
+def _comparable(command: str) -> tuple[str, ...]:
+    """A train command without the values of ``--out`` and ``--data-root`` (the folders
+    differ between machines; every other option must match)."""
+    tokens = shlex.split(command)
+    out: list[str] = []
+    skip = False
+    for token in tokens:
+        if skip:
+            skip = False
+        elif token in ("--out", "--data-root"):
+            skip = True
+        else:
+            out.append(token)
+    return tuple(out)
+
+
+def restore_committed(runs: Path, report_path: Path) -> list[str]:
+    """Write ``claims-result.json`` into ``runs`` for every run that the committed report
+    (``benchmarks/results/claims.json``) holds and ``runs`` lacks, so that the protocol
+    continues on another machine (or after its run folders were lost) instead of starting
+    over. A result is restored only when its row, epochs and train command (folders aside)
+    are those of the current :data:`ROWS`, and only into a run folder without a
+    checkpoint of its own. Returns the restored runs as ``row-sSEED``."""
+    if not report_path.is_file():
+        return []
+    report = json.loads(report_path.read_text())
+    restored = []
+    for key, by_seed in (report.get("results") or {}).items():
+        if key not in ROW_KEYS:
+            continue
+        row = row_of(key)
+        expected = None
+        for seed_text, result in by_seed.items():
+            seed = int(seed_text)
+            run_dir = row.run_dir(runs, seed)
+            if (seed not in row.seeds or finished(row, seed, runs) is not None
+                    or trained_epochs(run_dir) > 0 or result.get("row") != key
+                    or result.get("epochs") != row.epochs or not result.get("commands")):
+                continue
+            expected = _comparable(shown(train_args(row, seed, runs, "DATA")))
+            if _comparable(result["commands"][0]) != expected:
+                continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RESULT_NAME).write_text(
+                json.dumps({**result, "restored_from": str(report_path)}, indent=1))
+            restored.append(f"{key}-s{seed}")
+    return restored
+
+
+@contextlib.contextmanager
+def run_lock(runs: Path, row: Row, seed: int) -> Iterator[bool]:
+    """Hold ``RUNS/.locks/<row>-s<seed>.lock`` while a runner works on the run (True), or
+    yield False when another runner holds it: several runners share one run root, each
+    taking the runs no other holds (two runners fill the two cores)."""
+    locks = Path(runs) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{row.key}-s{seed}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_translated(root: Path, mnist_root: str, backgrounds: str, log: Path) -> bool:
+    """Write Translated PolyMNIST of :data:`TRANSLATED_TRAIN`/:data:`TRANSLATED_TEST`
+    tuples to ``root`` with ``pyro-mmvae make-polymnist --translated`` (seed 0, digit scale
+    0.75) unless ``root/.claims-translated.json`` says it is there. Returns True when it
+    wrote the data."""
+    root = Path(root)
+    marker = root / ".claims-translated.json"
+    want = {"train": TRANSLATED_TRAIN, "test": TRANSLATED_TEST, "digit_scale": 0.75, "seed": 0}
+    if marker.is_file() and json.loads(marker.read_text()) == want:
+        return False
+    root.mkdir(parents=True, exist_ok=True)
+    for split, limit in (("train", TRANSLATED_TRAIN), ("test", TRANSLATED_TEST)):
+        _call(["make-polymnist", "--mnist-root", mnist_root, "--backgrounds", backgrounds,
+               "--out", str(root), "--translated", "--limit", str(limit), "--splits", split,
+               "--seed", "0", "--workers", "1", "--overwrite"], log)
+    marker.write_text(json.dumps(want))
+    return True
+
+
+def data_root_of(row: Row, data_root: str | None, translated_root: str | None) -> str | None:
+    """The ``--data-root`` of ``row``'s commands (None for the built-in mini dataset)."""
+    if row.data == "translated":
+        return translated_root
+    return None if row.dataset == "polymnist-mini" else data_root
 
 
 def load_results(runs: Path, rows: Sequence[Row] = ROWS) -> dict[str, dict[int, dict]]:
@@ -552,7 +694,8 @@ def row_table(results: dict[str, dict[int, dict]]) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     """``claims.md``: the claims × verdicts table, the rows, the commands, the machine."""
     lines = ["# The seeds' claims as controlled experiments", "",
-             f"Machine: {report['cpu']} ({report['machine']}); precision per row in the row "
+             f"Machine: {report['cpu']} ({report['machine']}), torch {report['torch']}, "
+             f"pyro {report['pyro']}; precision per row in the row "
              f"table; written {report['date']} from {report['runs_finished']} of "
              f"{report['runs_total']} runs (runner: `benchmarks/claims.py`, notes: "
              "`benchmarks/claims-progress.md`).", "",
@@ -672,12 +815,52 @@ def plots(results: dict[str, dict[int, dict]], out_dir: Path) -> list[str]:
     return written
 
 
-def write_report(runs: Path, out_dir: Path = RESULTS, with_plots: bool = True
-                 ) -> dict[str, Any]:
-    """Rewrite ``claims.json``/``claims.md`` (and the plots) from the finished runs."""
+def docs_table(report: dict[str, Any]) -> str:
+    """The documentation's short table: one line per claim, its verdict and the two sides'
+    mean ± sd (no dates, machines or folders: those stay in ``claims.md``)."""
+    lines = ["| paper | claim | measure | claimed side | other side | verdict |",
+             "|---|---|---|---|---|---|"]
+    for c in report["claims"]:
+        d = c["by_measure"][next(iter(c["by_measure"]))]
+        measure = next(iter(c["by_measure"]))
+        sc = _scale(measure)
+        name = {"coherence": "coherence (%)", "frechet_prior": "Fréchet, prior"}.get(
+            measure, measure)
+        if c["spread"]:
+            name = f"spread over D_w of {name}"
+        lines.append(f"| {c['seed_paper']} | {c['text']} | {name} | {_ms(d['better'], sc)} | "
+                     f"{_ms(d['worse'], sc)} | {d['verdict']} |")
+    return "\n".join(lines)
+
+
+def update_docs(page: Path, report: dict[str, Any]) -> bool:
+    """Replace the table between :data:`DOCS_MARKERS` in ``page`` (False when the page or
+    its markers are missing: nothing is written)."""
+    if not page.is_file():
+        return False
+    text = page.read_text()
+    start, end = DOCS_MARKERS
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{docs_table(report)}\n{end}{tail}"
+    if new != text:
+        page.write_text(new)
+    return True
+
+
+def write_report(runs: Path, out_dir: Path = RESULTS, with_plots: bool = True,
+                 docs_page: Path | None = None) -> dict[str, Any]:
+    """Rewrite ``claims.json``/``claims.md`` (and the plots) from the finished runs, and the
+    table of ``docs_page`` when given."""
+    import pyro
+    import torch
+
     results = load_results(runs)
     report = {
-        "cpu": cpu_model(), "machine": machine(),
+        "cpu": cpu_model(), "machine": machine(), "torch": torch.__version__,
+        "pyro": pyro.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "runs_root": str(runs),
         "runs_total": sum(len(r.seeds) for r in ROWS),
@@ -693,6 +876,8 @@ def write_report(runs: Path, out_dir: Path = RESULTS, with_plots: bool = True
         (out_dir / "claims.md").write_text(markdown(report))
         if with_plots:
             report["plots"] = plots(results, out_dir)
+        if docs_page is not None:
+            update_docs(docs_page, report)
     return report
 
 
@@ -732,15 +917,25 @@ def time_epoch(row: Row, steps: int = 8, precision: str | None = None) -> dict[s
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "report", "plan", "estimate"))
+    p.add_argument("command", choices=("run", "report", "plan", "estimate", "prepare"))
     p.add_argument("--runs", default=DEFAULT_RUNS,
                    help=f"run-folder root (default: $PYRO_MMVAE_CLAIMS_RUNS or {DEFAULT_RUNS})")
     p.add_argument("--data-root", default=os.environ.get("PYRO_MMVAE_DATA_ROOT",
                                                          "../shared/data"),
                    help="dataset folder for file datasets (polymnist-mini needs none)")
+    p.add_argument("--translated-root", default=DEFAULT_TRANSLATED,
+                   help="Translated PolyMNIST of the seed-000 conv rows, written there by "
+                   "'prepare' (and by 'run' when missing) (default: "
+                   f"$PYRO_MMVAE_TRANSLATED_ROOT or {DEFAULT_TRANSLATED})")
+    p.add_argument("--mnist-root", default=DEFAULT_MNIST,
+                   help="MNIST IDX files for 'prepare' (default: %(default)s)")
+    p.add_argument("--backgrounds", default=DEFAULT_BACKGROUNDS,
+                   help="PolyMNIST background images for 'prepare' (default: %(default)s)")
     p.add_argument("--rows", default="all", help="comma-separated rows or 'all'")
     p.add_argument("--results", default=str(RESULTS), help="where claims.{json,md,png} go")
     args = p.parse_args(argv)
+    # the documentation's table follows the committed results only
+    args.docs_page = DOCS_PAGE if Path(args.results).resolve() == RESULTS else None
     keys = ROW_KEYS if args.rows == "all" else tuple(k.strip() for k in args.rows.split(","))
     try:
         args.rows = [row_of(k) for k in keys]
@@ -751,13 +946,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``plan`` prints the rows and commands; ``run`` runs every unfinished run in order
-    (one runner per run root: a second one exits); ``report`` rewrites the report."""
+    (several runners may share a run root: each takes the runs no other holds, see
+    :func:`run_lock`); ``report`` rewrites the report; ``prepare`` writes Translated
+    PolyMNIST."""
     args = parse_args(argv)
     runs, out_dir = Path(args.runs), Path(args.results)
     if args.command == "plan":
         problems = check_matching()
         for row in args.rows:
-            print(f"{row.key}: {shown(train_args(row, 0, runs, args.data_root))}")
+            root = data_root_of(row, args.data_root, args.translated_root)
+            print(f"{row.key}: {shown(train_args(row, 0, runs, root))}")
         print("matching:", "ok" if not problems else "; ".join(problems))
         return 0 if not problems else 1
     if args.command == "estimate":
@@ -771,42 +969,57 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"load {os.getloadavg()[0]:.1f})")
         return 0
     if args.command == "report":
-        report = write_report(runs, out_dir)
+        restore_committed(runs, out_dir / "claims.json")
+        report = write_report(runs, out_dir, docs_page=args.docs_page)
         print(f"{report['runs_finished']} of {report['runs_total']} runs finished; "
               f"{out_dir / 'claims.md'}")
+        return 0
+    if args.command == "prepare":
+        wrote = prepare_translated(Path(args.translated_root), args.mnist_root,
+                                   args.backgrounds, runs / "commands.log")
+        print(f"Translated PolyMNIST {'written to' if wrote else 'already in'} "
+              f"{args.translated_root}")
         return 0
     problems = check_matching()
     if problems:
         raise ValueError("unmatched claim rows: " + "; ".join(problems))
     runs.mkdir(parents=True, exist_ok=True)
-    with open(runs / ".runner.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            print(f"another claims runner holds {runs / '.runner.lock'}", file=sys.stderr)
-            return 1
-        write_report(runs, out_dir)
-        failed: list[str] = []
-        for row in args.rows:
-            for seed in row.seeds:
-                if finished(row, seed, runs) is not None:
+    restored = restore_committed(runs, out_dir / "claims.json")
+    if restored:
+        print(f"restored {len(restored)} finished runs from {out_dir / 'claims.json'}: "
+              f"{', '.join(restored)}", flush=True)
+    if any(row.data == "translated" for row in args.rows):
+        prepare_translated(Path(args.translated_root), args.mnist_root, args.backgrounds,
+                           runs / "commands.log")
+    write_report(runs, out_dir, docs_page=args.docs_page)
+    failed: list[str] = []
+    for row in args.rows:
+        root = data_root_of(row, args.data_root, args.translated_root)
+        for seed in row.seeds:
+            if finished(row, seed, runs) is not None:
+                continue
+            with run_lock(runs, row, seed) as mine:
+                if not mine:
+                    print(f"== {row.key} seed {seed}: another runner has it", flush=True)
+                    continue
+                if finished(row, seed, runs) is not None:  # finished while we waited
                     continue
                 print(f"== {row.key} seed {seed} "
                       f"({datetime.datetime.now().isoformat(timespec='seconds')})", flush=True)
                 try:
-                    result = run_one(row, seed, runs, args.data_root)
+                    result = run_one(row, seed, runs, root)
                 except (RuntimeError, ValueError, OSError, KeyError) as error:
                     # one failed run (e.g. a non-finite loss) must not stop the protocol;
                     # the next start retries it
                     failed.append(f"{row.key} seed {seed}: {error}")
                     print(f"== FAILED {failed[-1]}", flush=True)
                     continue
-                print(f"== {row.key} seed {seed}: coherence {result['coherence']:.3f} "
-                      f"(per-class {result['coherence_class']:.3f}, mean z "
-                      f"{result['coherence_mean_z']:.3f}), Fréchet prior "
-                      f"{result['frechet_prior']:.1f}, train {result['train_seconds']:.0f} s",
-                      flush=True)
-                write_report(runs, out_dir)
+            print(f"== {row.key} seed {seed}: coherence {result['coherence']:.3f} "
+                  f"(per-class {result['coherence_class']:.3f}, mean z "
+                  f"{result['coherence_mean_z']:.3f}), Fréchet prior "
+                  f"{result['frechet_prior']:.1f}, train {result['train_seconds']:.0f} s",
+                  flush=True)
+            write_report(runs, out_dir, docs_page=args.docs_page)
     if failed:
         print("failed runs (retried at the next start):\n  " + "\n  ".join(failed),
               file=sys.stderr)

@@ -290,9 +290,19 @@ def extra_params(vae: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, to
     found = {}
     for name, site in trace_programs(vae, batch).nodes.items():
         value = site["value"].unconstrained()
-        if id(value) not in own:
+        if id(value) not in own and not _is_module_parameter(vae, name):
             found[name] = value
     return dict(sorted(found.items()))
+
+
+def _is_module_parameter(vae: nn.Module, site: str) -> bool:
+    """Whether param site ``site`` is ``pyro.module``'s copy of one of ``vae``'s own
+    parameters (``"<module name>$$$<parameter name>"``). Pyro's param store keeps a
+    contiguous copy of a channels-last convolution weight, so such a site is not the
+    parameter itself; the module's ``state_dict`` holds it (and names it without the
+    instance's name, which differs from one process to the next)."""
+    _, sep, rest = site.partition("$$$")
+    return bool(sep) and rest in dict(vae.named_parameters())
 
 
 def restore_parameters(vae: nn.Module, state: dict[str, Any],
@@ -312,6 +322,8 @@ def restore_parameters(vae: nn.Module, state: dict[str, Any],
     """
     extras = extra_params(vae, batch) if state.get("extra_params") else {}
     for name, value in (state.get("extra_params") or {}).items():
+        if name not in extras and _is_module_parameter(vae, name):
+            continue  # written by an earlier version: the state_dict below restores it
         if name not in extras:
             raise CheckpointError(
                 f"checkpoint holds Pyro parameter {name!r} that this model does not create; "

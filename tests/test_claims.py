@@ -171,3 +171,107 @@ def test_runner_skips_finished_runs_and_survives_a_failed_one(tmp_path, monkeypa
     assert calls == [(row.key, 1), (row.key, 2)]  # seed 0 was finished: skipped
     report = json.loads((out / "claims.json").read_text())
     assert report["runs_finished"] == 2
+
+
+def test_translated_rows_are_conv_and_matched():
+    rows = [claims.row_of(k) for k in claims.TRANSLATED_ROWS]
+    assert {r.model for r in rows} == {"crmvae", "mvtcae", "jmvae"}
+    for row in rows:
+        s = claims.row_settings(row)
+        assert s["nets"] == "conv" and s["dataset"] == "polymnist:translated"
+        args = claims.train_args(row, 0, Path("R"), claims.data_root_of(row, "/d", "/t"))
+        assert args[args.index("--data-root") + 1] == "/t"
+    mini = claims.row_of("crmvae-l20")
+    assert claims.data_root_of(mini, "/d", "/t") is None
+    keys = {c.key for c in claims.CLAIMS}
+    assert {"crmvae_vs_mvtcae_coh_translated", "crmvae_vs_jmvae_coh_translated"} <= keys
+    # a translated row never matches a mini row (different datasets)
+    bad = claims.Claim("x", "000", "x", ("crmvae-translated",), ("mvtcae-l20",),
+                       "coherence", "higher")
+    assert any("dataset" in p for p in claims.check_matching([bad]))
+
+
+def test_committed_results_are_restored_on_a_new_machine(tmp_path):
+    """A fresh run root continues from the committed report instead of starting over; a
+    result whose command no longer matches its row is not restored."""
+    old_runs, new_runs, out = tmp_path / "old", tmp_path / "new", tmp_path / "results"
+    row = claims.row_of("mmvae-b2.5")
+    for seed in (0, 1):
+        run_dir = row.run_dir(old_runs, seed)
+        run_dir.mkdir(parents=True)
+        result = {**_fake_result(row.key, seed, 0.8, 200.0),
+                  "commands": [claims.shown(claims.train_args(row, seed, old_runs, None))]}
+        if seed == 1:  # made with other settings: stale
+            result["commands"] = [result["commands"][0].replace("beta=2.5", "beta=2.0")]
+        (run_dir / claims.RESULT_NAME).write_text(json.dumps(result))
+    claims.write_report(old_runs, out, with_plots=False)
+
+    restored = claims.restore_committed(new_runs, out / "claims.json")
+    assert restored == ["mmvae-b2.5-s0"]
+    assert claims.finished(row, 0, new_runs)["coherence"] == pytest.approx(0.8)
+    assert claims.finished(row, 1, new_runs) is None
+    assert claims.restore_committed(new_runs, out / "claims.json") == []  # idempotent
+    assert claims.restore_committed(new_runs, out / "missing.json") == []
+
+
+def test_two_runners_share_a_run_root(tmp_path):
+    row = claims.row_of("mvtcae-l20")
+    with claims.run_lock(tmp_path, row, 0) as first:
+        assert first
+        with claims.run_lock(tmp_path, row, 0) as second:
+            assert not second  # the other runner's run
+        with claims.run_lock(tmp_path, row, 1) as other:
+            assert other
+    with claims.run_lock(tmp_path, row, 0) as again:
+        assert again  # released
+
+
+def test_runner_skips_a_run_another_runner_holds(tmp_path, monkeypatch):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    row = claims.row_of("mvtcae-l20")
+    calls = []
+
+    def fake_run_one(r, seed, runs_root, data_root):
+        calls.append(seed)
+        result = _fake_result(r.key, seed, 0.6, 150.0)
+        r.run_dir(runs_root, seed).mkdir(parents=True, exist_ok=True)
+        (r.run_dir(runs_root, seed) / claims.RESULT_NAME).write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(claims, "run_one", fake_run_one)
+    with claims.run_lock(runs, row, 1) as held:
+        assert held
+        code = claims.main(["run", "--runs", str(runs), "--rows", row.key,
+                            "--results", str(out)])
+    assert code == 0 and calls == [0, 2]
+
+
+def test_docs_table_is_rewritten_between_its_markers(tmp_path):
+    runs = tmp_path / "runs"
+    row = claims.row_of("mmvae_plus-b2.5")
+    for seed in (0, 1, 2):
+        run_dir = row.run_dir(runs, seed)
+        run_dir.mkdir(parents=True)
+        (run_dir / claims.RESULT_NAME).write_text(
+            json.dumps(_fake_result(row.key, seed, 0.8 + 0.01 * seed, 200.0)))
+    page = tmp_path / "page.md"
+    start, end = claims.DOCS_MARKERS
+    page.write_text(f"# Results\n\nintro\n\n{start}\nold table\n{end}\n\nafter\n")
+    report = claims.write_report(runs, tmp_path / "results", with_plots=False,
+                                 docs_page=page)
+    text = page.read_text()
+    assert "old table" not in text and text.startswith("# Results\n\nintro")
+    assert text.rstrip().endswith("after")
+    assert "81.0 ± 1.0 (n=3)" in text  # MMVAE+'s coherence, three seeds
+    assert text.count("\n| 001 |") + text.count("\n| 000 |") == len(report["claims"])
+    assert "/work" not in text and str(tmp_path) not in text  # no folders on a user page
+    assert report["torch"] and report["pyro"]
+    # a page without the markers is left alone
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not claims.update_docs(plain, report) and plain.read_text() == "no markers\n"
+
+
+def test_the_documentation_page_has_the_markers():
+    text = claims.DOCS_PAGE.read_text()
+    assert all(m in text for m in claims.DOCS_MARKERS)

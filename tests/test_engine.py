@@ -302,6 +302,26 @@ def test_memory_format_is_chosen_by_network_and_device(mini):
         set_memory_format(conv.vae, "nhwc")
 
 
+def test_svi_steps_the_weights_of_channels_last_conv_nets(mini):
+    """Pyro's param store keeps contiguous copies of channels-last tensors: SVI must still
+    step the networks' own convolution weights (it stepped only the copies before)."""
+    from pyro_mmvae.engine.networks import set_memory_format
+
+    spec = fresh("mmvae", mini[0], nets="conv")
+    set_memory_format(spec.vae, "channels_last")
+    weights = [p for p in spec.vae.parameters() if p.dim() == 4]
+    before = [w.detach().clone() for w in weights]
+    pyro.clear_param_store()
+    svi = pyro.infer.SVI(spec.vae.model, spec.vae.guide, pyro.optim.Adam({"lr": 1e-2}),
+                         spec.elbo)
+    for _ in range(2):
+        svi.step(batch_of(mini[0], 8))
+    store = {id(v) for v in pyro.get_param_store().values()}
+    assert all(id(w) in store for w in spec.vae.parameters())
+    assert all((w.detach() - b).abs().max() > 0 for w, b in zip(weights, before, strict=True))
+    pyro.clear_param_store()
+
+
 @pytest.mark.parametrize("name", ["mmvae_plus", "mopoe"])
 def test_channels_last_gives_the_contiguous_loss_and_gradient(mini, name):
     from pyro_mmvae.engine.networks import set_memory_format

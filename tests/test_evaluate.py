@@ -341,3 +341,31 @@ def test_evaluation_redraws_the_training_grid_instead_of_a_copy():
 
     assert FIGURES["conditional_grid"] == GRID_NAME
     assert len(set(FIGURES.values())) == len(FIGURES)
+
+
+def test_a_conv_net_run_evaluates_and_its_checkpoint_holds_no_copies(patched, tmp_path,
+                                                                       capsys):
+    """Channels-last convolution weights (the CPU's and the GPU's layout for conv nets) are
+    the module's parameters, not extra ``pyro.param`` sites: before, the checkpoint stored
+    Pyro's copies under the training process's model name and ``evaluate`` refused it."""
+    from pyro_mmvae.runs import RunFolder, load_run
+
+    out = tmp_path / "conv"
+    train(TrainConfig(model="crmvae", dataset="polymnist-mini-tiny", epochs=1, batch_size=64,
+                      out=str(out), device="cpu",
+                      settings={**TINY_SETTINGS, "nets": "conv"}), progress=False)
+    state = RunFolder(out).load_checkpoint()
+    assert state["extra_params"] in ({}, None)
+    # a checkpoint of the earlier versions (copies under another process's model name)
+    state["extra_params"] = {f"crmvae_7$$${k}": v for k, v in state["vae_state"].items()
+                             if v.dim() == 4}
+    torch.save(state, out / "checkpoint.pt")
+    run = load_run(out)
+    weights = dict(run.vae.named_parameters())
+    for name, value in state["extra_params"].items():
+        torch.testing.assert_close(weights[name.split("$$$")[1]].detach(), value)
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--metrics", "coherence", "--coherence-points",
+                     "40", "--no-progress"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert in_unit_interval(result["coherence"]["by_subset_size"]["1"])

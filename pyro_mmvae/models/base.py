@@ -455,8 +455,19 @@ class MultimodalVAE(nn.Module):
         models, and the user's own parameters, coexist in one param store. The library's
         training engine optimises the module's parameters directly and switches this off
         (``pyro_register = False``) while it trains.
+
+        Pyro's param store keeps a *contiguous copy* of a tensor in another memory layout,
+        so a channels-last convolution weight (``--memory-format``, or a run loaded with
+        :func:`~pyro_mmvae.runs.load_run`) would be optimised by SVI as that copy while the
+        network kept its own, unchanged weight. Registration therefore puts such weights
+        back in the contiguous layout first (the library's engine, which optimises the
+        module's parameters itself, keeps channels-last).
         """
         if self.pyro_register:
+            if any(p.dim() == 4 and not p.is_contiguous() for p in self.parameters()):
+                for param in self.parameters():
+                    if param.dim() == 4 and not param.is_contiguous():
+                        param.data = param.data.contiguous()
             pyro.module(self.pyro_name, self)
 
     def absent_names(self, data: Data) -> tuple[str, ...]:
