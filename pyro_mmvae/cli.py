@@ -845,6 +845,7 @@ def _print_evaluation(results: dict, run_summary: dict | None = None) -> None:
     likelihood = results.get("likelihood") or {}
     joint = likelihood.get("joint") or {}
     by_size = coherence.get("by_subset_size") or {}
+    class_avg = coherence.get("by_subset_size_class_average") or {}
     probe = (results.get("probe") or {}).get("by_subset_size") or {}
     point = "sampled" if (results.get("settings") or {}).get("posterior") == "sample" else "mean"
     num_classes = len(unconditional.get("class_histogram") or []) or None
@@ -860,6 +861,7 @@ def _print_evaluation(results: dict, run_summary: dict | None = None) -> None:
     rows = [
         ("model", results.get("model")),
         (f"coherence by |S| ({point} z)", by_size and f"{_by_size(by_size)}{chance}"),
+        ("  per-class average", class_avg and _by_size(class_avg)),
         ("unconditional coherence", uncond),
         ("classifier accuracy", _fmt(coherence.get("mean_classifier_accuracy"))),
         ("classifier Fréchet dist.", frechet),

@@ -203,6 +203,38 @@ def test_constant_generator_scores_chance(classifiers, test_ds):
         assert all(acc == pytest.approx(0.1) for acc in row.values())
 
 
+def imbalanced(test_ds):
+    """Class 0 eight times as often as in ``test_ds``, classes 1..9 once (200 -> 340 rows)."""
+    zeros = torch.nonzero(test_ds.labels == 0).flatten()
+    return test_ds.subset(torch.cat([torch.arange(len(test_ds)), zeros.repeat(7)]))
+
+
+def test_per_class_average_of_a_constant_generator(classifiers, test_ds):
+    """One predicted class c for every image: plain accuracy = the share of rows of class c,
+    the per-class average = 1/10 (class c right, the nine others wrong) exactly."""
+    data = imbalanced(test_ds)
+    grey = torch.full((1, 3, 28, 28), 0.5)
+    result = conditional_coherence(ConstantVAE(), data, classifiers, subset_sizes=None)
+    for k in (1, 2):
+        c = {m: int(classifiers.predict(m, grey)[0]) for m in NAMES}
+        shares = [float((data.labels == c[t]).double().mean()) for t in NAMES]
+        assert result["by_subset_size"][k] == pytest.approx(sum(shares) / 3)
+        assert result["by_subset_size_class_average"][k] == pytest.approx(0.1)
+
+
+def test_per_class_average_of_the_oracle_is_the_classifiers_per_class_accuracy(
+        classifiers, test_ds):
+    data = imbalanced(test_ds)
+    result = conditional_coherence(OracleVAE(data), data, classifiers, subset_sizes=(1,))
+    expected = []
+    for t in NAMES:
+        images = torch.cat([b[t] for b, _ in data.batches(1000)])
+        right = (classifiers.predict(t, images) == data.labels).double()
+        expected.append(sum(float(right[data.labels == c].mean()) for c in range(10)) / 10)
+    # every single source -> t pair decodes the true image of t: two sources per target
+    assert result["by_subset_size_class_average"][1] == pytest.approx(sum(expected) / 3)
+
+
 def test_noise_generator_scores_near_chance(classifiers, test_ds):
     result = conditional_coherence(NoiseVAE(), test_ds, classifiers)
     assert result["mean_single_source"] < 0.25

@@ -261,6 +261,9 @@ def conditional_coherence(
     Returns a dict with
       - ``by_subset``: ``{"m0+m2": {target: accuracy}}`` for every evaluated subset;
       - ``by_subset_size``: ``{k: mean over (S, t) with |S| = k}``;
+      - ``by_subset_size_class_average``: the same with each C(S -> t) averaged over the
+        classes instead of the rows (MultiVae's per-class figure; equal to
+        ``by_subset_size`` when every class has as many test rows);
       - ``single_source_matrix`` ``{src: {tgt: acc}}`` and ``mean_single_source`` (if 1 is
         among the sizes, else absent / None);
       - ``leave_one_out`` ``{tgt: acc from all other modalities}`` and ``mean_leave_one_out``
@@ -308,6 +311,10 @@ def conditional_coherence(
     observed = dict.fromkeys(subsets, 0)  # rows that observe every source of S
     by_modality = dict.fromkeys(names, 0)  # rows that observe each modality
     total = 0
+    # per row, for the per-class average: the labels, each (S, t)'s hits, S's observed rows
+    row_labels: list[Tensor] = []
+    row_hits_of: dict[tuple[tuple[str, ...], str], list[Tensor]] = {k: [] for k in correct}
+    rows_of: dict[tuple[str, ...], list[Tensor]] = {s: [] for s in subsets}
     with evaluation_mode(vae), progress_bar(len(dataset), "conditional coherence", progress,
                                             unit="tuple") as bar:
         for batch, labels in dataset.batches(batch_size, device=device):
@@ -315,8 +322,11 @@ def conditional_coherence(
             generated = cross_generate(vae, batch, plan, "cached" if mixture else engine,
                                        posterior=posterior)
             rows = {s: _observed_rows(batch, s, labels) for s in subsets}
+            row_labels.append(labels)
             for s in subsets:
                 observed[s] += len(labels) if rows[s] is None else int(rows[s].sum())
+                rows_of[s].append(torch.ones_like(labels, dtype=torch.bool)
+                                  if rows[s] is None else rows[s])
             mask = getattr(batch, "mask", None)
             for m in names:
                 by_modality[m] += len(labels) if mask is None else int(mask[m].sum())
@@ -329,6 +339,7 @@ def conditional_coherence(
                     if rows[s] is not None:
                         row_hits = row_hits * rows[s]
                     correct[s, t] += float(row_hits.sum())
+                    row_hits_of[s, t].append(row_hits)
             total += len(labels)
             bar.update(len(labels))
     if total == 0:
@@ -343,6 +354,10 @@ def conditional_coherence(
     accuracy = {key: None if key in reasons else hits / observed[key[0]]
                 for key, hits in correct.items()}
     result = _summarise_conditional(names, subsets, targets, accuracy, classifiers, total)
+    class_average = _class_averages(torch.cat(row_labels), row_hits_of, rows_of, accuracy)
+    result["by_subset_size_class_average"] = {
+        k: _mean([a for (s, _), a in class_average.items() if len(s) == k])
+        for k in result["subset_sizes"]}
     result["posterior"] = posterior
     if reasons:
         result["not_measurable"] = {f"{subset_key(s)} -> {t}": f"{NOT_MEASURABLE}: {why}"
@@ -365,6 +380,30 @@ def _hits(classifiers: ModalityClassifiers, generated: dict[tuple[tuple[str, ...
         if keys:
             predicted = classifiers.predict(t, torch.cat([generated[k] for k in keys]))
             out.update(zip(keys, predicted.view(len(keys), -1) == labels, strict=True))
+    return out
+
+
+def _class_averages(labels: Tensor, hits: dict[tuple[tuple[str, ...], str], list[Tensor]],
+                    rows: dict[tuple[str, ...], list[Tensor]],
+                    accuracy: dict[tuple[tuple[str, ...], str], float | None]
+                    ) -> dict[tuple[tuple[str, ...], str], float | None]:
+    r"""Per ``(S, t)``, the accuracy averaged over classes (MultiVae's "mean over classes"):
+    :math:`rac{1}{|Y|}\sum_{y \in Y} rac{\sum_{i: y_i = y} h_i}{\#\{i: y_i = y\}}` over
+    the classes ``Y`` that have observed rows (the plain accuracy weighs each class by its
+    size instead). ``None`` where the plain accuracy is not measurable."""
+    labels = labels.long()
+    size = int(labels.max()) + 1 if labels.numel() else 0
+    out: dict[tuple[tuple[str, ...], str], float | None] = {}
+    for key, parts in hits.items():
+        if accuracy[key] is None or not parts:
+            out[key] = None
+            continue
+        observed = torch.cat(rows[key[0]]).to(labels.device).double()
+        hit = torch.bincount(labels, weights=torch.cat(parts).to(labels.device).double(),
+                             minlength=size)
+        count = torch.bincount(labels, weights=observed, minlength=size)
+        seen = count > 0
+        out[key] = float((hit[seen] / count[seen]).mean())
     return out
 
 

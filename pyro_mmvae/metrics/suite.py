@@ -132,6 +132,7 @@ def run_coherence(vae: Any, test_ds: Any, classifiers: Any, settings: EvalSettin
         **({"note": notes[0]} if notes else {}),
         "conditional": conditional,
         "by_subset_size": conditional["by_subset_size"],
+        "by_subset_size_class_average": conditional["by_subset_size_class_average"],
         "unconditional": unconditional,
         "unconditional_coherence": unconditional["coherence"],
         "classifier_accuracy": accuracy,
