@@ -401,8 +401,10 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
                                           data_root or config.get("data_root"),
                                           hyper.get("missing_ratio") or 0.0,
                                           hyper.get("seed", 0))
-    spec = build_model(state["model"], train_ds, state.get("preset"),
-                       **dict(state.get("overrides") or {}))
+    # every resolved setting the run trained with (checkpoints since they hold them), so a
+    # later change of a default never changes a saved run; older ones: their overrides
+    settings = dict(state.get("settings") or state.get("overrides") or {})
+    spec = build_model(state["model"], train_ds, state.get("preset"), **settings)
     vae = spec.vae.to(device)
     batch = next(iter(train_ds.batches(2, device=device)))[0]
     restore_parameters(vae, state, batch)

@@ -369,3 +369,21 @@ def test_a_conv_net_run_evaluates_and_its_checkpoint_holds_no_copies(patched, tm
                      "40", "--no-progress"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert in_unit_interval(result["coherence"]["by_subset_size"]["1"])
+
+
+def test_a_run_loads_with_the_settings_it_trained_with(patched, tmp_path):
+    """load_run builds the model from the checkpoint's resolved settings, not from the
+    defaults of the library that loads it (a default that changes must not change a run)."""
+    from pyro_mmvae.runs import RunFolder, load_run
+
+    out = trained_run("mvae", tmp_path)
+    state = RunFolder(out).load_checkpoint()
+    assert state["settings"]["latent_dim"] == 6
+    state["overrides"] = {}  # as if latent 6 had been the default when it trained
+    torch.save(state, out / "checkpoint.pt")
+    run = load_run(out)
+    assert run.vae.latent_dim == 6
+    # a checkpoint of an older version (no resolved settings) still loads by its overrides
+    state["settings"], state["overrides"] = None, dict(TINY_SETTINGS)
+    torch.save(state, out / "checkpoint.pt")
+    assert load_run(out).vae.latent_dim == 6
