@@ -182,6 +182,18 @@ def _setting(name: str, kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _settings_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The ``--set`` pairs as a dict; a key given twice with different values is refused
+    (argparse would silently keep the last), the same value twice is accepted."""
+    settings: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in settings and settings[key] != value:
+            raise ValueError(f"{key} is given twice with different values: --set "
+                             f"{key}={settings[key]!r} and --set {key}={value!r}; give it once")
+        settings[key] = value
+    return settings
+
+
 def parse_setting(text: str) -> tuple[str, Any]:
     """``"beta=2.5"`` -> ``("beta", 2.5)``; values parse as JSON (numbers, booleans, lists
     become tuples; ``1e9`` is the integer 1000000000), anything else stays text.
@@ -662,7 +674,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from pyro_mmvae.train import TrainConfig, default_run_dir, train
 
     out = args.out or str(default_run_dir(args.model, args.dataset))
-    settings = dict(args.settings)  # a repeated --set: the last one counts
+    settings = _settings_once(args.settings)
     if args.beta is not None:
         if "beta" in settings and settings["beta"] != args.beta:
             raise ValueError(f"beta is given twice with different values: --beta {args.beta} "

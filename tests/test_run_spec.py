@@ -85,6 +85,7 @@ def test_negative_seed_names_the_option_and_leaves_no_run_folder(tmp_path, capsy
     (["--batch-size", "16", "--set", "batch_size=7"], "batch_size"),
     (["--set", "epochs=3"], "epochs"),  # TINY has --epochs 1
     (["--beta", "2", "--set", "beta=3"], "beta"),
+    (["--set", "latent_dim=4", "--set", "latent_dim=5"], "latent_dim"),  # argparse kept 5
 ])
 def test_a_flag_and_set_that_disagree_are_refused(tmp_path, capsys, small_mini, argv, named):
     run = tmp_path / "run"
@@ -105,7 +106,9 @@ def test_a_flag_and_set_that_disagree_are_refused(tmp_path, capsys, small_mini, 
 def test_sizes_beyond_memory_are_refused_before_allocation(tmp_path, capsys, small_mini,
                                                            argv, named):
     run = tmp_path / "run"
-    code, err = _cli(["train", "--out", str(run), *TINY, *argv], capsys)
+    tiny = TINY if "hidden" not in named else [a for a in TINY if a not in ("--set",
+                                                                          "hidden=[16]")]
+    code, err = _cli(["train", "--out", str(run), *tiny, *argv], capsys)
     assert code == 2
     line = _error_line(err)
     assert named in line and "memory" in line
