@@ -31,7 +31,8 @@ Counted per step (:class:`Counts`):
   device``); 0-d host tensors are allowed, as torch allows them.
 
 Each event records where it happened (the innermost ``pyro_mmvae`` frame), and is booked to
-the engine (``pyro_mmvae/engine/...``: the step's one ``tolist()`` of loss and gradient norm)
+the engine (``pyro_mmvae/engine/...``: the synchronous step's one ``tolist()`` of loss and
+gradient norm; the sync-free step of an accelerator, ``TrainStep.queue``, has none)
 or to the model and objective (everything else, the budget of
 ``tests/test_fake_accelerator.py``). Branches on ``device.type == "cpu"`` in the library are
 sent down their accelerator path with

@@ -341,7 +341,11 @@ class OursWorker(Worker):
         self.opt.zero_grad(set_to_none=True)
 
     def step(self, batch: dict[str, Tensor]) -> None:
-        self.train_step(batch)
+        # as pyro-mmvae train: the sync-free step where the engine chooses it (accelerators)
+        if self.train_step.sync_free:
+            self.train_step.queue(batch)
+        else:
+            self.train_step(batch)
 
 
 def multivae_model(recipe: str, s: dict):

@@ -96,6 +96,10 @@ from pyro_mmvae.stages import (
 
 MAX_TEST_POINTS = 2000
 TENSORBOARD_NAME = "tensorboard"
+#: Sync-free steps (:meth:`~pyro_mmvae.engine.TrainStep.queue`, on accelerators) between two
+#: reads of their losses: one host sync per window instead of one per step, and a non-finite
+#: step stops the run at most this many steps later (it changed no parameter itself).
+CHECK_EVERY = 50
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -198,6 +202,8 @@ class _Loop:
             device=self.device,
         )
         total, count = 0.0, 0
+        queued: list[torch.Tensor] = []  # sync-free steps not read yet
+        queued_from = 0  # the step number of queued[0]
         if hasattr(self.vae, "start_epoch"):
             self.vae.start_epoch(epoch - 1)  # KL warm-up schedules count epochs from 0
         self.apply_stage(epoch)
@@ -209,6 +215,16 @@ class _Loop:
                 size = _batch_size_of(data)
                 if size < self.group.world_size:
                     continue  # a last batch too small to shard: every rank skips it
+                if self.step.sync_free and not self.validate_next_step \
+                        and self.tensorboard is None:
+                    queued_from = queued_from if queued else step
+                    queued.append(self.step.queue(data))
+                    count += size
+                    if len(queued) >= CHECK_EVERY:
+                        total += self.read_queued(queued, epoch, queued_from)
+                        bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+                    bar.update()
+                    continue
                 loss = self.train_step(data, epoch, step)
                 total, count = total + loss, count + size
                 if self.tensorboard is not None:
@@ -216,7 +232,19 @@ class _Loop:
                     self.tensorboard.step(first_step + step, loss / size, lr)
                 bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
                 bar.update()
+        total += self.read_queued(queued, epoch, queued_from)
         return total / count
+
+    def read_queued(self, queued: list[torch.Tensor], epoch: int, first: int) -> float:
+        """The summed loss of the sync-free steps ``queued`` (numbered from ``first``), read
+        in one transfer; empties ``queued``. A non-finite one stops the run (TrainingError)."""
+        try:
+            return sum(self.step.check(queued))
+        except NonFiniteError as error:
+            raise TrainingError(f"{error} at epoch {epoch}, step {first + error.index}; "
+                                f"{self.restart_hint()}") from error
+        finally:
+            queued.clear()
 
     def train_step(self, data: dict[str, torch.Tensor], epoch: int, step: int) -> float:
         """One engine step, with Pyro validation on for the first step of the run only."""

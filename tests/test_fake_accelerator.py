@@ -21,8 +21,9 @@ of ``.cpu()`` are host tensors, as they would be next to a GPU. On that model it
 The step is the engine's (:class:`pyro_mmvae.engine.TrainStep`, fp32 networks, fused Adam),
 after one step with Pyro validation on, as ``train`` runs it; five modalities of 1x4x4
 images, tiny MLPs, complete batches and batches with about half of the modalities missing.
-Syncs of the engine itself (its one ``tolist()`` of loss and gradient norm per step) are
-booked apart from those of the model and objective, which the budget covers.
+Syncs of the engine itself (the synchronous step's one ``tolist()`` of loss and gradient
+norm; none in the sync-free step an accelerator runs) are booked apart from those of the
+model and objective, which the budget covers.
 """
 
 import pytest
@@ -146,3 +147,35 @@ def test_coverage_check_does_not_sync_on_an_accelerator_without_validation(host_
         with pytest.raises(RuntimeError):
             _check_rows_covered(present, sync=False)
     assert fake.counts.of("sync") == 0, fake.counts.events
+
+
+@pytest.mark.parametrize("name", ["mmvae_plus", "mopoe", "crmvae"])
+def test_sync_free_engine_steps_have_no_syncs_at_all(host_syncs, name):
+    """On an accelerator the engine queues its steps (TrainStep.queue): not even the loss is
+    read per step; one read per window (TrainStep.check) is the only sync."""
+    import pyro
+
+    from pyro_mmvae.engine import TrainStep
+
+    dataset = host_syncs.tiny_dataset()
+    _, _, step = host_syncs.build_for_count(name, dataset)
+    step.sync_free = True  # what an accelerator with fused Adam chooses
+    batches = [b for b, _ in dataset.batches(host_syncs.BATCH)]
+    was = pyro.poutine.util.is_validation_enabled()
+    try:
+        with host_syncs.accelerator_paths():
+            pyro.enable_validation(True)
+            step(batches[0])  # the validated first step, as train runs it
+            pyro.enable_validation(False)
+            queued = []
+            with host_syncs.FakeAccelerator() as fake:
+                for batch in batches[1:3]:
+                    queued.append(step.queue(batch))
+            counts = fake.counts.summary()
+            losses = TrainStep.check(queued)
+    finally:
+        pyro.enable_validation(was)
+    assert counts["syncs"] + counts["engine_syncs"] + counts["copies"] == 0, counts["places"]
+    assert counts["mismatches"] == 0 and counts["engine_copies"] == 0, counts["places"]
+    assert len(losses) == 2 and all(v == v for v in losses)
+    pyro.clear_param_store()

@@ -358,3 +358,84 @@ def test_zoo_settings_and_explicit_datasets(tmp_path, monkeypatch):
 
 def _no_loading(*_args):
     raise AssertionError("datasets were given: nothing may be loaded by name")
+
+
+# --------------------------------------------------------------------------- sync-free steps
+@pytest.fixture
+def sync_free(monkeypatch):
+    """The engine as on an accelerator: sync-free steps (TrainStep.queue/check)."""
+    real_init = TrainStep.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("sync_free", True)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__init__", init)
+
+
+@pytest.mark.parametrize("window", [1, 2, 50])
+def test_sync_free_training_is_the_synchronous_training(tmp_path, monkeypatch, window):
+    train(config(tmp_path / "sync", epochs=2), progress=False)
+    monkeypatch.setattr(train_module, "CHECK_EVERY", window)
+    real_init = TrainStep.__init__
+    modes = []
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **{**kwargs, "sync_free": True})
+        modes.append(self.sync_free)
+
+    monkeypatch.setattr(TrainStep, "__init__", init)
+    queued = []
+    real_queue = TrainStep.queue
+    monkeypatch.setattr(TrainStep, "queue",
+                        lambda self, b: queued.append(1) or real_queue(self, b))
+    train(config(tmp_path / "free", epochs=2), progress=False)
+    assert modes == [True] and len(queued) == 2 * 3 - 1  # the first step is validated
+    a, b = snapshot(tmp_path / "sync"), snapshot(tmp_path / "free")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for ra, rb in zip(read_metrics(tmp_path / "sync"), read_metrics(tmp_path / "free"),
+                      strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)
+        assert rb["test_loss"] == ra["test_loss"]
+
+
+def test_sync_free_nan_loss_stops_at_its_step(tmp_path, monkeypatch, sync_free):
+    real_loss = TrainStep.loss
+    calls = {"n": 0}
+
+    def loss_then_nan(self, batch):
+        calls["n"] += 1
+        loss = real_loss(self, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(TrainStep, "loss", loss_then_nan)
+    with pytest.raises(TrainingError, match=r"nan; that step did not change the parameters "
+                                            r"at epoch 1, step 3; no checkpoint"):
+        train(config(tmp_path), progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_sync_free_nan_gradient_is_skipped_on_the_device_and_reported(tmp_path, monkeypatch,
+                                                                     sync_free):
+    """A NaN gradient in a queued step: the fused kernel leaves every parameter as it was
+    (no host sync decides it), and the window's read stops the run naming the step."""
+    monkeypatch.setattr(train_module, "CHECK_EVERY", 1)
+    real_loss = TrainStep.loss
+    seen = {"n": 0}
+
+    def poisoned(self, batch):
+        seen["n"] += 1
+        loss = real_loss(self, batch)
+        if seen["n"] != 2:
+            return loss
+        seen["before"] = [p.detach().clone() for p in self.params]
+        seen["params"] = self.params
+        return loss + _nan_grad(self.vae.decoders["m1"].weight)
+
+    monkeypatch.setattr(TrainStep, "loss", poisoned)
+    with pytest.raises(TrainingError, match=r"gradient became non-finite.*epoch 1, step 2"):
+        train(config(tmp_path, epochs=1), progress=False)
+    for before, param in zip(seen["before"], seen["params"], strict=True):
+        assert torch.equal(param.detach(), before)

@@ -11,6 +11,16 @@ loss scaling, gradient clipping by global norm, a learning-rate schedule, data-p
 gradient averaging (:mod:`pyro_mmvae.engine.distributed`) and a stop on non-finite values:
 a NaN/inf loss or gradient raises :class:`NonFiniteError` *before* the optimiser touches
 the parameters, naming the parameters whose gradient is not finite.
+
+**Without host syncs** (``sync_free``, the default on an accelerator with the fused Adam
+kernel): reading the loss on the host after every step makes the host wait for the device,
+so the next step's Python work is never hidden behind the device's. :meth:`TrainStep.queue`
+instead leaves ``(loss, gradient norm)`` on the device and hands the fused Adam kernel a
+device flag (its ``found_inf``, as :class:`torch.amp.GradScaler` does) that makes a step
+with a non-finite loss or gradient leave the parameters and the Adam state unchanged;
+:meth:`TrainStep.check` reads a window of queued steps in one transfer and raises
+:class:`NonFiniteError` for the first bad one. Training therefore still never continues past
+a non-finite value unnoticed: it stops at the end of the window, before any checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +38,17 @@ from pyro_mmvae.engine.networks import grad_scaler, network_precision, warn_if_e
 
 
 class NonFiniteError(RuntimeError):
-    """The loss or a gradient became NaN or infinite; no parameter was changed."""
+    """The loss or a gradient became NaN or infinite; no parameter was changed by that step.
+
+    Args:
+        message: what became non-finite.
+        index: the step's position in the window :meth:`TrainStep.check` read (0 for a
+            step that raised at once); kept as ``index``.
+    """
+
+    def __init__(self, message: str, index: int = 0) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class TrainStep:
@@ -51,9 +71,13 @@ class TrainStep:
         scheduler: a learning-rate scheduler stepped after every optimiser step (None:
             none).
         group: the data-parallel process group (default None: one process).
+        sync_free: run steps with :meth:`queue` and :meth:`check` instead of ``__call__``
+            (see the module docstring); None (the default) chooses it off the CPU when the
+            optimiser is fused Adam without float16 loss scaling.
 
     Raises:
-        ValueError: when ``clip_grad`` is not positive.
+        ValueError: when ``clip_grad`` is not positive, or ``sync_free`` is asked for
+            without a fused Adam optimiser or with float16 loss scaling.
     """
 
     def __init__(
@@ -67,6 +91,7 @@ class TrainStep:
         clip_grad: float | None = None,
         scheduler: Any = None,
         group: ProcessGroup | None = None,
+        sync_free: bool | None = None,
     ) -> None:
         if clip_grad is not None and not clip_grad > 0:
             raise ValueError(f"clip_grad must be positive, got {clip_grad}")
@@ -81,6 +106,13 @@ class TrainStep:
         self.scheduler = scheduler
         self.group = group or ProcessGroup()
         self.scaler = grad_scaler(precision, device)
+        possible = bool(optimizer.defaults.get("fused")) and self.scaler is None
+        if sync_free is None:
+            sync_free = possible and torch.device(device).type != "cpu"
+        if sync_free and not possible:
+            raise ValueError("sync_free steps need the fused Adam optimiser and no float16 "
+                             "loss scaling")
+        self.sync_free = bool(sync_free)
         warn_if_emulated(precision, device)
         configure_backends(device)
         self._ddp: nn.Module | None = None
@@ -151,6 +183,61 @@ class TrainStep:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def queue(self, batch: dict[str, Tensor]) -> Tensor:
+        """One step without a host sync; returns the device tensor ``(loss, gradient norm)``
+        for :meth:`check`. A step whose loss or gradient norm is not finite leaves the
+        parameters and the Adam state as they were (the fused kernel's ``found_inf``).
+
+        Args:
+            batch: the global batch, as for ``__call__``.
+
+        Raises:
+            RuntimeError: when the step was not built ``sync_free``.
+        """
+        if not self.sync_free:
+            raise RuntimeError("queue() needs a TrainStep built with sync_free=True")
+        loss = self.loss(batch)
+        (loss * self.group.world_size if self.group.distributed else loss).backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = (torch.nn.utils.get_total_norm(grads, foreach=True) if grads
+                else loss.new_zeros(()))
+        stats = all_reduce_sum(torch.stack([loss.detach().float(), norm.float()]), self.group)
+        if self.clip_grad is not None and grads:  # a non-finite norm: the step is skipped
+            torch.nn.utils.clip_grads_with_norm_(grads, self.clip_grad, norm, foreach=True)
+        self.optimizer.found_inf = (~torch.isfinite(stats).all()).float()
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    @staticmethod
+    def check(queued: Sequence[Tensor]) -> list[float]:
+        """The losses of steps run with :meth:`queue`, read in one transfer.
+
+        Args:
+            queued: the tensors :meth:`queue` returned, in step order.
+
+        Raises:
+            NonFiniteError: for the first step whose loss or gradient norm is not finite
+                (``index``: its position in ``queued``); that step changed no parameter.
+        """
+        if not queued:
+            return []
+        rows = torch.stack(list(queued)).tolist()
+        for i, (total, norm) in enumerate(rows):
+            if not math.isfinite(total):
+                raise NonFiniteError(f"the loss became {total}; that step did not change "
+                                     "the parameters", index=i)
+            if not math.isfinite(norm):
+                raise NonFiniteError(f"the gradient became non-finite (norm {norm}, loss "
+                                     f"{total:.6g}); that step did not change the "
+                                     "parameters", index=i)
+        return [total for total, _ in rows]
 
     def non_finite_parameters(self) -> list[str]:
         """Names of the parameters that hold NaN or inf."""
