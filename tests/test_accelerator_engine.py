@@ -288,6 +288,13 @@ GUARDED = textwrap.dedent('''
         return group
 
     train_module.init_process_group = init
+    if os.environ.get("SYNC_FREE") == "1":  # the engine as an accelerator runs it
+        real_step_init = train_module.TrainStep.__init__
+
+        def step_init(self, *args, **kwargs):
+            real_step_init(self, *args, **{**kwargs, "sync_free": True})
+
+        train_module.TrainStep.__init__ = step_init
 
     def guarded(name, real):
         def collective(*args, **kwargs):
@@ -321,8 +328,9 @@ GUARDED = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.parametrize("sync_free", [False, True], ids=["synchronous", "sync-free"])
 def test_two_ranks_with_accelerator_only_collectives_train_checkpoint_and_resume_exactly(
-        tmp_path):
+        tmp_path, sync_free):
     script = tmp_path / "guarded.py"
     script.write_text(GUARDED)
     with socket.socket() as sock:
@@ -333,7 +341,8 @@ def test_two_ranks_with_accelerator_only_collectives_train_checkpoint_and_resume
            "--model", "mmvae", "--dataset", "mini-small", "--batch-size", "16",
            "--device", "cpu", "--precision", "32", "--no-evaluate", "--no-progress",
            "--set", "hidden=[32]", "--set", "latent_dim=4"]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SYNC_FREE": "1" if sync_free else "0"}
+    done = subprocess.run(cmd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for rank in range(2):
