@@ -11,6 +11,7 @@ import torch
 
 from pyro_mmvae.data import polymnist_mini
 from pyro_mmvae.engine import (
+    NonFiniteError,
     TrainStep,
     build_lr_schedule,
     build_optimizer,
@@ -367,3 +368,50 @@ def test_bf16_without_matrix_units_warns(monkeypatch):
         warnings.simplefilter("error")
         networks.warn_if_emulated("bf16", "cpu")
         networks.warn_if_emulated("32", "cpu")
+
+
+@pytest.mark.parametrize("clip_grad", [None, 5.0])
+def test_sync_free_steps_are_the_synchronous_steps(mini, clip_grad):
+    """TrainStep.queue (accelerators) makes the same updates as __call__, bit for bit, with
+    AMSGrad and gradient clipping, and TrainStep.check reads the same losses."""
+    results = []
+    for sync_free in (False, True):
+        spec = fresh("mmvae_plus", mini[0])
+        params = list(spec.vae.named_parameters())
+        optimizer = build_optimizer([p for _, p in params], 1e-3, True, torch.device("cpu"))
+        step = TrainStep(spec.vae, spec.elbo, params, optimizer, torch.device("cpu"),
+                         clip_grad=clip_grad, sync_free=sync_free)
+        pyro.set_rng_seed(1)
+        batches = [b for b, _ in mini[0].batches(32)]
+        losses = ([step(b) for b in batches] if not sync_free
+                  else TrainStep.check([step.queue(b) for b in batches]))
+        results.append(([p.detach().clone() for _, p in params], losses))
+    assert results[0][1] == results[1][1]
+    for a, b in zip(results[0][0], results[1][0], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_non_finite_queued_step_changes_no_parameter_and_no_adam_state(mini):
+    spec = fresh("mvae", mini[0])
+    params = list(spec.vae.named_parameters())
+    optimizer = build_optimizer([p for _, p in params], 1e-3, True, torch.device("cpu"))
+    step = TrainStep(spec.vae, spec.elbo, params, optimizer, torch.device("cpu"),
+                     sync_free=True)
+    batch = batch_of(mini[0], 8)
+    queued = [step.queue(batch)]
+    before = [p.detach().clone() for _, p in params]
+    steps = [optimizer.state[p]["step"].clone() for _, p in params]
+    real_loss = TrainStep.loss
+    try:
+        TrainStep.loss = lambda self, b: real_loss(self, b) * float("nan")
+        queued.append(step.queue(batch))
+    finally:
+        TrainStep.loss = real_loss
+    for (_, p), b, n in zip(params, before, steps, strict=True):
+        assert torch.equal(p.detach(), b) and torch.equal(optimizer.state[p]["step"], n)
+    with pytest.raises(NonFiniteError) as info:
+        TrainStep.check(queued)
+    assert info.value.index == 1
+    with pytest.raises(ValueError, match="fused Adam"):
+        TrainStep(spec.vae, spec.elbo, params, torch.optim.SGD([p for _, p in params], 0.1),
+                  torch.device("cpu"), sync_free=True)

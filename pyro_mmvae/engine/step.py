@@ -204,7 +204,9 @@ class TrainStep:
                 else loss.new_zeros(()))
         stats = all_reduce_sum(torch.stack([loss.detach().float(), norm.float()]), self.group)
         if self.clip_grad is not None and grads:  # a non-finite norm: the step is skipped
-            torch.nn.utils.clip_grads_with_norm_(grads, self.clip_grad, norm, foreach=True)
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for p in self.params if p.grad is not None], self.clip_grad, norm,
+                foreach=True)
         self.optimizer.found_inf = (~torch.isfinite(stats).all()).float()
         try:
             self.optimizer.step()
