@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["preflight", "ddp", "throughput-fp32", "estimate", "recipe"]
+STEPS = ["preflight", "ddp", "throughput-fp32", "estimate", "sync-free", "recipe"]
 
 
 def steps_of(out: Path) -> list[dict[str, str]]:
@@ -43,6 +43,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert "rank 0 of 2, backend gloo" in ddp and "rank 1 of 2, backend gloo" in ddp, ddp
     estimate = (out / "reproduce_estimate.txt").read_text()
     assert estimate.startswith("mmvae: mmvae_polymnist, precision 32"), estimate
+    assert "ratio sync-free / synchronous" in (out / "sync_free.md").read_text()
     curve = [json.loads(line) for line in (out / "recipe_curve.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in curve] == [1]
     assert all(0.0 <= r["coherence"] <= 1.0 for r in curve)

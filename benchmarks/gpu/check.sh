@@ -15,6 +15,9 @@
 #   throughput-V     one step-time table per variant V of $CHECK_VARIANTS (default
 #                    "fp32 bf16"; "compile" and "bf16+contiguous" are worth adding when the
 #                    budget allows) -> $OUT/throughput-V.{json,md}      40 each   (DRY fp32, 40)
+#   sync-free-M      50 pipelined steps of model M (mmvae_plus, mopoe; mini settings) with
+#                    the loss read every step and read once per window (the engine's
+#                    sync-free step), ratio -> $OUT/sync_free.md       30 each   (DRY mmvae, 30)
 #   make-polymnist   PolyMNIST from the MNIST files and backgrounds under $CHECK_DATA
 #                    (default data/shared: copy ../shared/data there and name it in the
 #                    device tool's carry)                                        90   (DRY -)
@@ -103,6 +106,8 @@ if [ "$DRY" = 1 ]; then
   step estimate 40 "$OUT/reproduce_estimate.txt" "$PY" benchmarks/gpu/estimate.py \
     --device "$DEVICE" --precision 32 --rows mmvae --dataset polymnist-mini --batch-size 2 \
     --steps 1 --warmup 0
+  step sync-free 30 - "$PY" benchmarks/gpu/sync_free.py --device "$DEVICE" --model mmvae \
+    --precision 32 --batch-size 8 --steps 3 --rounds 1 --out "$OUT/sync_free.md"
   MINI_SMALL=64,32 step recipe 60 - "$PY" benchmarks/gpu/recipe_curve.py --model mmvae \
     --preset "" --dataset mini-small --device "$DEVICE" --precision 32 --minutes 0.1 \
     --max-epochs 1 --set 'hidden=[32]' --out "$WORK/recipe" --curve "$OUT/recipe_curve.jsonl"
@@ -117,6 +122,10 @@ else
     step "throughput-$variant" 40 - "$PY" benchmarks/throughput.py --device "$DEVICE" \
       --batches 128 --variants "$variant" --rounds 3 --warmup 2 \
       --json "$OUT/throughput-$variant.json" --md "$OUT/throughput-$variant.md"
+  done
+  for model in mmvae_plus mopoe; do  # small steps, where the host's share is largest
+    step "sync-free-$model" 30 - "$PY" benchmarks/gpu/sync_free.py --device "$DEVICE" \
+      --model "$model" --steps 50 --rounds 3 --out "$OUT/sync_free.md"
   done
   POLY="$WORK/polymnist"
   step make-polymnist 90 - "$PY" -m pyro_mmvae make-polymnist --mnist-root "$CHECK_DATA/mnist" \
