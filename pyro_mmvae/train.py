@@ -218,7 +218,9 @@ class _Loop:
                 if self.step.sync_free and not self.validate_next_step \
                         and self.tensorboard is None:
                     queued_from = queued_from if queued else step
-                    queued.append(self.step.queue(data))
+                    with warnings.catch_warnings():  # as train_step
+                        warnings.filterwarnings("ignore", message=".*requires_grad=False")
+                        queued.append(self.step.queue(data))
                     count += size
                     if len(queued) >= CHECK_EVERY:
                         total += self.read_queued(queued, epoch, queued_from)
