@@ -681,7 +681,9 @@ def row_table(results: dict[str, dict[int, dict]]) -> list[dict[str, Any]]:
     table = []
     for row in ROWS:
         runs = results.get(row.key, {})
-        entry = {"row": row.key, "model": row.model, "dataset": row.dataset,
+        dataset = (f"Translated PolyMNIST ({TRANSLATED_TRAIN // 1000}k/"
+                   f"{TRANSLATED_TEST // 1000}k)" if row.data == "translated" else row.dataset)
+        entry = {"row": row.key, "model": row.model, "dataset": dataset,
                  "preset": row.preset, "settings": dict(row.settings), "epochs": row.epochs,
                  "precision": row.precision, "seeds_finished": sorted(runs),
                  "seeds": list(row.seeds), "note": row.note}
@@ -725,16 +727,17 @@ def markdown(report: dict[str, Any]) -> str:
               + ". A D_w claim compares, per seed, the spread (max − min over D_w ∈ "
               "{4, 16, 32, 64}) of the measure; the smaller spread is the claimed side.", "",
               "## Rows (mean ± sd over the finished seeds)", "",
-              "| row | model | preset | --set | epochs | precision | seeds done | coherence "
-              "sampled (%) | per-class (%) | mean z (%) | uncond. (%) | Fréchet prior | "
-              "Fréchet cond. | train h/run |", "|---|" * 14]
+              "| row | model | dataset | preset | --set | epochs | precision | seeds done | "
+              "coherence sampled (%) | per-class (%) | mean z (%) | uncond. (%) | "
+              "Fréchet prior | Fréchet cond. | train h/run |", "|---|" * 15]
     for r in report["rows"]:
         sets = " ".join(f"{k}={_fmt_value(v)}" for k, v in r["settings"].items())
         done = f"{len(r['seeds_finished'])}/{len(r['seeds'])}"
         hours = "–" if not r["train_seconds"]["n"] else \
             f"{r['train_seconds']['mean'] / 3600:.2f}"
         lines.append(
-            f"| {r['row']} | {r['model']} | {r['preset'] or '–'} | {sets} | {r['epochs']} | "
+            f"| {r['row']} | {r['model']} | {r['dataset']} | {r['preset'] or '–'} | {sets} | "
+            f"{r['epochs']} | "
             f"{r['precision']} | {done if r['seeds_finished'] else 'unfinished'} | "
             f"{_ms(r['coherence'], 100)} | {_ms(r['coherence_class'], 100)} | "
             f"{_ms(r['coherence_mean_z'], 100)} | {_ms(r['unconditional_coherence'], 100)} | "
@@ -744,8 +747,13 @@ def markdown(report: dict[str, Any]) -> str:
               "bars ± sd over seeds).", "", "## Commands", "",
               "Each run (seed S; `RUNS` is the run-folder root):", ""]
     for row in ROWS:
-        lines.append(f"- {row.key}: `{shown(train_args(row, 0, Path('RUNS'), None))}` "
+        root = data_root_of(row, "DATA", "TRANSLATED")
+        lines.append(f"- {row.key}: `{shown(train_args(row, 0, Path('RUNS'), root))}` "
                      "(seeds 0, 1, 2)")
+    lines += ["", "`TRANSLATED`: the Translated PolyMNIST folder that `python "
+              "benchmarks/claims.py prepare --translated-root TRANSLATED` writes "
+              f"({TRANSLATED_TRAIN:,} training and {TRANSLATED_TEST:,} test tuples, "
+              "`pyro-mmvae make-polymnist --translated --limit N`, seed 0)."]
     lines += ["", "then, per run, `" + shown(evaluate_args(Path("RUN"), "sample", None,
                                                             "polymnist-mini")) + "` and `"
               + shown(evaluate_args(Path("RUN"), "mean", None, "polymnist-mini")) + "`; the "
