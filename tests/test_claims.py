@@ -275,3 +275,16 @@ def test_docs_table_is_rewritten_between_its_markers(tmp_path):
 def test_the_documentation_page_has_the_markers():
     text = claims.DOCS_PAGE.read_text()
     assert all(m in text for m in claims.DOCS_MARKERS)
+
+
+def test_translated_data_is_written_once(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(claims, "_call", lambda args, log: calls.append(args))
+    root = tmp_path / "translated"
+    assert claims.prepare_translated(root, "MNIST", "BG", tmp_path / "log")
+    assert [a[a.index("--splits") + 1] for a in calls] == ["train", "test"]
+    assert all("--translated" in a and a[a.index("--out") + 1] == str(root) for a in calls)
+    limits = [int(a[a.index("--limit") + 1]) for a in calls]
+    assert limits == [claims.TRANSLATED_TRAIN, claims.TRANSLATED_TEST]
+    assert not claims.prepare_translated(root, "MNIST", "BG", tmp_path / "log")  # marker
+    assert len(calls) == 2
