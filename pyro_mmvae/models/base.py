@@ -464,10 +464,9 @@ class MultimodalVAE(nn.Module):
         module's parameters itself, keeps channels-last).
         """
         if self.pyro_register:
-            if any(p.dim() == 4 and not p.is_contiguous() for p in self.parameters()):
-                for param in self.parameters():
-                    if param.dim() == 4 and not param.is_contiguous():
-                        param.data = param.data.contiguous()
+            for param in self.parameters():
+                if param.dim() == 4 and not param.is_contiguous():
+                    param.data = param.data.contiguous()
             pyro.module(self.pyro_name, self)
 
     def absent_names(self, data: Data) -> tuple[str, ...]:
