@@ -423,6 +423,7 @@ def trained_epochs(run_dir: Path) -> int:
 def _call(args: list[str], log: Path) -> None:
     cmd = [sys.executable, "-m", "pyro_mmvae", *args]
     print(f"$ {shown(args)}", flush=True)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:
         handle.write(f"\n$ {shown(args)}  ({datetime.datetime.now().isoformat()})\n")
         handle.flush()

@@ -304,3 +304,11 @@ def test_translated_data_is_written_once(tmp_path, monkeypatch):
     assert limits == [claims.TRANSLATED_TRAIN, claims.TRANSLATED_TEST]
     assert not claims.prepare_translated(root, "MNIST", "BG", tmp_path / "log")  # marker
     assert len(calls) == 2
+
+
+def test_a_command_log_in_a_missing_folder_is_created(tmp_path, monkeypatch):
+    # `claims.py prepare` on a fresh machine: the run root (and its commands.log) is not there
+    monkeypatch.setattr(claims.subprocess, "call", lambda cmd, stdout, stderr: 0)
+    log = tmp_path / "runs" / "commands.log"
+    claims._call(["make-polymnist", "--help"], log)
+    assert "make-polymnist --help" in log.read_text()
