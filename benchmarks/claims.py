@@ -566,6 +566,14 @@ def _comparable(command: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(RESULTS.parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def restore_committed(runs: Path, report_path: Path) -> list[str]:
     """Write ``claims-result.json`` into ``runs`` for every run that the committed report
     (``benchmarks/results/claims.json``) holds and ``runs`` lacks, so that the protocol
@@ -594,7 +602,7 @@ def restore_committed(runs: Path, report_path: Path) -> list[str]:
                 continue
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / RESULT_NAME).write_text(
-                json.dumps({**result, "restored_from": str(report_path)}, indent=1))
+                json.dumps({**result, "restored_from": _shown_path(report_path)}, indent=1))
             restored.append(f"{key}-s{seed}")
     return restored
 
@@ -668,6 +676,30 @@ def cpu_model() -> str:
     return machine()
 
 
+#: The CPU flags that decide the precision a run can use (``lscpu``'s "Flags").
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> str:
+    """Those of :data:`PRECISION_FLAGS` that this CPU has (``/proc/cpuinfo``), or "–"."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            line = next((x for x in handle if x.startswith("flags")), "")
+    except OSError:
+        line = ""
+    have = set(line.split(":", 1)[-1].split())
+    return " ".join(f for f in PRECISION_FLAGS if f in have) or "–"
+
+
+def cost(results: dict[str, dict[int, dict]]) -> dict[str, float]:
+    """Hours of training and of evaluation summed over the finished runs (each ran on one
+    core), and their number."""
+    runs = [r for by_seed in results.values() for r in by_seed.values()]
+    return {"train_hours": sum(r.get("train_seconds") or 0 for r in runs) / 3600,
+            "eval_hours": sum(r.get("eval_seconds") or 0 for r in runs) / 3600,
+            "runs": len(runs)}
+
+
 def _ms(s: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
     if not s["n"]:
         return "–"
@@ -696,14 +728,24 @@ def row_table(results: dict[str, dict[int, dict]]) -> list[dict[str, Any]]:
     return table
 
 
+def _cost_lines(spent: dict[str, float] | None) -> list[str]:
+    if not spent or not spent["runs"]:
+        return []
+    return [f"Cost: {spent['train_hours']:.1f} h of training and {spent['eval_hours']:.1f} h "
+            f"of evaluation, one core each, summed over the {spent['runs']} finished runs "
+            f"(two runners share the 2-core machine; the protocol's budget is 12 h of it).", ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """``claims.md``: the claims × verdicts table, the rows, the commands, the machine."""
     lines = ["# The seeds' claims as controlled experiments", "",
-             f"Machine: {report['cpu']} ({report['machine']}), torch {report['torch']}, "
+             f"Machine: {report['cpu']} ({report['machine']}; flags: "
+             f"{report.get('cpu_flags', '–')}), torch {report['torch']}, "
              f"pyro {report['pyro']}; precision per row in the row "
              f"table; written {report['date']} from {report['runs_finished']} of "
              f"{report['runs_total']} runs (runner: `benchmarks/claims.py`, notes: "
              "`benchmarks/claims-progress.md`).", "",
+             *_cost_lines(report.get("cost")),
              "Verdict rule: per claim, mean ± sd over seeds per side; **holds** when the "
              "difference of means exceeds twice its standard error in the claimed direction, "
              "**fails** when it does in the reverse, else inconclusive (unfinished: < 2 seeds "
@@ -912,8 +954,8 @@ def write_report(runs: Path, out_dir: Path = RESULTS, with_plots: bool = True,
 
     results = load_results(runs)
     report = {
-        "cpu": cpu_model(), "machine": machine(), "torch": torch.__version__,
-        "pyro": pyro.__version__,
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "machine": machine(),
+        "torch": torch.__version__, "pyro": pyro.__version__, "cost": cost(results),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "runs_root": str(runs),
         "runs_total": sum(len(r.seeds) for r in ROWS),

@@ -143,6 +143,10 @@ def test_report_from_fake_finished_runs(tmp_path):
     md = (out / "claims.md").read_text()
     assert "**holds**" in md and "unfinished" in md and "3/3" in md
     assert "pyro-mmvae train --model mmvae_plus" in md
+    # the cost of the protocol: 6 finished runs of 600 s training each = 1.0 h
+    assert saved["cost"] == {"train_hours": pytest.approx(1.0), "eval_hours": 0.0, "runs": 6}
+    assert "Cost: 1.0 h of training" in md and "6 finished runs" in md
+    assert "flags: " in md
     assert (out / "claims-coherence-quality.png").is_file()
     assert (out / "claims-dw.png").is_file()  # mmvae_plus-b2.5 is D_w = 32 of the sweep
 
