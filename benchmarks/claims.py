@@ -845,7 +845,7 @@ def translated_section(report: dict[str, Any]) -> list[str]:
               "protocol's 12 hours (`claims-progress.md`).", "",
               "Wider latents do not help (pilots: CRMVAE, conv nets, β 1, 12 epochs, seed 0, "
               "all 2,000 test tuples): a linear probe of the digit from the posterior mean of "
-              "z (`pyro-mmvae evaluate RUN --metrics probe,coherence`) reads 13–14 % with "
+              "z (`pyro-mmvae evaluate RUN --metrics probe,coherence`) reads 12–14 % with "
               "latent 20, 16–17 % with 64 and 15–21 % with 128 (over 1–5 inputs; chance 10 "
               "%), and the per-class coherence stays at 10 % at every size. The conv "
               "encoders' latents carry almost no digit identity, so conditional generation "
