@@ -7,6 +7,7 @@ Usage (from the repository root)::
     nohup nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/claims.py run \
         --runs /work/claims_runs > /work/claims_runs/log.txt 2>&1 &
     python benchmarks/claims.py report --runs /work/claims_runs   # tables and plots so far
+    python benchmarks/claims.py pilots --runs /work/claims_runs   # Translated probes
 
 **Rows** (:data:`ROWS`): a model, a dataset, a preset, ``--set`` overrides, epochs and the
 seeds (three per row). Every row runs as the user would run it::
@@ -68,6 +69,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import _exclusive, _last_metrics, machine  # noqa: E402  (the runner's helpers)
+
+from pyro_mmvae.engine.device import cpu_flags, cpu_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The documentation page whose claims table :func:`write_report` rewrites (between
@@ -156,7 +159,8 @@ DEFAULT_BACKGROUNDS = os.environ.get("PYRO_MMVAE_BACKGROUNDS",
 TRANSLATED_EPOCHS = 30
 
 
-def _translated(key: str, model: str, beta: float = 1.0) -> Row:
+def _translated(key: str, model: str, beta: float = 1.0, latent_dim: int = 20,
+                epochs: int = TRANSLATED_EPOCHS) -> Row:
     """Seed 000 on Translated PolyMNIST, one seed: the coordination rows' settings (latent
     20, batch 64, Adam lr 1e-3, KL warm-up over 5 epochs, hidden (256, 256)) with the small
     convolutional networks (``nets=conv``, :mod:`pyro_mmvae.nets.conv`; the reproduction's
@@ -166,9 +170,9 @@ def _translated(key: str, model: str, beta: float = 1.0) -> Row:
     ResNets the papers use cost 13x the conv nets' step on this CPU, ≈ 5.7 hours a run
     (``claims-progress.md``). No claim reads them; the report lists them apart."""
     return Row(key, model, dataset="polymnist", data="translated",
-               settings=(("nets", "conv"), ("latent_dim", 20), ("beta", beta),
+               settings=(("nets", "conv"), ("latent_dim", latent_dim), ("beta", beta),
                          ("batch_size", 64), ("kl_warmup_epochs", 5), ("hidden", (256, 256))),
-               epochs=TRANSLATED_EPOCHS, seeds=(0,),
+               epochs=epochs, seeds=(0,),
                note="Translated PolyMNIST (12k/2k tuples), conv nets, one seed")
 
 
@@ -194,6 +198,14 @@ ROWS: tuple[Row, ...] = (
     _translated("crmvae-translated-b0.1", "crmvae", beta=0.1),  # the CRMVAE paper's beta
 )
 TRANSLATED_ROWS = tuple(r.key for r in ROWS if r.data == "translated")
+#: The pilots behind the Translated section (``claims.py pilots``): CRMVAE with the conv nets
+#: at latent 20, 64 and 128, 12 epochs, seed 0, each evaluated by a linear probe of the digit
+#: from E[z | X_S] beside coherence: do the encoders represent the digit, and does a wider
+#: latent help? Not claims rows; their results go to :data:`PILOTS`.
+PILOT_ROWS: tuple[Row, ...] = tuple(
+    _translated(f"crmvae-translated-l{d}-pilot", "crmvae", latent_dim=d, epochs=12)
+    for d in (20, 64, 128))
+PILOTS = RESULTS / "claims-pilots.json"
 ROW_KEYS = tuple(r.key for r in ROWS)
 DW_SWEEP = {4: "-b2.5-dw4", 16: "-b2.5-dw16", 32: "-b2.5", 64: "-b2.5-dw64"}
 
@@ -407,6 +419,15 @@ def evaluate_args(run_dir: Path, posterior: str, data_root: str | None,
     return args
 
 
+def probe_args(run_dir: Path, data_root: str | None) -> list[str]:
+    """The pilots' ``pyro-mmvae evaluate``: the linear probe and coherence (z sampled) into
+    ``RUN/eval-probe``."""
+    args = ["evaluate", str(run_dir), "--metrics", "probe,coherence", "--posterior", "sample",
+            "--coherence-points", "all", "--precision", "32", "--seed", "0",
+            "--out", str(run_dir / "eval-probe"), "--no-progress"]
+    return args + (["--data-root", data_root] if data_root else [])
+
+
 def shown(args: Sequence[str]) -> str:
     """The command as a user types it."""
     return "pyro-mmvae " + " ".join(shlex.quote(a) for a in args)
@@ -432,8 +453,10 @@ def _call(args: list[str], log: Path) -> None:
         raise RuntimeError(f"exit {code}: {shown(args)} (log: {log})")
 
 
-def _eval_done(run_dir: Path, posterior: str, epochs: int) -> bool:
-    path = run_dir / f"eval-{posterior}" / "eval.json"
+def _eval_done(run_dir: Path, posterior: str, epochs: int, name: str | None = None) -> bool:
+    """Whether ``run_dir/eval-NAME/eval.json`` (NAME: ``name`` or the posterior) is complete
+    for ``epochs`` with this posterior."""
+    path = run_dir / f"eval-{name or posterior}" / "eval.json"
     if not path.is_file():
         return False
     result = json.loads(path.read_text())
@@ -663,32 +686,75 @@ def load_results(runs: Path, rows: Sequence[Row] = ROWS) -> dict[str, dict[int, 
     return out
 
 
+def run_pilots(runs: Path, translated_root: str, path: Path = PILOTS) -> dict[str, Any]:
+    """Train (or resume) and evaluate every :data:`PILOT_ROWS` run under ``runs``, skipping
+    what is done, and write their probe and coherence figures with the commands and the
+    machine to ``path``."""
+    import torch
+
+    log = Path(runs) / "commands.log"
+    pilots = []
+    for row in PILOT_ROWS:
+        run_dir = row.run_dir(runs, 0)
+        done = trained_epochs(run_dir)
+        if done < row.epochs:
+            _call(train_args(row, 0, runs, translated_root, resume=done > 0), log)
+        if not _eval_done(run_dir, "sample", row.epochs, name="probe"):
+            _call(probe_args(run_dir, translated_root), log)
+        ev = json.loads((run_dir / "eval-probe" / "eval.json").read_text())
+        coherence = ev["coherence"]
+        pilots.append({
+            "row": row.key, "latent_dim": dict(row.settings)["latent_dim"],
+            "epochs": row.epochs, "test_points": ev.get("test_points"),
+            "probe_by_size": ev["probe"]["by_subset_size"],
+            "coherence_by_size": coherence["by_subset_size"],
+            "coherence_class_by_size": coherence["by_subset_size_class_average"],
+            "unconditional_coherence": coherence["unconditional_coherence"],
+            "classifier_accuracy": coherence["mean_classifier_accuracy"],
+            "commands": [shown(train_args(row, 0, Path("RUNS"), "TRANSLATED")),
+                         shown(probe_args(row.run_dir(Path("RUNS"), 0), "TRANSLATED"))]})
+    report = {"cpu": cpu_model(), "cpu_flags": precision_flags(), "machine": machine(),
+              "torch": torch.__version__,
+              "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": "python benchmarks/claims.py pilots --runs RUNS "
+                         "--translated-root TRANSLATED", "pilots": pilots}
+    Path(path).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def pilot_lines(pilots: dict[str, Any] | None) -> list[str]:
+    """The Translated section's table of :func:`run_pilots`' figures (in %)."""
+    if not pilots:
+        return []
+
+    def span(by_size: dict[str, float]) -> str:
+        low, high = min(by_size.values()), max(by_size.values())
+        return f"{100 * low:.1f}–{100 * high:.1f}"
+
+    lines = ["", f"Pilots (`{pilots['command']}`; {pilots['cpu']}, flags: "
+             f"{pilots['cpu_flags']}, {pilots['machine']}, torch {pilots['torch']}): CRMVAE, "
+             "conv nets, β 1, 12 epochs, seed 0, every test tuple; a linear probe of the "
+             "digit from the posterior mean of z beside coherence (z sampled), ranges over the "
+             "numbers of inputs, in %, chance 10:", "",
+             "| latent | linear probe | coherence plain | per-class | unconditional |",
+             "|---|---|---|---|---|"]
+    for p in pilots["pilots"]:
+        lines.append(f"| {p['latent_dim']} | {span(p['probe_by_size'])} | "
+                     f"{span(p['coherence_by_size'])} | {span(p['coherence_class_by_size'])} | "
+                     f"{100 * p['unconditional_coherence']:.1f} |")
+    return lines + ["", "A probe near chance at every latent size says the conv encoders' "
+                    "latents carry almost no digit identity, so conditional generation has "
+                    "none to pass on: a failure of the representation, not of the decoders."]
+
+
 # --------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    """``lscpu``'s model name (or the library's machine line)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in text.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return machine()
-
-
 #: The CPU flags that decide the precision a run can use (``lscpu``'s "Flags").
 PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
-def cpu_flags() -> str:
-    """Those of :data:`PRECISION_FLAGS` that this CPU has (``/proc/cpuinfo``), or "–"."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            line = next((x for x in handle if x.startswith("flags")), "")
-    except OSError:
-        line = ""
-    have = set(line.split(":", 1)[-1].split())
-    return " ".join(f for f in PRECISION_FLAGS if f in have) or "–"
+def precision_flags() -> str:
+    """Those of :data:`PRECISION_FLAGS` that this CPU has, or "–"."""
+    return " ".join(f for f in PRECISION_FLAGS if f in cpu_flags()) or "–"
 
 
 def cost(results: dict[str, dict[int, dict]]) -> dict[str, float]:
@@ -843,13 +909,7 @@ def translated_section(report: dict[str, Any]) -> list[str]:
               "(bf16, one thread, batch 64: 3.6 s vs 0.27 s), ≈ 5.7 h a 30-epoch run on "
               "12,000 tuples and ≈ 51 h for three seeds of the three models: beyond the "
               "protocol's 12 hours (`claims-progress.md`).", "",
-              "Wider latents do not help (pilots: CRMVAE, conv nets, β 1, 12 epochs, seed 0, "
-              "all 2,000 test tuples): a linear probe of the digit from the posterior mean of "
-              "z (`pyro-mmvae evaluate RUN --metrics probe,coherence`) reads 12–14 % with "
-              "latent 20, 16–17 % with 64 and 15–21 % with 128 (over 1–5 inputs; chance 10 "
-              "%), and the per-class coherence stays at 10 % at every size. The conv "
-              "encoders' latents carry almost no digit identity, so conditional generation "
-              "has none to pass on: a failure of the representation, not of the decoders."]
+              *pilot_lines(report.get("pilots"))]
     return lines
 
 
@@ -961,12 +1021,14 @@ def write_report(runs: Path, out_dir: Path = RESULTS, with_plots: bool = True,
 
     results = load_results(runs)
     report = {
-        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "machine": machine(),
+        "cpu": cpu_model(), "cpu_flags": precision_flags(), "machine": machine(),
         "torch": torch.__version__, "pyro": pyro.__version__, "cost": cost(results),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "runs_root": str(runs),
         "runs_total": sum(len(r.seeds) for r in ROWS),
         "runs_finished": sum(len(v) for v in results.values()),
+        "pilots": (json.loads((out_dir / PILOTS.name).read_text())
+                   if (out_dir / PILOTS.name).is_file() else None),
         "claims": [judge(c, results) for c in CLAIMS],
         "rows": row_table(results),
         "results": {k: {str(s): r for s, r in v.items()} for k, v in results.items()},
@@ -1019,7 +1081,8 @@ def time_epoch(row: Row, steps: int = 8, precision: str | None = None) -> dict[s
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "report", "plan", "estimate", "prepare"))
+    p.add_argument("command", choices=("run", "report", "plan", "estimate", "prepare",
+                                       "pilots"))
     p.add_argument("--runs", default=DEFAULT_RUNS,
                    help=f"run-folder root (default: $PYRO_MMVAE_CLAIMS_RUNS or {DEFAULT_RUNS})")
     p.add_argument("--data-root", default=os.environ.get("PYRO_MMVAE_DATA_ROOT",
@@ -1050,7 +1113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``plan`` prints the rows and commands; ``run`` runs every unfinished run in order
     (several runners may share a run root: each takes the runs no other holds, see
     :func:`run_lock`); ``report`` rewrites the report; ``prepare`` writes Translated
-    PolyMNIST."""
+    PolyMNIST; ``pilots`` runs :data:`PILOT_ROWS` (:func:`run_pilots`) and rewrites the
+    report."""
     args = parse_args(argv)
     runs, out_dir = Path(args.runs), Path(args.results)
     if args.command == "plan":
@@ -1075,6 +1139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = write_report(runs, out_dir, docs_page=args.docs_page)
         print(f"{report['runs_finished']} of {report['runs_total']} runs finished; "
               f"{out_dir / 'claims.md'}")
+        return 0
+    if args.command == "pilots":
+        prepare_translated(Path(args.translated_root), args.mnist_root, args.backgrounds,
+                           runs / "commands.log")
+        restore_committed(runs, out_dir / "claims.json")
+        run_pilots(runs, args.translated_root, out_dir / PILOTS.name)
+        write_report(runs, out_dir, docs_page=args.docs_page)
+        print(f"pilots: {out_dir / PILOTS.name}; {out_dir / 'claims.md'}")
         return 0
     if args.command == "prepare":
         wrote = prepare_translated(Path(args.translated_root), args.mnist_root,

@@ -316,3 +316,52 @@ def test_a_command_log_in_a_missing_folder_is_created(tmp_path, monkeypatch):
     log = tmp_path / "runs" / "commands.log"
     claims._call(["make-polymnist", "--help"], log)
     assert "make-polymnist --help" in log.read_text()
+
+
+def _fake_pilot_call(calls):
+    """A ``_call`` that records the command and writes what train/evaluate would."""
+    def call(args, log):
+        calls.append(args)
+        run_dir = Path(args[args.index("--out") + 1]) if args[0] == "train" else Path(args[1])
+        if args[0] == "train":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "checkpoint.pt").write_bytes(b"x")
+            epochs = int(args[args.index("--epochs") + 1])
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": epochs}) + "\n")
+            return
+        latent = int(run_dir.name.split("-l")[1].split("-")[0])
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        sizes = {str(k): 0.1 + latent / 1000 + k / 100 for k in range(1, 5)}
+        (out / "eval.json").write_text(json.dumps({
+            "complete": True, "epoch": 12, "settings": {"posterior": "sample"},
+            "test_points": 2000,
+            "probe": {"by_subset_size": {**sizes, "5": 0.2}},
+            "coherence": {"by_subset_size": sizes, "by_subset_size_class_average": sizes,
+                          "unconditional_coherence": 0.5, "mean_classifier_accuracy": 0.85}}))
+    return call
+
+
+def test_pilots_train_evaluate_once_and_reach_the_report(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(claims, "_call", _fake_pilot_call(calls))
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    out.mkdir()
+    report = claims.run_pilots(runs, "/translated", out / claims.PILOTS.name)
+    kinds = [(a[0], a[a.index("--out") + 1].split("/")[-1 if a[0] == "train" else -2])
+             for a in calls]
+    assert kinds == [(k, f"crmvae-translated-l{d}-pilot-s0")
+                     for d in (20, 64, 128) for k in ("train", "evaluate")]
+    train = calls[0]
+    assert "--set latent_dim=20" in " ".join(train) and train[train.index("--epochs") + 1] == "12"
+    assert train[-2:] == ["--data-root", "/translated"]
+    assert "probe,coherence" in calls[1] and calls[1][-2:] == ["--data-root", "/translated"]
+    assert [p["latent_dim"] for p in report["pilots"]] == [20, 64, 128]
+    assert report["pilots"][2]["probe_by_size"]["5"] == 0.2
+    # done runs are skipped
+    claims.run_pilots(runs, "/translated", out / claims.PILOTS.name)
+    assert len(calls) == 6
+    md = claims.markdown(claims.write_report(tmp_path / "none", out, with_plots=False))
+    # latent 128: sizes 1-4 at 0.1 + 0.128 + k/100 = 23.8-26.8 %, the probe's size 5 at 20 %
+    assert "| 128 | 20.0–26.8 | 23.8–26.8 | 23.8–26.8 | 50.0 |" in md
+    assert "pilots --runs RUNS" in md

@@ -303,10 +303,12 @@ def test_measurements_name_the_cpu_model(monkeypatch, tmp_path):
     monkeypatch.setattr(device_module, "Path",
                         lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
     assert device_module.cpu_model() == "Test CPU 9000"
+    assert device_module.cpu_flags() == {"avx2"}  # whole flags, not substrings of the file
     line = device_module.describe_device("cpu")
     assert line.startswith("Test CPU 9000, ") and f"{torch.get_num_threads()} torch threads" in line
     monkeypatch.setattr(device_module, "Path", lambda p: tmp_path / "absent")
     assert device_module.cpu_model()  # falls back to the platform's name
+    assert device_module.cpu_flags() == frozenset()
 
 
 def test_resume_may_lower_the_learning_rate(tmp_path):

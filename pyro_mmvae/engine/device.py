@@ -71,6 +71,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``flags`` of ``/proc/cpuinfo``, e.g. ``avx512_bf16``); empty
+    where that file is absent."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def describe_device(device: torch.device | str = "cpu") -> str:
     """One line naming the hardware of a measurement: the GPU's name on CUDA, else the CPU
     model, its core count and torch's thread count.

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyro_mmvae.engine.device import cpu_flags
+
 #: Precisions accepted by :func:`network_precision` (``--precision`` on the command line).
 PRECISIONS = ("32", "bf16", "16")
 _DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
@@ -155,7 +157,8 @@ def bf16_supported(device: torch.device) -> bool:
             return bool(check())
         except (RuntimeError, AttributeError):
             return False
-    return bool(mkldnn and mkldnn.is_available() and _cpu_flag("avx512_bf16", "amx_bf16"))
+    return bool(mkldnn and mkldnn.is_available() and not cpu_flags().isdisjoint(
+        {"avx512_bf16", "amx_bf16"}))
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
@@ -197,14 +200,6 @@ def warn_if_emulated(precision: str, device: torch.device | str) -> None:
             "networks run emulated bf16, typically several times slower than fp32. "
             "Use --precision 32 here.", UserWarning, stacklevel=2)
 
-
-def _cpu_flag(*flags: str) -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError:
-        return False
-    return any(flag in text for flag in flags)
 
 
 def network_modules(vae: nn.Module) -> list[nn.Module]:
